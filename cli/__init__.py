@@ -1,0 +1,43 @@
+"""`inboxlayer`: admin, sending and server commands."""
+import sys
+
+import typer
+
+from cli import db
+from cli import inboxes
+from cli import servers
+from cli import tokens
+from cli import users
+from cli.common import CliError
+from cli.common import err_console
+
+app = typer.Typer(help="Inboxlayer: email inboxes for software agents.", no_args_is_help=True,
+                  rich_markup_mode="rich", pretty_exceptions_enable=False)
+app.add_typer(db.app, name="db")
+app.add_typer(users.app, name="users")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(inboxes.app, name="inboxes")
+servers.register(app)
+
+
+def main():
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the one top-level boundary: a message, never a traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,70 @@
+"""`inboxlayer inboxes`: sending addresses."""
+import typer
+from peewee import IntegrityError
+from rich.table import Table
+
+import models
+from cli.common import JsonOption
+from cli.common import console
+from cli.common import database
+from cli.common import fail
+from cli.common import iso
+from cli.common import print_json
+from cli.common import user_by_email
+
+app = typer.Typer(help="Inboxes: the addresses agents send from.", no_args_is_help=True)
+
+
+def inbox_json(inbox):
+    return {"id": inbox.id, "address": inbox.address, "display_name": inbox.display_name,
+            "domain": inbox.domain.name if inbox.domain_id else None, "created_at": iso(inbox.created_at)}
+
+
+@app.command()
+def create(address: str = typer.Argument(..., help="name@inboxlayer.dev or name@your-verified-domain"),
+           owner: str = typer.Option(..., "--owner", help="Owner's email."),
+           display_name: str = typer.Option("", help="Display name for the From: header."),
+           json_out: bool = JsonOption):
+    """Create an inbox on the default domain or on one of the owner's domains."""
+    with database() as config:
+        user = user_by_email(owner)
+        try:
+            normalized = models.normalize_address(address)
+        except models.AddressError as exc:
+            fail(f"invalid address {address!r}: {exc}")
+        local, domain_name = normalized.rsplit("@", 1)
+        domain = None
+        if domain_name != config["server"]["default_domain"]:
+            domain = models.Domain.get_or_none(models.Domain.name == domain_name, models.Domain.user == user)
+            if domain is None:
+                fail(f"{domain_name} is neither {config['server']['default_domain']} nor a domain of {user.email}")
+        try:
+            with models.db.atomic():
+                inbox = models.create_inbox(user, local, domain, config["server"]["default_domain"], display_name)
+        except models.AddressError as exc:
+            fail(f"invalid address {address!r}: {exc}")
+        except IntegrityError:
+            fail(f"{normalized} is already taken")
+        data = inbox_json(inbox)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(f"[green]created[/] inbox {data['address']}")
+
+
+@app.command("list")
+def list_inboxes(owner: str = typer.Option(None, "--owner", help="Only this owner's inboxes."),
+                 json_out: bool = JsonOption):
+    """List inboxes."""
+    with database():
+        query = models.Inbox.select().order_by(models.Inbox.id)
+        if owner:
+            query = query.where(models.Inbox.user == user_by_email(owner))
+        rows = [inbox_json(i) | {"owner": i.user.email} for i in query]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("id", "address", "owner", "domain", "created")
+    for r in rows:
+        table.add_row(str(r["id"]), r["address"], r["owner"], r["domain"] or "(default)", r["created_at"])
+    console.print(table)

@@ -1,0 +1,72 @@
+"""`inboxlayer users`: accounts."""
+import sys
+
+import typer
+from peewee import IntegrityError
+from werkzeug.security import generate_password_hash
+
+import models
+from cli.common import JsonOption
+from cli.common import console
+from cli.common import database
+from cli.common import fail
+from cli.common import iso
+from cli.common import print_json
+
+app = typer.Typer(help="User accounts.", no_args_is_help=True)
+
+MIN_PASSWORD_LENGTH = 8
+
+
+def validate_email(email):
+    from email_validator import EmailNotValidError
+    from email_validator import validate_email as check
+
+    try:
+        return check(email, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        fail(f"invalid email {email!r}: {exc}")
+
+
+@app.command()
+def create(email: str = typer.Argument(..., help="The account's email address."),
+           password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+           plan: str = typer.Option(None, help="Plan name (a key of [plans]); default server.default_plan."),
+           json_out: bool = JsonOption):
+    """Create a user account."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        fail(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    email = validate_email(email)
+    with database() as config:
+        plan = plan or config["server"]["default_plan"]
+        if plan not in config["plans"]:
+            fail(f"unknown plan {plan!r} (known: {', '.join(config['plans'])})")
+        try:
+            with models.db.atomic():
+                user = models.User.create(email=email, password_hash=generate_password_hash(password), plan=plan)
+        except IntegrityError:
+            fail(f"a user {email!r} already exists")
+    if json_out:
+        print_json({"id": user.id, "email": user.email, "plan": user.plan, "created_at": iso(user.created_at)})
+    else:
+        console.print(f"[green]created[/] user {user.email} (plan {user.plan})")
+
+
+@app.command("list")
+def list_users(json_out: bool = JsonOption):
+    """List user accounts."""
+    with database():
+        rows = list(models.User.select().order_by(models.User.id))
+    if json_out:
+        print_json([{"id": u.id, "email": u.email, "plan": u.plan, "created_at": iso(u.created_at)} for u in rows])
+        return
+    from rich.table import Table
+
+    table = Table("id", "email", "plan", "created")
+    for u in rows:
+        table.add_row(str(u.id), u.email, u.plan, iso(u.created_at))
+    console.print(table)

@@ -1,0 +1,324 @@
+"""Data model and the domain rules that belong to the data.
+
+Helpers here do not commit: the caller that owns the unit of work wraps writes in
+``with db.atomic():`` and scopes the connection (``with db.connection_context():``).
+"""
+import datetime
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+from peewee import BigIntegerField
+from peewee import CharField
+from peewee import DatabaseProxy
+from peewee import DateField
+from peewee import DateTimeField
+from peewee import ForeignKeyField
+from peewee import IntegerField
+from peewee import IntegrityError
+from peewee import Model
+from peewee import TextField
+from peewee import fn
+from playhouse.db_url import connect as connect_url
+from playhouse.migrations import Runner
+
+db = DatabaseProxy()
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+TOKEN_PREFIX = "il_"
+TOKEN_PREFIX_SHOWN = 12  # characters of a token kept in lists: "il_" + 9 of the random part
+STATUSES = ("queued", "sending", "sent", "delivered", "bounced", "complained", "failed")
+TERMINAL_STATUSES = ("delivered", "bounced", "complained", "failed")
+DOMAIN_STATUSES = ("pending", "verified", "failed")
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def init_database(url, max_connections=20):
+    """Bind the proxy to ``url``. Pooled on Postgres; WAL and a busy timeout on SQLite."""
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        database = connect_url(url, autoconnect=False, timeout=30, pragmas={
+            "journal_mode": "wal", "busy_timeout": 30000, "foreign_keys": 1, "synchronous": "normal"})
+    else:
+        if url.startswith("postgres://") or url.startswith("postgresql://"):
+            url = url.replace("://", "+pool://", 1)
+        database = connect_url(url, autoconnect=False, max_connections=max_connections,
+                               stale_timeout=300, timeout=10)
+    db.initialize(database)
+    return database
+
+
+def is_postgres():
+    return "postgres" in type(db.obj).__name__.lower()
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    email = CharField(max_length=254, unique=True)
+    password_hash = CharField(max_length=255)
+    plan = CharField(max_length=32, default="free")
+    created_at = DateTimeField(default=utcnow)
+
+
+class ApiToken(BaseModel):
+    user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    name = CharField(max_length=100)
+    prefix = CharField(max_length=16)
+    token_hash = CharField(max_length=64, unique=True)
+    created_at = DateTimeField(default=utcnow)
+    last_used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+
+class Domain(BaseModel):
+    user = ForeignKeyField(User, backref="domains", on_delete="CASCADE")
+    name = CharField(max_length=253, unique=True)
+    status = CharField(max_length=16, default="pending")
+    verification_token = CharField(max_length=64)
+    dkim_tokens = TextField(default="[]")  # JSON list from SES CreateEmailIdentity
+    created_at = DateTimeField(default=utcnow)
+    verified_at = DateTimeField(null=True)
+    last_checked_at = DateTimeField(null=True)
+    last_error = TextField(null=True)
+
+
+class Inbox(BaseModel):
+    user = ForeignKeyField(User, backref="inboxes", on_delete="CASCADE")
+    local_part = CharField(max_length=64)
+    domain = ForeignKeyField(Domain, backref="inboxes", null=True, on_delete="CASCADE")
+    address = CharField(max_length=320, unique=True)
+    display_name = CharField(max_length=100, default="")
+    created_at = DateTimeField(default=utcnow)
+
+
+class Message(BaseModel):
+    inbox = ForeignKeyField(Inbox, backref="messages", on_delete="CASCADE")
+    folder = CharField(max_length=16, default="sent")
+    message_id = CharField(max_length=998)
+    subject = TextField(default="")
+    from_addr = TextField(default="")
+    to_addrs = TextField(default="")
+    size = BigIntegerField()
+    blob_key = CharField(max_length=255)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+
+class OutboundEmail(BaseModel):
+    public_id = CharField(max_length=40, unique=True)
+    user = ForeignKeyField(User, backref="outbound", on_delete="CASCADE")
+    inbox = ForeignKeyField(Inbox, backref="outbound", on_delete="CASCADE")
+    message = ForeignKeyField(Message, null=True, on_delete="SET NULL")
+    via = CharField(max_length=8)
+    mail_from = CharField(max_length=320)
+    recipients = TextField()  # JSON list of envelope recipients (Bcc included)
+    status = CharField(max_length=16, default="queued", index=True)
+    ses_message_id = CharField(max_length=128, null=True, unique=True)
+    attempts = IntegerField(default=0)
+    last_error = TextField(null=True)
+    idempotency_key = CharField(max_length=255, null=True)
+    request_hash = CharField(max_length=64, null=True)
+    created_at = DateTimeField(default=utcnow, index=True)
+    updated_at = DateTimeField(default=utcnow, index=True)
+    sent_at = DateTimeField(null=True)
+    completed_at = DateTimeField(null=True)
+    next_attempt_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("user", "idempotency_key"), True),)
+
+
+class OutboundEvent(BaseModel):
+    outbound = ForeignKeyField(OutboundEmail, backref="events", on_delete="CASCADE")
+    type = CharField(max_length=32)
+    detail = TextField(default="{}")  # JSON
+    occurred_at = DateTimeField(default=utcnow, index=True)
+    dedupe_key = CharField(max_length=255, null=True, unique=True)
+
+
+class SendUsage(BaseModel):
+    user = ForeignKeyField(User, backref="usage", on_delete="CASCADE")
+    day = DateField()
+    count = IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("user", "day"), True),)
+
+
+MODELS = [User, ApiToken, Domain, Inbox, Message, OutboundEmail, OutboundEvent, SendUsage]
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+def migrate_schema():
+    """Apply pending migrations (idempotent). Returns the names applied."""
+    return Runner(db.obj, str(MIGRATIONS_DIR)).up()
+
+
+def schema_status():
+    return Runner(db.obj, str(MIGRATIONS_DIR)).status()
+
+
+# -- API tokens -------------------------------------------------------------------------------
+
+def hash_token(token):
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def create_token(user, name):
+    """Create a token; returns (ApiToken, full_token). The full token is never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken.create(user=user, name=name, prefix=token[:TOKEN_PREFIX_SHOWN],
+                          token_hash=hash_token(token))
+    return row, token
+
+
+def lookup_token(token):
+    """The live ApiToken for ``token`` (and mark it used), or None.
+
+    The lookup is by sha256 of the presented token, so the database compares hashes, not
+    secrets; the final compare_digest keeps the check constant-time on our side too.
+    """
+    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    row = (ApiToken.select(ApiToken, User).join(User)
+           .where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_null()).first())
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    now = utcnow()
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        # Throttled write: a busy SMTP client should not turn every AUTH into an UPDATE.
+        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
+        row.last_used_at = now
+    return row
+
+
+def revoke_token(user, token_id):
+    """Revoke one of ``user``'s tokens. Returns True if a live token was revoked."""
+    return bool(ApiToken.update(revoked_at=utcnow())
+                .where(ApiToken.id == token_id, ApiToken.user == user, ApiToken.revoked_at.is_null())
+                .execute())
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+class AddressError(ValueError):
+    pass
+
+
+def normalize_address(address):
+    """Lower-case ``local@domain`` after basic checks; raises AddressError with a reason."""
+    address = (address or "").strip()
+    if address.count("@") != 1:
+        raise AddressError("an address needs exactly one @")
+    local, domain = address.rsplit("@", 1)
+    if not local or not domain:
+        raise AddressError("an address needs a local part and a domain")
+    if len(local) > 64 or len(address) > 254:
+        raise AddressError("address too long")
+    return f"{local.lower()}@{normalize_domain(domain)}"
+
+
+def normalize_domain(name):
+    name = (name or "").strip().rstrip(".").lower()
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise AddressError(f"{name!r} is not a valid domain name") from None
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(
+            0 < len(l) <= 63 and l.replace("-", "").isalnum() and not l.startswith("-") and not l.endswith("-")
+            for l in labels):
+        raise AddressError(f"{name!r} is not a valid domain name")
+    return name
+
+
+def sender_key(address):
+    """The comparable form of a sender address: lower-case, ``+tag`` dropped from the local part."""
+    local, _, domain = address.strip().rpartition("@")
+    return f"{local.lower().split('+', 1)[0]}@{domain.lower().rstrip('.')}"
+
+
+LOCAL_PART_ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev", display_name=""):
+    """Create an inbox ``local_part@(domain or default_domain)``; AddressError on bad input.
+
+    Raises IntegrityError (from the unique index, not a racy pre-check) if the address is taken.
+    """
+    local_part = (local_part or "").strip().lower()
+    if not local_part or len(local_part) > 64:
+        raise AddressError("the inbox name must be 1 to 64 characters")
+    if not set(local_part) <= LOCAL_PART_ALLOWED or local_part[0] in ".-" or local_part[-1] in ".-" \
+            or ".." in local_part:
+        raise AddressError("the inbox name may use letters, digits, '.', '-' and '_' "
+                           "(not first or last, no '..')")
+    if domain is not None and domain.user_id != user.id:
+        raise AddressError("that domain is not yours")
+    address = f"{local_part}@{domain.name if domain else default_domain}"
+    return Inbox.create(user=user, local_part=local_part, domain=domain, address=address,
+                        display_name=(display_name or "").strip()[:100])
+
+
+def inbox_can_send(inbox):
+    """(ok, reason): a custom-domain inbox sends only while its domain is verified."""
+    if inbox.domain_id is None:
+        return True, None
+    domain = inbox.domain
+    if domain.status != "verified":
+        return False, f"Domain {domain.name} is not verified"
+    return True, None
+
+
+# -- send quota -------------------------------------------------------------------------------
+
+def today():
+    return utcnow().date()
+
+
+def sends_today(user):
+    row = SendUsage.get_or_none(SendUsage.user == user, SendUsage.day == today())
+    return row.count if row else 0
+
+
+def reserve_send(user, count, limit):
+    """Atomically add ``count`` sends to today's usage if it stays within ``limit``.
+
+    One conditional UPDATE: Postgres re-checks the WHERE after taking the row lock and SQLite
+    serialises writers, so concurrent reservers can never push the counter past the limit.
+    Returns True when reserved. Commits nothing itself; callers run it in their transaction
+    (or in autocommit mode, where it is its own transaction).
+    """
+    if count <= 0:
+        return True
+    if count > limit:
+        return False
+    day = today()
+    SendUsage.insert(user=user, day=day, count=0).on_conflict_ignore().execute()
+    updated = (SendUsage.update(count=SendUsage.count + count)
+               .where(SendUsage.user == user, SendUsage.day == day, SendUsage.count + count <= limit)
+               .execute())
+    return updated == 1
+
+
+def release_send(user, count, day=None):
+    """Give back a reservation whose message was not accepted after all."""
+    (SendUsage.update(count=fn.MAX(SendUsage.count - count, 0) if not is_postgres()
+                      else fn.GREATEST(SendUsage.count - count, 0))
+     .where(SendUsage.user == user, SendUsage.day == (day or today())).execute())
+
+
+def new_public_id():
+    return "ob_" + secrets.token_hex(12)
+
+

@@ -1,0 +1,160 @@
+"""Settings: config.toml, then environment overrides, read once per process.
+
+The defaults in config.toml are also the schema: a key that is not there is unknown, and an
+override must have the type of its default. Mistakes stop start-up with one line naming the key
+and where it came from (see ``SettingsError``).
+"""
+import json
+import os
+import tomllib
+from pathlib import Path
+
+ENV_PREFIX = "INBOXLAYER_"
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.toml")
+# Variables under our prefix that belong to the CLI client, not to the server settings.
+CLIENT_ENV_NAMES = {"INBOXLAYER_TOKEN", "INBOXLAYER_API_URL", "INBOXLAYER_CONFIG", "INBOXLAYER_HOME"}
+# Conventional platform variables (Heroku-style) mapped onto settings.
+PLATFORM_ENV = {"DATABASE_URL": ("database", "url"), "REDIS_URL": ("redis", "url"), "PORT": ("web", "port")}
+
+
+class SettingsError(Exception):
+    """A setting is unknown or has the wrong type. The message names the key and its source."""
+
+
+def load_config(path=None, environ=None):
+    """Return the settings as a nested dict: defaults, then ``path`` (if not the defaults), then env."""
+    environ = os.environ if environ is None else environ
+    defaults = _read_toml(DEFAULT_CONFIG_PATH)
+    config = json.loads(json.dumps(defaults))  # deep copy of plain data
+    path = path or environ.get("INBOXLAYER_CONFIG")
+    if path and Path(path).resolve() != DEFAULT_CONFIG_PATH.resolve():
+        _merge_file(config, defaults, _read_toml(Path(path)), str(path))
+    for name, (section, key) in PLATFORM_ENV.items():
+        if environ.get(name):
+            config[section][key] = _coerce(environ[name], defaults[section][key], name)
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and name not in CLIENT_ENV_NAMES:
+            section_path, key = _env_target(name, config)
+            target = config
+            for part in section_path:
+                target = target[part]
+            target[key] = _coerce(raw, target[key], name)
+    return derive(config)
+
+
+def derive(config):
+    """Fill settings whose default depends on others (empty string = derived)."""
+    data_dir = Path(config["server"]["data_dir"])
+    config["database"]["url"] = config["database"]["url"] or f"sqlite:///{data_dir / 'inboxlayer.db'}"
+    config["redis"]["url"] = config["redis"]["url"] or "redis://127.0.0.1:6379/0"
+    config["blobs"]["path"] = config["blobs"]["path"] or str(data_dir / "blobs")
+    config["smtp"]["public_host"] = config["smtp"]["public_host"] or config["server"]["hostname"]
+    web = config["web"]
+    web["public_url"] = (web["public_url"] or f"http://{web['host']}:{web['port']}").rstrip("/")
+    for port_key in ("starttls_port", "tls_port"):
+        if config["smtp"][port_key] == 25:
+            raise SettingsError(
+                f"smtp.{port_key} = 25: port 25 is reserved for inbound delivery and never accepts submissions")
+    if config["server"]["default_plan"] not in config["plans"]:
+        raise SettingsError(f"server.default_plan = {config['server']['default_plan']!r} is not a key of [plans]")
+    return config
+
+
+def _read_toml(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+
+
+def _merge_file(config, defaults, overrides, source, prefix=""):
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        default = defaults.get(key)
+        if default is None and prefix == "plans.":
+            default = defaults[next(iter(defaults))]  # a new plan takes the keys of the first one
+            config[key] = dict(default)
+        if default is None:
+            raise SettingsError(f"{source}: unknown setting {dotted!r}")
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise SettingsError(f"{source}: {dotted!r} must be a table")
+            _merge_file(config[key], default, value, source, dotted + ".")
+        else:
+            config[key] = _check_type(value, default, f"{source}: {dotted}")
+
+
+def _env_target(name, config):
+    """Map INBOXLAYER_SMTP_MAX_MESSAGE_SIZE to (("smtp",), "max_message_size")."""
+    rest = name[len(ENV_PREFIX):].lower()
+    if "__" in rest:  # Flask's nesting convention: INBOXLAYER_PLANS__PRO__SEND_BURST
+        *sections, key = rest.split("__")
+    else:
+        section, _, key = rest.partition("_")
+        sections = [section]
+        if section == "plans":
+            plan, _, key = key.partition("_")
+            sections.append(plan)
+    target = config
+    for part in sections:
+        if not isinstance(target, dict) or part not in target:
+            raise SettingsError(f"environment {name}: unknown setting section {'.'.join(sections)!r}")
+        target = target[part]
+    if key not in target:
+        raise SettingsError(f"environment {name}: unknown setting {'.'.join(sections + [key])!r}")
+    return tuple(sections), key
+
+
+def _coerce(raw, default, source):
+    """Parse an environment string into the type of the setting's default."""
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError
+            return lowered in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw.strip())
+        if isinstance(default, float):
+            return float(raw.strip())
+        if isinstance(default, list):
+            value = json.loads(raw) if raw.strip().startswith("[") else [p.strip() for p in raw.split(",") if p.strip()]
+            return _check_type(value, default, source)
+    except (ValueError, json.JSONDecodeError):
+        raise SettingsError(f"environment {source}={raw!r}: expected {type(default).__name__}") from None
+    return raw
+
+
+def _check_type(value, default, source):
+    expected = type(default)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not expected or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+        raise SettingsError(f"{source} = {value!r}: expected {expected.__name__}")
+    return value
+
+
+_current = None
+
+
+def get():
+    """The process-wide settings, loaded on first use."""
+    global _current
+    if _current is None:
+        _current = load_config()
+    return _current
+
+
+def use(config):
+    """Install ``config`` as the process-wide settings (start-up code and tests)."""
+    global _current
+    _current = config
+    return config
+
+
+def plan_limits(config, plan):
+    plans = config["plans"]
+    return plans.get(plan) or plans[config["server"]["default_plan"]]

@@ -1,0 +1,1 @@
+"""The mail engine: SMTP submission, the submit path, the SES relay and its jobs."""

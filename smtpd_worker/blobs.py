@@ -1,0 +1,126 @@
+"""Raw message storage: a local directory (one machine) or an S3 bucket (production).
+
+Messages can be 25 MB, so everything here streams file objects; nothing reads a whole
+message into memory except ``read_bytes``, which callers use only when they must.
+"""
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+CHUNK = 1024 * 1024  # bytes per copy step
+SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_./-]{0,200}")
+
+
+class BlobError(Exception):
+    """The blob store is unavailable or the blob is missing."""
+
+
+class FileBlobStore:
+    def __init__(self, path):
+        self.root = Path(path)
+
+    def _path(self, key):
+        if not SAFE_KEY.fullmatch(key) or ".." in key:
+            raise BlobError(f"bad blob key {key!r}")
+        return self.root / key
+
+    def put(self, key, fileobj):
+        """Store ``fileobj`` under ``key`` durably (fsync before rename) and return its size."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(fileobj, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+                size = out.tell()
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise BlobError(f"blob store write failed: {exc.strerror or exc}") from exc
+        return size
+
+    def open(self, key):
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise BlobError(f"blob {key} unavailable: {exc.strerror or exc}") from exc
+
+    def read_bytes(self, key):
+        with self.open(key) as f:
+            return f.read()
+
+    def delete(self, key):
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise BlobError(f"blob delete failed: {exc}") from exc
+
+
+class S3BlobStore:
+    def __init__(self, bucket, endpoint_url=None, region=None):
+        import boto3  # only production installs pay for the import
+
+        self.bucket = bucket
+        self.client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region)
+
+    def put(self, key, fileobj):
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+
+        counted = _Counting(fileobj)
+        try:
+            self.client.upload_fileobj(counted, self.bucket, key)
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobError(f"blob store write failed: {exc}") from exc
+        return counted.size
+
+    def open(self, key):
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+
+        spool = tempfile.SpooledTemporaryFile(max_size=CHUNK)
+        try:
+            self.client.download_fileobj(self.bucket, key, spool)
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobError(f"blob {key} unavailable: {exc}") from exc
+        spool.seek(0)
+        return spool
+
+    def read_bytes(self, key):
+        with self.open(key) as f:
+            return f.read()
+
+    def delete(self, key):
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+class _Counting:
+    def __init__(self, fileobj):
+        self.fileobj, self.size = fileobj, 0
+
+    def read(self, size=-1):
+        chunk = self.fileobj.read(size)
+        self.size += len(chunk)
+        return chunk
+
+
+_store = None
+
+
+def configure(config):
+    global _store
+    blobs = config["blobs"]
+    if blobs["backend"] == "s3":
+        _store = S3BlobStore(blobs["bucket"], blobs["s3_endpoint_url"], config["ses"]["region"])
+    else:
+        _store = FileBlobStore(blobs["path"])
+    return _store
+
+
+def store():
+    if _store is None:
+        raise BlobError("blob store not configured")
+    return _store

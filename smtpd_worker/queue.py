@@ -1,0 +1,54 @@
+"""Redis and the RQ relay queue: the one place that knows their names."""
+import redis
+from rq import Queue
+
+_redis = None
+_prefix = "inboxlayer"
+
+
+class QueueUnavailable(Exception):
+    """Redis could not be reached."""
+
+
+def configure(config):
+    global _redis, _prefix
+    _prefix = config["redis"]["prefix"]
+    _redis = redis.Redis.from_url(config["redis"]["url"], socket_connect_timeout=3, socket_timeout=5,
+                                  health_check_interval=30)
+    return _redis
+
+
+def connection():
+    if _redis is None:
+        raise QueueUnavailable("redis not configured")
+    return _redis
+
+
+def key(*parts):
+    """A Redis key under this deployment's prefix."""
+    return ":".join((_prefix,) + tuple(str(p) for p in parts))
+
+
+def relay_queue_name():
+    return f"{_prefix}-relay"
+
+
+def relay_queue():
+    return Queue(relay_queue_name(), connection=connection())
+
+
+def enqueue_relay(outbound_id):
+    """Enqueue the relay job for an OutboundEmail. Raises QueueUnavailable if Redis is down.
+
+    The job id is derived from the row, so a second enqueue of a job still waiting is a no-op
+    in practice (RQ replaces the job hash) and the reconciler cannot pile up duplicates.
+    """
+    from smtpd_worker import jobs  # jobs imports the relay stack; keep submit's import light
+
+    queue = relay_queue()
+    try:
+        return queue.enqueue(jobs.relay_outbound, outbound_id, job_id=f"relay-{outbound_id}",
+                             result_ttl=3600, failure_ttl=86400)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(str(exc)) from exc
+

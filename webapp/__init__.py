@@ -1,0 +1,97 @@
+"""Flask app factory: dashboard, REST API v1 and the SES webhook."""
+import secrets
+
+from flask import Flask
+from flask import jsonify
+from flask import request
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+import models
+import runtime
+import settings
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message_category = "info"
+
+
+def create_app(config=None):
+    """Build the app. ``config`` is a settings dict (``settings.load_config()``); Flask keys
+    such as ``TESTING`` may be mixed in at the top level."""
+    config = dict(config or settings.get())
+    flask_overrides = {k: config.pop(k) for k in list(config) if k.isupper()}
+    runtime.configure(config)
+
+    app = Flask(__name__)
+    secret = config["web"]["secret_key"] or secrets.token_hex(32)
+    https = config["web"]["public_url"].startswith("https://")
+    app.config.from_mapping(
+        SECRET_KEY=secret,
+        INBOXLAYER=config,
+        MAX_CONTENT_LENGTH=config["smtp"]["max_message_size"] * 2,  # base64 attachments in JSON
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=https,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=https,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.config.update(flask_overrides)
+
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    @app.before_request
+    def open_db():
+        # One connection per request, returned to the pool in teardown.
+        ctx = models.db.connection_context()
+        ctx.__enter__()
+        request.environ["inboxlayer.db_ctx"] = ctx
+
+    @app.teardown_request
+    def close_db(exc):
+        ctx = request.environ.pop("inboxlayer.db_ctx", None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if https:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    from webapp import api
+    from webapp import api_keys
+    from webapp import auth
+    from webapp import dashboard
+    from webapp import domains
+    from webapp import webhooks
+
+    for module in (auth, dashboard, api_keys, domains, webhooks):
+        app.register_blueprint(module.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)
+    csrf.exempt(webhooks.bp)
+    return app
+
+
+@login_manager.user_loader
+def load_user(user_id):
+    from webapp.auth import LoginUser
+
+    user = models.User.get_or_none(models.User.id == int(user_id)) if str(user_id).isdigit() else None
+    return LoginUser(user) if user else None

@@ -1,0 +1,4 @@
+"""(filled in by its issue)"""
+from flask import Blueprint
+
+bp = Blueprint("dashboard", __name__)
