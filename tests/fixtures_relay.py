@@ -1,0 +1,1 @@
+"""Fixtures for the relay tests (a pytest plugin registered in conftest.py)."""

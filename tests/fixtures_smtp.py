@@ -1,0 +1,1 @@
+"""Fixtures for the smtp tests (a pytest plugin registered in conftest.py)."""
