@@ -1,4 +1,14 @@
 """WSGI entry point for gunicorn (`inboxlayer web`): the only module that builds the app at import."""
-from webapp import create_app
+from gevent import monkey
 
+if monkey.is_module_patched("socket"):
+    # gunicorn's gevent worker patched the stdlib; make psycopg2 yield to other greenlets too.
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+import runtime  # noqa: E402
+from webapp import create_app  # noqa: E402
+
+runtime.setup_logging(runtime.settings.get())
 app = create_app()
