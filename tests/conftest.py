@@ -163,6 +163,11 @@ def subprocess_env(config_file):
 
 
 @pytest.fixture
+def free_tcp_port():
+    return free_port()
+
+
+@pytest.fixture
 def redis_conn(config):
     from smtpd_worker import queue
 

@@ -74,6 +74,24 @@ def create_app(config=None):
     def healthz():
         return jsonify(status="ok")
 
+    @app.get("/readyz")
+    def readyz():
+        from smtpd_worker import health
+
+        results = health.run_all(config)
+        ready = all(ok for ok, _ in results.values())
+        body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
+        return jsonify(status="ready" if ready else "unavailable", checks=body), 200 if ready else 503
+
+    @app.get("/metrics")
+    def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from prometheus_client import generate_latest
+
+        from smtpd_worker import metrics as _registered  # noqa: F401 - defines the collectors
+
+        return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
     from webapp import api
     from webapp import api_keys
     from webapp import auth
