@@ -1,4 +1,74 @@
-"""REST API v1 (filled in by its issue)."""
+"""REST API v1: JSON in and out, Bearer tokens, errors as ``{"error": {"code", "message"}}``.
+
+The route table below is the whole API; docs/api.md and openapi.py describe the same routes
+(a test holds the three together).
+"""
 from flask import Blueprint
+from flask import current_app
+from flask import request
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
+
+from webapp.api import errors
+from webapp.api import inboxes
+from webapp.api import messages
+from webapp.api import openapi
+from webapp.api import outbound
+from webapp.api import sending
+from webapp.api.auth import authenticate
+from webapp.api.errors import error_response
+
+__all__ = ["bp", "error_response"]
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+ROUTES = [
+    # (rule, view, methods)
+    ("/openapi.json", openapi.serve, ["GET"]),
+    ("/account", inboxes.account, ["GET"]),
+    ("/inboxes", inboxes.list_inboxes, ["GET"]),
+    ("/inboxes", inboxes.create_inbox, ["POST"]),
+    ("/inboxes/<address>/send", sending.send, ["POST"]),
+    ("/inboxes/<address>/messages", messages.list_messages, ["GET"]),
+    ("/inboxes/<address>/messages/<int:message_id>", messages.get_message, ["GET"]),
+    ("/inboxes/<address>/messages/<int:message_id>.eml", messages.raw_message, ["GET"]),
+    ("/outbound", outbound.list_outbound, ["GET"]),
+    ("/outbound/<public_id>", outbound.get_outbound, ["GET"]),
+]
+PUBLIC_ENDPOINTS = {"api.serve", "api.unknown_route"}
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+for rule, view, methods in ROUTES:
+    bp.add_url_rule(rule, view_func=view, methods=methods)
+errors.register(bp)
+
+
+@bp.before_request
+def require_token():
+    if request.endpoint not in PUBLIC_ENDPOINTS:
+        authenticate()
+
+
+@bp.route("/", defaults={"rest": ""}, methods=ANY_METHOD)
+@bp.route("/<path:rest>", methods=ANY_METHOD)
+def unknown_route(rest):
+    """Anything under /v1 that no route took: a JSON 404 (or 405 naming the methods that exist).
+
+    Routing errors happen before a blueprint is chosen, so the blueprint's own error handlers
+    would never see them; this catch-all keeps /v1 JSON-only without touching the app's handlers.
+    """
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        try:
+            endpoint, _ = adapter.match(request.path, method=method)
+        except (NotFound, MethodNotAllowed, RequestRedirect):
+            continue
+        if endpoint != "api.unknown_route":
+            allowed.add(method)
+    if allowed:
+        if "GET" in allowed:
+            allowed.add("HEAD")
+        raise MethodNotAllowed(valid_methods=sorted(allowed | {"OPTIONS"}))
+    raise NotFound(f"No API route {request.method} {request.path}; see /v1/openapi.json")

@@ -1,0 +1,73 @@
+"""GET/POST /v1/inboxes and GET /v1/account."""
+import datetime
+
+from flask import current_app
+from flask import g
+from flask import jsonify
+from peewee import IntegrityError
+
+import models
+from smtpd_worker import submission
+from webapp.api.errors import ApiError
+from webapp.api.errors import Invalid
+from webapp.api.outbound import iso
+from webapp.api.pagination import paginate
+from webapp.api.validation import inbox_request
+from webapp.api.validation import json_body
+
+
+def inbox_json(inbox):
+    can_send, reason = models.inbox_can_send(inbox)
+    return {"address": inbox.address, "display_name": inbox.display_name,
+            "domain": inbox.domain.name if inbox.domain_id else None, "can_send": can_send,
+            "cannot_send_reason": reason, "created_at": iso(inbox.created_at)}
+
+
+def list_inboxes():
+    query = models.Inbox.select().where(models.Inbox.user == g.user)
+    return jsonify(paginate(query, models.Inbox.id, inbox_json))
+
+
+def create_inbox():
+    name, domain_name, display_name = inbox_request(json_body())
+    config = current_app.config["INBOXLAYER"]
+    default_domain = config["server"]["default_domain"]
+    domain = None
+    if domain_name is not None:
+        try:
+            domain_name = models.normalize_domain(domain_name)
+        except models.AddressError as exc:
+            raise Invalid("domain", str(exc)) from None
+        if domain_name != default_domain:
+            domain = models.Domain.get_or_none(models.Domain.name == domain_name, models.Domain.user == g.user)
+            if domain is None:
+                raise Invalid("domain", f"{domain_name} is neither {default_domain} nor a domain of this account")
+    try:
+        with models.db.atomic():
+            inbox = models.create_inbox(g.user, name, domain, default_domain, display_name)
+    except models.AddressError as exc:
+        raise Invalid("name", str(exc)) from None
+    except IntegrityError:
+        raise ApiError(409, "inbox_exists", f"The address {name.strip().lower()}@"
+                                            f"{domain.name if domain else default_domain} is already taken") from None
+    response = jsonify(inbox_json(inbox))
+    response.status_code = 201
+    response.headers["Location"] = f"/v1/inboxes/{inbox.address}"
+    return response
+
+
+def next_reset():
+    """When the daily quota starts over: the next 00:00 UTC."""
+    return datetime.datetime.combine(models.utcnow().date() + datetime.timedelta(days=1), datetime.time())
+
+
+def quota_json(user):
+    used, limit = submission.quota_state(user)
+    return {"limit": limit, "used": used, "remaining": max(limit - used, 0), "resets_at": iso(next_reset())}
+
+
+def account():
+    plan = submission.plan_of(g.user)
+    return jsonify({"email": g.user.email, "plan": g.user.plan, "quota": quota_json(g.user),
+                    "rate": {"per_second": plan["send_rate_per_second"], "burst": plan["send_burst"]},
+                    "token": {"name": g.token.name, "prefix": g.token.prefix}})

@@ -1,0 +1,272 @@
+"""The OpenAPI 3 document of /v1, served at /v1/openapi.json.
+
+Hand-written from small schema dicts; tests/test_api_openapi.py checks that it lists exactly
+the blueprint's routes and schemathesis checks every response against it.
+"""
+from flask import jsonify
+
+import models
+
+OPENAPI_VERSION = "3.0.3"
+
+
+def _nullable(schema):
+    return {**schema, "nullable": True}
+
+
+STRING = {"type": "string"}
+DATETIME = {"type": "string", "format": "date-time"}
+ADDRESS_OR_LIST = {
+    "oneOf": [{"type": "string", "maxLength": 360},
+              {"type": "array", "items": {"type": "string", "maxLength": 360}, "maxItems": 100}],
+    "description": "An address (`bob@example.com` or `Bob <bob@example.com>`) or a list of them.",
+}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "additionalProperties": False,
+            "properties": {"code": {"type": "string", "description": "Stable machine-readable code."},
+                           "message": {"type": "string", "description": "What went wrong, for humans."}}}},
+    },
+    "Event": {
+        "type": "object", "required": ["type", "detail", "occurred_at"],
+        "properties": {"type": STRING, "detail": {"type": "object"}, "occurred_at": DATETIME},
+    },
+    "Outbound": {
+        "type": "object",
+        "required": ["id", "status", "via", "inbox", "mail_from", "recipients", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^ob_[0-9a-f]+$"},
+            "status": {"type": "string", "enum": list(models.STATUSES)},
+            "via": {"type": "string", "enum": ["smtp", "api"]},
+            "inbox": STRING,
+            "mail_from": STRING,
+            "recipients": {"type": "array", "items": STRING},
+            "subject": _nullable(STRING),
+            "message_id": _nullable({"type": "string", "description": "The Message-ID header."}),
+            "sent_message_id": _nullable({"type": "integer", "description": "Id of the Sent-folder copy."}),
+            "ses_message_id": _nullable(STRING),
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_error": _nullable(STRING),
+            "created_at": DATETIME,
+            "updated_at": _nullable(DATETIME),
+            "sent_at": _nullable(DATETIME),
+            "completed_at": _nullable(DATETIME),
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
+                       "description": "Status history, oldest first (only on GET /v1/outbound/{id})."},
+        },
+    },
+    "Inbox": {
+        "type": "object", "required": ["address", "display_name", "domain", "can_send", "created_at"],
+        "properties": {"address": STRING, "display_name": STRING, "domain": _nullable(STRING),
+                       "can_send": {"type": "boolean"}, "cannot_send_reason": _nullable(STRING),
+                       "created_at": DATETIME},
+    },
+    "InboxCreate": {
+        "type": "object", "required": ["name"], "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 64, "example": "support-bot",
+                     "description": "Local part: letters, digits, '.', '-', '_'."},
+            "domain": {"type": "string", "maxLength": 253,
+                       "description": "One of your domains; omit for the default domain."},
+            "display_name": {"type": "string", "maxLength": 100},
+        },
+    },
+    "Attachment": {
+        "type": "object", "required": ["filename", "content"], "additionalProperties": False,
+        "properties": {
+            "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+            "content": {"type": "string", "format": "byte", "description": "Standard base64."},
+            "content_type": {"type": "string", "example": "application/pdf",
+                             "description": "Default: guessed from the file name."},
+            "disposition": {"type": "string", "enum": ["attachment", "inline"], "default": "attachment"},
+        },
+    },
+    "SendRequest": {
+        "type": "object", "additionalProperties": False,
+        "description": "At least one recipient (to, cc or bcc) and text and/or html are required.",
+        "properties": {
+            "to": ADDRESS_OR_LIST, "cc": ADDRESS_OR_LIST, "bcc": ADDRESS_OR_LIST, "reply_to": ADDRESS_OR_LIST,
+            "subject": {"type": "string", "maxLength": 998},
+            "text": {"type": "string"},
+            "html": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 998},
+                        "description": "Extra headers (X-*, In-Reply-To, References, List-Unsubscribe, ...). "
+                                       "Structural headers (From, To, Subject, Content-*, ...) are refused."},
+            "attachments": {"type": "array", "maxItems": 100, "items": {"$ref": "#/components/schemas/Attachment"}},
+        },
+        "example": {"to": ["bob@example.com"], "subject": "Hello", "text": "Hi Bob"},
+    },
+    "Account": {
+        "type": "object", "required": ["email", "plan", "quota", "rate"],
+        "properties": {
+            "email": STRING, "plan": STRING,
+            "quota": {"type": "object", "required": ["limit", "used", "remaining", "resets_at"],
+                      "properties": {"limit": {"type": "integer"}, "used": {"type": "integer"},
+                                     "remaining": {"type": "integer"}, "resets_at": DATETIME}},
+            "rate": {"type": "object", "properties": {"per_second": {"type": "number"},
+                                                      "burst": {"type": "integer"}}},
+            "token": {"type": "object", "properties": {"name": STRING, "prefix": STRING}},
+        },
+    },
+    "Message": {
+        "type": "object", "required": ["id", "folder", "message_id", "subject", "from", "to", "size", "created_at"],
+        "properties": {"id": {"type": "integer"}, "folder": {"type": "string", "enum": ["sent", "inbox"]},
+                       "message_id": STRING, "subject": STRING, "from": STRING, "to": STRING,
+                       "size": {"type": "integer"}, "created_at": DATETIME, "outbound_id": _nullable(STRING)},
+    },
+    "MessageDetail": {
+        "allOf": [{"$ref": "#/components/schemas/Message"}, {
+            "type": "object", "required": ["headers", "attachments", "raw_url"],
+            "properties": {
+                "headers": {"type": "array", "items": {"type": "object", "required": ["name", "value"],
+                                                       "properties": {"name": STRING, "value": STRING}}},
+                "text": _nullable(STRING), "html": _nullable(STRING),
+                "attachments": {"type": "array", "items": {
+                    "type": "object", "properties": {"filename": _nullable(STRING), "content_type": STRING,
+                                                     "size": {"type": "integer"}}}},
+                "raw_url": STRING}}],
+    },
+}
+
+
+def _list_of(ref):
+    return {"type": "object", "required": ["data", "has_more", "next_cursor"],
+            "properties": {"data": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
+                           "has_more": {"type": "boolean"}, "next_cursor": _nullable(STRING)}}
+
+
+SCHEMAS["OutboundList"] = _list_of("Outbound")
+SCHEMAS["InboxList"] = _list_of("Inbox")
+SCHEMAS["MessageList"] = _list_of("Message")
+
+ERROR_TEXT = {
+    400: "Malformed request (body not JSON, bad Idempotency-Key).",
+    401: "Missing, invalid or revoked token.",
+    403: "The inbox may not send (custom domain not verified).",
+    404: "No such resource in this account.",
+    405: "Method not allowed on this path.",
+    409: "Conflict (Idempotency-Key reused with another body; address taken).",
+    413: "Request body or built message over the size limit (25 MB).",
+    422: "Invalid field; the message names it.",
+    429: "Rate limit or daily quota reached; see Retry-After.",
+    503: "A backing service is unavailable; try again later.",
+}
+RATE_HEADERS = {
+    "X-RateLimit-Limit": {"description": "Daily send quota (recipients per UTC day), shared with SMTP.",
+                          "schema": {"type": "integer"}},
+    "X-RateLimit-Remaining": {"description": "Sends left today.", "schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {"description": "When the quota resets (Unix time, next 00:00 UTC).",
+                          "schema": {"type": "integer"}},
+}
+
+
+def _error(status, headers=None):
+    response = {"description": ERROR_TEXT[status],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _ok(description, ref=None, status="200", headers=None, content_type="application/json", schema=None):
+    response = {"description": description,
+                "content": {content_type: {"schema": schema or {"$ref": f"#/components/schemas/{ref}"}}}}
+    if headers:
+        response["headers"] = headers
+    return {status: response}
+
+
+def _op(summary, ok, errors, parameters=(), body=None, public=False, description=None):
+    responses = dict(ok)
+    for status in (400, 401, 404, 405, 413, 503) + tuple(errors):
+        if public and status == 401:
+            continue
+        responses[str(status)] = _error(status)
+    if "429" in responses:
+        responses["429"] = _error(429, {"Retry-After": {"description": "Seconds to wait.",
+                                                        "schema": {"type": "integer"}}, **RATE_HEADERS})
+    op = {"summary": summary, "parameters": list(parameters), "responses": responses}
+    if description:
+        op["description"] = description
+    if body:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    if public:
+        op["security"] = []
+    return op
+
+
+def _path_param(name, schema, description):
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+def _query_param(name, schema, description):
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+ADDRESS = _path_param("address", {"type": "string", "example": "agent@inboxlayer.dev"}, "The inbox address.")
+MESSAGE_ID = _path_param("message_id", {"type": "integer", "minimum": 0}, "Message id within the inbox.")
+PUBLIC_ID = _path_param("public_id", {"type": "string", "example": "ob_0123456789abcdef01234567"},
+                        "OutboundEmail id (`ob_...`).")
+LIMIT = _query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size.")
+CURSOR = _query_param("cursor", {"type": "string"}, "`next_cursor` of the previous page.")
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                   "description": "Retry-safe sends: the same key and body return the first result "
+                                  "(header Idempotent-Replayed: true); the same key with another body is 409."}
+
+PATHS = {
+    "/v1/openapi.json": {"get": _op("This document", _ok("The OpenAPI document", schema={"type": "object"}),
+                                    (), public=True)},
+    "/v1/account": {"get": _op("The token's account: plan, quota and rate", _ok("Account", "Account"), ())},
+    "/v1/inboxes": {
+        "get": _op("List inboxes", _ok("Inboxes, newest first", "InboxList"), (422,), [LIMIT, CURSOR]),
+        "post": _op("Create an inbox", _ok("Created", "Inbox", "201"), (409, 422), body="InboxCreate"),
+    },
+    "/v1/inboxes/{address}/send": {"post": _op(
+        "Send a message from an inbox",
+        _ok("Accepted for relay (durable: committed and queued)", "Outbound", "202", RATE_HEADERS),
+        (403, 409, 422, 429), [ADDRESS, IDEMPOTENCY_KEY], body="SendRequest",
+        description="Builds a MIME message and submits it through the same path as SMTP: the same quota, "
+                    "rate limit, Sent copy and relay job. Each envelope recipient (to + cc + bcc, "
+                    "de-duplicated) counts once against the daily quota.")},
+    "/v1/inboxes/{address}/messages": {"get": _op(
+        "List stored messages of an inbox", _ok("Messages, newest first", "MessageList"), (422,),
+        [ADDRESS, _query_param("folder", {"type": "string", "enum": ["sent", "inbox"], "default": "sent"},
+                               "Folder."), LIMIT, CURSOR])},
+    "/v1/inboxes/{address}/messages/{message_id}": {"get": _op(
+        "One stored message: headers, bodies, attachment list", _ok("Message", "MessageDetail"), (),
+        [ADDRESS, MESSAGE_ID])},
+    "/v1/inboxes/{address}/messages/{message_id}.eml": {"get": _op(
+        "One stored message, raw (RFC 5322)",
+        _ok("The raw message", content_type="message/rfc822", schema={"type": "string", "format": "binary"}),
+        (), [ADDRESS, MESSAGE_ID])},
+    "/v1/outbound": {"get": _op(
+        "List outbound emails", _ok("Outbound emails, newest first", "OutboundList"), (422,),
+        [_query_param("status", {"type": "string", "enum": list(models.STATUSES)}, "Only this status."),
+         _query_param("inbox", {"type": "string"}, "Only sends from this inbox address."), LIMIT, CURSOR])},
+    "/v1/outbound/{public_id}": {"get": _op(
+        "One outbound email with its status history", _ok("Outbound email", "Outbound"), (), [PUBLIC_ID])},
+}
+
+
+def document():
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "Inboxlayer API", "version": "1.0.0",
+                 "description": "Send email from agent inboxes and follow its delivery. Errors are "
+                                "`{\"error\": {\"code\", \"message\"}}`."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                                          "description": "An API token (`il_...`)."}},
+                       "schemas": SCHEMAS},
+        "paths": PATHS,
+    }
+
+
+def serve():
+    return jsonify(document())

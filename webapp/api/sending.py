@@ -1,0 +1,120 @@
+"""POST /v1/inboxes/{address}/send: JSON in, a MIME message through the SMTP submit path out."""
+import calendar
+import hashlib
+import tempfile
+from email.headerregistry import Address
+
+from flask import current_app
+from flask import g
+from flask import jsonify
+from flask import request
+
+import models
+from smtpd_worker import submission
+from webapp.api.auth import owned_inbox
+from webapp.api.errors import UNAVAILABLE
+from webapp.api.errors import ApiError
+from webapp.api.errors import Invalid
+from webapp.api.errors import handle_submit_error
+from webapp.api.inboxes import next_reset
+from webapp.api.inboxes import quota_json
+from webapp.api.mime import MimeError
+from webapp.api.mime import build_message
+from webapp.api.mime import write_message
+from webapp.api.outbound import outbound_json
+from webapp.api.validation import canonical_json
+from webapp.api.validation import json_body
+from webapp.api.validation import send_request
+
+MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width
+
+
+def send(address):
+    inbox = owned_inbox(address)
+    try:
+        response = _send(inbox)
+    except submission.SubmitError as exc:
+        response = handle_submit_error(exc)
+    if response.status_code in (200, 202, 429):
+        _rate_limit_headers(response)
+    return response
+
+
+def _send(inbox):
+    config = current_app.config["INBOXLAYER"]
+    body = json_body()
+    parsed = send_request(body, config["smtp"]["max_recipients"])
+    key = _idempotency_key()
+    request_hash = hashlib.sha256(inbox.address.encode() + b"\n" + canonical_json(body)).hexdigest()
+    if key is not None:
+        earlier = _earlier_send(key, request_hash)
+        if earlier is not None:
+            return _accepted(earlier, replayed=True)
+    recipients = parsed.envelope_recipients()
+    submission.check_sender(inbox, inbox.address)  # a custom domain must still be verified
+    submission.check_quota(g.user, len(recipients))
+    submission.check_rate(g.user)
+    try:
+        message = build_message(_sender(inbox), parsed, inbox.address.rsplit("@", 1)[1])
+    except MimeError as exc:
+        field, _, reason = str(exc).partition(": ")
+        raise Invalid(field, reason) from None
+    max_size = config["smtp"]["max_message_size"]
+    started = models.utcnow()
+    with tempfile.TemporaryFile(prefix="inboxlayer-api-") as spool:
+        try:
+            size = write_message(message, spool)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise ApiError(422, "invalid_request", f"The message could not be built: {exc}"[:300]) from None
+        if size > max_size:
+            raise ApiError(413, "message_too_large", f"Message size {size} bytes exceeds the limit of "
+                                                     f"{max_size} bytes ({max_size // 2**20} MB)")
+        outbound = submission.submit(g.user, inbox, inbox.address, recipients, spool, via="api",
+                                     idempotency_key=key, request_hash=request_hash if key else None)
+    return _accepted(outbound, replayed=outbound.created_at < started)
+
+
+def _sender(inbox):
+    local, domain = inbox.address.rsplit("@", 1)
+    return Address(display_name=inbox.display_name, username=local, domain=domain)
+
+
+def _idempotency_key():
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise ApiError(400, "invalid_idempotency_key",
+                       f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key
+
+
+def _earlier_send(key, request_hash):
+    """The send this key already made (replay), a 409 if it was for another request, else None."""
+    earlier = models.OutboundEmail.get_or_none(models.OutboundEmail.user == g.user,
+                                               models.OutboundEmail.idempotency_key == key)
+    if earlier is not None and earlier.request_hash != request_hash:
+        raise submission.IdempotencyConflict("This Idempotency-Key was used with a different request")
+    return earlier
+
+
+def _accepted(outbound, replayed):
+    outbound = models.OutboundEmail.get_by_id(outbound.id)  # fresh status, joined fields
+    response = jsonify(outbound_json(outbound))
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/outbound/{outbound.public_id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _rate_limit_headers(response):
+    """X-RateLimit-*: the daily send quota (shared with SMTP), see docs/api.md."""
+    try:
+        quota = quota_json(g.user)
+    except UNAVAILABLE as exc:  # headers are informative; a failed lookup must not cost the send
+        current_app.logger.warning("quota headers unavailable: %s", exc)
+        return
+    response.headers["X-RateLimit-Limit"] = str(quota["limit"])
+    response.headers["X-RateLimit-Remaining"] = str(quota["remaining"])
+    response.headers["X-RateLimit-Reset"] = str(calendar.timegm(next_reset().timetuple()))
