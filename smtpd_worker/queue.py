@@ -2,6 +2,8 @@
 import redis
 from rq import Queue
 
+import settings
+
 _redis = None
 _prefix = "inboxlayer"
 
@@ -37,6 +39,12 @@ def relay_queue():
     return Queue(relay_queue_name(), connection=connection())
 
 
+def relay_job_id(outbound_id):
+    """RQ job id of a row's relay job; carries the prefix so deployments (and test runs) sharing
+    one Redis never overwrite each other's jobs."""
+    return f"{_prefix}-relay-{outbound_id}"
+
+
 def enqueue_relay(outbound_id):
     """Enqueue the relay job for an OutboundEmail. Raises QueueUnavailable if Redis is down.
 
@@ -47,7 +55,8 @@ def enqueue_relay(outbound_id):
 
     queue = relay_queue()
     try:
-        return queue.enqueue(jobs.relay_outbound, outbound_id, job_id=f"relay-{outbound_id}",
+        return queue.enqueue(jobs.relay_outbound, outbound_id, job_id=relay_job_id(outbound_id),
+                             job_timeout=settings.get()["relay"]["job_timeout"],
                              result_ttl=3600, failure_ttl=86400)
     except redis.RedisError as exc:
         raise QueueUnavailable(str(exc)) from exc
