@@ -1,0 +1,294 @@
+"""RQ jobs of the relay: ``relay_outbound(id)`` and the periodic ``reconcile_stale()``.
+
+The database is the truth; Redis only carries hints ("look at row N"). A job may run twice, late,
+or never; the row decides what happens:
+
+- A worker *claims* a row with one conditional UPDATE (queued/sending, not leased -> sending,
+  attempts + 1, ``next_attempt_at`` = lease expiry) and writes an ``attempt`` event in the same
+  transaction, before it calls SES. Two workers can never both hold a row.
+- The result is recorded only while the claim is still ours (same attempt number).
+- Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
+  users see one final outcome and a list of attempts, not a stream of soft failures.
+- ``reconcile_stale`` re-enqueues rows whose lease or retry time passed ``relay.reconcile_after``
+  ago without progress (enqueue lost, Redis flushed, worker SIGKILLed).
+
+At-least-once window: if SES accepted a message and the worker died before recording it, the row
+still ends with an ``attempt`` event and no result. The next claim sees that, records a
+``possible_duplicate`` event and sends again. See docs/relay.md.
+"""
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+
+from peewee import IntegrityError
+from peewee import InterfaceError
+from peewee import OperationalError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
+
+import models
+import settings
+from smtpd_worker import blobs
+from smtpd_worker import queue
+from smtpd_worker import relay
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "sending")
+RELAY_EVENT_TYPES = ("attempt", "sent", "retry", "failed", "released")
+DB_TRIES = 6  # a job rides out a database restart of a few seconds instead of failing
+RECONCILE_BATCH = 500  # rows per reconciler pass
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+# Set by the worker on SIGTERM: a job that has not called SES yet hands its row back.
+SHUTDOWN = threading.Event()
+
+
+class Claim:
+    """A row this worker holds for one attempt."""
+
+    def __init__(self, row, attempt, blob_key):
+        self.row, self.attempt, self.blob_key = row, attempt, blob_key
+
+
+# -- relay ------------------------------------------------------------------------------------
+
+def relay_outbound(outbound_id):
+    """Relay one OutboundEmail through SES. Safe to run any number of times."""
+    claim = _with_db(_claim, outbound_id)
+    if claim is None:
+        return "skipped"
+    row = claim.row
+    extra = {"outbound_id": row.public_id}
+    try:
+        data = _read_message(claim.blob_key)
+    except blobs.BlobError as exc:
+        return _finish_error(claim, relay.RelayError("BlobUnavailable", str(exc), retryable=True))
+    if SHUTDOWN.is_set():
+        _with_db(_release, claim, "worker shutting down before calling SES")
+        _enqueue(row.id)
+        log.info("released %s: worker shutting down", row.public_id, extra=extra)
+        return "released"
+    recipients = json.loads(row.recipients)
+    try:
+        ses_message_id = relay.send_raw(row.mail_from, recipients, data, tags={"outbound_id": row.public_id})
+    except relay.RelayError as err:
+        return _finish_error(claim, err)
+    _with_db(_record_sent, claim, ses_message_id)
+    log.info("sent %s as SES %s (attempt %d)", row.public_id, ses_message_id, claim.attempt, extra=extra)
+    return "sent"
+
+
+def _read_message(blob_key):
+    if blob_key is None:
+        raise blobs.BlobError("the Sent copy was deleted before the message was relayed")
+    with blobs.store().open(blob_key) as stream:
+        return relay.strip_bcc(stream)
+
+
+def _claimable(outbound_id, now):
+    e = models.OutboundEmail
+    return ((e.id == outbound_id) & e.status.in_(ACTIVE)
+            & (e.next_attempt_at.is_null() | (e.next_attempt_at <= now)))
+
+
+def _claim(outbound_id):
+    e = models.OutboundEmail
+    relay_settings = settings.get()["relay"]
+    now = models.utcnow()
+    lease_until = now + datetime.timedelta(seconds=relay_settings["job_timeout"])
+    with models.db.atomic():
+        # UPDATE first: it takes the write lock at once (SQLite) and is the compare-and-swap.
+        claimed = (e.update(status="sending", attempts=e.attempts + 1, next_attempt_at=lease_until, updated_at=now)
+                   .where(_claimable(outbound_id, now) & (e.attempts < relay_settings["max_attempts"]))
+                   .execute())
+        if not claimed:
+            _give_up_if_exhausted(outbound_id, now, relay_settings["max_attempts"])
+            return None
+        row = e.get_by_id(outbound_id)
+        if _last_relay_event(row.id) == "attempt":
+            _event(row, "possible_duplicate", {
+                "attempt": row.attempts - 1,
+                "message": "the previous attempt stopped after calling SES without a recorded result; "
+                           "if SES accepted it, this attempt sends a second copy"})
+        _event(row, "attempt", {"attempt": row.attempts, "worker": WORKER_NAME})
+        blob_key = (models.Message.select(models.Message.blob_key)
+                    .where(models.Message.id == row.message_id).scalar() if row.message_id else None)
+    return Claim(row, row.attempts, blob_key)
+
+
+def _give_up_if_exhausted(outbound_id, now, max_attempts):
+    """A claimable row with no attempts left: its last attempt was interrupted. Fail it."""
+    e = models.OutboundEmail
+    reason = f"gave up after {max_attempts} attempts; the last one was interrupted"
+    failed = (e.update(status="failed", last_error=reason, completed_at=now, updated_at=now, next_attempt_at=None)
+              .where(_claimable(outbound_id, now) & (e.attempts >= max_attempts)).execute())
+    if failed:
+        _event(e.get_by_id(outbound_id), "failed", {"message": reason, "attempts": max_attempts})
+
+
+def _last_relay_event(outbound_id):
+    ev = models.OutboundEvent
+    return (ev.select(ev.type).where(ev.outbound == outbound_id, ev.type.in_(RELAY_EVENT_TYPES))
+            .order_by(ev.id.desc()).limit(1).scalar())
+
+
+def _ours(claim):
+    e = models.OutboundEmail
+    return (e.id == claim.row.id) & (e.status == "sending") & (e.attempts == claim.attempt)
+
+
+def _record_sent(claim, ses_message_id):
+    e = models.OutboundEmail
+    now = models.utcnow()
+    with models.db.atomic():
+        updated = (e.update(status="sent", ses_message_id=ses_message_id, sent_at=now, updated_at=now,
+                            next_attempt_at=None, last_error=None)
+                   .where(_ours(claim)).execute())
+        detail = {"attempt": claim.attempt, "ses_message_id": ses_message_id}
+        if not updated:
+            # A delivery event (matched by tag) got here first, or our lease ran out: keep the id.
+            (e.update(ses_message_id=ses_message_id)
+             .where((e.id == claim.row.id) & e.ses_message_id.is_null()).execute())
+            detail["note"] = "the row had moved on before this result was recorded"
+        _event(claim.row, "sent", detail, dedupe_key=f"sent:{ses_message_id}")
+
+
+def _finish_error(claim, err):
+    """Record a failed attempt: schedule a retry, or fail the row for good."""
+    delay = _with_db(_record_error, claim, err)
+    extra = {"outbound_id": claim.row.public_id}
+    if delay is None:
+        log.warning("failed %s: %s", claim.row.public_id, err, extra=extra)
+        return "failed"
+    log.info("retrying %s in %d s: %s", claim.row.public_id, delay, err, extra=extra)
+    _schedule(claim.row.id, claim.attempt, delay)
+    return "retry"
+
+
+def _record_error(claim, err):
+    e = models.OutboundEmail
+    max_attempts = settings.get()["relay"]["max_attempts"]
+    now = models.utcnow()
+    with models.db.atomic():
+        if err.retryable and claim.attempt < max_attempts:
+            delay = backoff_delay(claim.attempt)
+            updated = (e.update(next_attempt_at=now + datetime.timedelta(seconds=delay), last_error=str(err),
+                                updated_at=now).where(_ours(claim)).execute())
+            if updated:
+                _event(claim.row, "retry", {**err.as_detail(), "attempt": claim.attempt, "delay": delay,
+                                            "message": f"retry scheduled in {delay} s: {err}"})
+            return delay if updated else None
+        reason = str(err) if not err.retryable else f"gave up after {claim.attempt} attempts: {err}"
+        updated = (e.update(status="failed", last_error=reason, completed_at=now, updated_at=now,
+                            next_attempt_at=None).where(_ours(claim)).execute())
+        if updated:
+            _event(claim.row, "failed", {**err.as_detail(), "attempt": claim.attempt, "message": reason})
+        return None
+
+
+def _release(claim, reason):
+    """Hand the row back untouched (the attempt does not count): nobody called SES."""
+    e = models.OutboundEmail
+    with models.db.atomic():
+        released = (e.update(status="queued" if claim.attempt == 1 else "sending", attempts=e.attempts - 1,
+                             next_attempt_at=None, updated_at=models.utcnow())
+                    .where(_ours(claim)).execute())
+        if released:
+            _event(claim.row, "released", {"attempt": claim.attempt, "message": reason})
+
+
+def backoff_delay(attempt):
+    """Seconds before retry after ``attempt``: base * 2**(attempt-1), capped, jittered into its
+    upper half so that a throttled burst does not come back in lockstep."""
+    relay_settings = settings.get()["relay"]
+    ceiling = min(relay_settings["backoff_max"], relay_settings["backoff_base"] * 2 ** (attempt - 1))
+    return max(1, math.ceil(ceiling * random.uniform(0.5, 1.0)))
+
+
+def _schedule(outbound_id, attempt, delay):
+    """Enqueue the retry at its due time (RQ scheduler in the workers); the reconciler is the backstop."""
+    try:
+        queue.relay_queue().enqueue_in(
+            datetime.timedelta(seconds=delay), relay_outbound, outbound_id,
+            job_id=f"{queue.relay_job_id(outbound_id)}-retry{attempt}",
+            job_timeout=settings.get()["relay"]["job_timeout"], result_ttl=3600, failure_ttl=86400)
+    except Exception as exc:  # Redis trouble: the row knows its due time; the reconciler will act
+        log.warning("could not schedule retry of row %s: %s", outbound_id, exc)
+
+
+def _enqueue(outbound_id):
+    try:
+        queue.enqueue_relay(outbound_id)
+    except queue.QueueUnavailable as exc:
+        log.warning("could not enqueue row %s, left to the reconciler: %s", outbound_id, exc)
+
+
+def _event(row, type_, detail, dedupe_key=None):
+    try:
+        with models.db.atomic():
+            models.OutboundEvent.create(outbound=row.id, type=type_, detail=json.dumps(detail),
+                                        dedupe_key=dedupe_key)
+    except IntegrityError:
+        if dedupe_key is None:
+            raise  # only a dedupe key may collide; anything else is a real error
+
+
+def _with_db(function, *args):
+    """Run ``function`` in its own connection scope, retrying on a lost connection or a busy
+    database. Keeps a recorded SES result from being lost to a database restart."""
+    for attempt in range(DB_TRIES):
+        try:
+            with models.db.connection_context():
+                return function(*args)
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == DB_TRIES - 1:
+                raise
+            log.warning("database error in %s (try %d of %d): %s", function.__name__, attempt + 1, DB_TRIES, exc)
+            time.sleep(min(0.2 * 2 ** attempt, 3.0))
+
+
+# -- reconciler -------------------------------------------------------------------------------
+
+def reconcile_stale(now=None):
+    """Re-enqueue rows stuck in queued/sending past ``relay.reconcile_after``. Returns how many.
+
+    A row is stuck when its job is neither waiting in the queue nor running on time: the enqueue
+    after the commit failed, Redis lost its data, or a worker died holding the lease.
+    """
+    now = now or models.utcnow()
+    cutoff = now - datetime.timedelta(seconds=settings.get()["relay"]["reconcile_after"])
+    e = models.OutboundEmail
+    with models.db.connection_context():
+        stale = [row.id for row in e.select(e.id).where(
+            e.status.in_(ACTIVE),
+            (e.next_attempt_at.is_null() & (e.updated_at < cutoff)) | (e.next_attempt_at < cutoff),
+        ).order_by(e.id).limit(RECONCILE_BATCH)]
+    requeued = [outbound_id for outbound_id in stale if not _waiting_in_queue(outbound_id)]
+    for outbound_id in requeued:
+        queue.enqueue_relay(outbound_id)
+    if requeued:
+        log.warning("reconciler re-enqueued %d stuck row(s): %s", len(requeued), requeued[:20])
+    # RQ's own bookkeeping: jobs of dead workers leave 'started' for the failed registry.
+    StartedJobRegistry(queue.relay_queue_name(), connection=queue.connection()).cleanup()
+    return len(requeued)
+
+
+def _waiting_in_queue(outbound_id):
+    """True when the row's job sits in the queue (a backlog, not a loss): leave it alone."""
+    job_id = queue.relay_job_id(outbound_id)
+    try:
+        job = Job.fetch(job_id, connection=queue.connection())
+    except NoSuchJobError:
+        return False
+    if job.get_status() != JobStatus.QUEUED:
+        return False
+    return queue.connection().lpos(queue.relay_queue().key, job_id) is not None

@@ -1,0 +1,78 @@
+"""Periodic tasks run by every worker process; a Redis lock makes each run once per interval
+across all workers on all machines.
+
+Adding a task is one line in ``tasks()``: (interval in seconds, name, callable).
+"""
+import importlib
+import logging
+import threading
+import time
+
+import redis
+
+from smtpd_worker import queue
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds between looks at the schedule
+
+
+def tasks(config):
+    relay = config["relay"]
+    return [
+        (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
+    ]
+
+
+def resolve(path):
+    module_name, _, function_name = path.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run_due(schedule, now=None):
+    """Run each task whose interval has elapsed and whose cluster-wide lock we win.
+
+    ``schedule`` is a list of [interval, path, next_run]; returns the paths that ran here.
+    """
+    now = time.monotonic() if now is None else now
+    ran = []
+    for entry in schedule:
+        interval, path, next_run = entry
+        if now < next_run:
+            continue
+        entry[2] = now + interval
+        if not _take_lock(path, interval):
+            continue  # another worker ran it within this interval
+        try:
+            resolve(path)()
+            ran.append(path)
+        except Exception:  # the loop's top-level boundary: log it, keep the other tasks alive
+            log.exception("periodic task %s failed", path)
+    return ran
+
+
+def _take_lock(path, interval):
+    """SET NX with an expiry of one interval: whoever sets it runs the task this interval."""
+    try:
+        return bool(queue.connection().set(queue.key("periodic", path), "1", nx=True,
+                                           px=max(1, int(interval * 1000 * 0.9))))
+    except redis.RedisError as exc:
+        log.warning("periodic lock for %s unavailable: %s", path, exc)
+        return False
+
+
+class PeriodicRunner(threading.Thread):
+    """A daemon thread beside the RQ worker's job loop."""
+
+    def __init__(self, config):
+        super().__init__(name="periodic", daemon=True)
+        self.schedule = [[interval, path, 0.0] for interval, path in tasks(config)]
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            run_due(self.schedule)
+            self.stopping.wait(TICK)
+
+    def stop(self):
+        self.stopping.set()

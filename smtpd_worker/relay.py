@@ -1,0 +1,144 @@
+"""A thin SES v2 wrapper: send the raw bytes of one message and classify what went wrong.
+
+``SendEmail`` with ``Content.Raw`` (v1 ``SendRawEmail`` caps at 10 MB; v2 takes 25 MB+). The
+envelope recipients (Bcc included) go in ``Destination``; the bytes carry no Bcc header.
+Retries are not botocore's business here (``ses.max_attempts_per_call`` defaults to 1): each
+try is ours, recorded as an OutboundEvent, so users see one truthful history.
+"""
+import importlib
+import logging
+import os
+import threading
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError
+from botocore.exceptions import ConnectionClosedError
+from botocore.exceptions import ConnectTimeoutError
+from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ReadTimeoutError
+
+import settings
+
+log = logging.getLogger(__name__)
+
+# Names a "module:function" called with each new SES client, so tests can register botocore event
+# hooks (throttling, slow calls) inside a worker process. Only the test suite sets it.
+FAULT_PLAN_ENV = "RELAY_FAULT_PLAN"
+
+# SES v2 error codes worth another try later; everything else with a 4xx status is permanent.
+RETRYABLE_CODES = {
+    "TooManyRequestsException",  # 429: sending rate exceeded
+    "Throttling",
+    "ThrottlingException",
+    "LimitExceededException",  # daily quota or a service limit; lifts with time
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+BCC_HEADERS = (b"bcc", b"resent-bcc")  # RFC 5322 3.6.3 and 3.6.6: blind copies never travel
+
+
+class RelayError(Exception):
+    """SES did not accept the message. ``retryable`` says whether another try may succeed."""
+
+    def __init__(self, code, message, retryable, status=None):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code, self.message, self.retryable, self.status = code, message, retryable, status
+
+    def as_detail(self):
+        return {"code": self.code, "message": self.message, "retryable": self.retryable, "status": self.status}
+
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def client():
+    """The process's SES v2 client (boto3 clients are thread-safe; creating one is not cheap)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = _new_client(settings.get())
+        return _client
+
+
+def reset_client():
+    """Forget the cached client (settings changed: tests, or a worker re-configured)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def _new_client(config):
+    ses = config["ses"]
+    made = boto3.session.Session().client(
+        "sesv2",
+        region_name=ses["region"],
+        endpoint_url=ses["endpoint_url"] or None,  # empty: real AWS and the standard credential chain
+        config=Config(connect_timeout=ses["connect_timeout"], read_timeout=ses["read_timeout"],
+                      retries={"total_max_attempts": max(1, ses["max_attempts_per_call"]), "mode": "standard"}))
+    plan = os.environ.get(FAULT_PLAN_ENV)
+    if plan:
+        module_name, _, function_name = plan.partition(":")
+        log.warning("SES fault plan %s installed (tests only)", plan)
+        getattr(importlib.import_module(module_name), function_name)(made)
+    return made
+
+
+def send_raw(mail_from, recipients, data, tags=None):
+    """Hand ``data`` (bytes) to SES for ``recipients``; return SES's MessageId or raise RelayError."""
+    request = {
+        "FromEmailAddress": mail_from,
+        "Destination": {"ToAddresses": list(recipients)},
+        "Content": {"Raw": {"Data": data}},
+    }
+    configuration_set = settings.get()["ses"]["configuration_set"]
+    if configuration_set:
+        request["ConfigurationSetName"] = configuration_set
+    if tags:
+        request["EmailTags"] = [{"Name": k, "Value": v} for k, v in tags.items()]
+    try:
+        return client().send_email(**request)["MessageId"]
+    except ClientError as exc:
+        raise classify_client_error(exc) from exc
+    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as exc:
+        # A read timeout may hide an accepted message: the retry is the at-least-once window.
+        raise RelayError(type(exc).__name__, str(exc), retryable=True) from exc
+    except BotoCoreError as exc:
+        raise RelayError(type(exc).__name__, str(exc), retryable=True) from exc
+
+
+def classify_client_error(exc):
+    error = exc.response.get("Error", {})
+    code = error.get("Code") or "Unknown"
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    retryable = code in RETRYABLE_CODES or (status is not None and status >= 500)
+    return RelayError(code, error.get("Message", ""), retryable=retryable, status=status)
+
+
+def strip_bcc(stream):
+    """The message bytes from ``stream`` with every Bcc/Resent-Bcc field (and its folded
+    continuation lines) removed from the header section; the body is untouched."""
+    out = []
+    dropping = False
+    while True:
+        line = stream.readline()
+        if not line:
+            return b"".join(out)
+        if line in (b"\r\n", b"\n"):
+            out.append(line)
+            break
+        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the field above
+            if not dropping:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].rstrip(b" \t").lower() if b":" in line else None
+        dropping = name in BCC_HEADERS
+        if not dropping:
+            out.append(line)
+    out.append(stream.read())
+    return b"".join(out)
