@@ -1,0 +1,156 @@
+"""Custom-domain verification against a real DNS server on loopback and the moto SES stand-in."""
+import json
+
+import boto3
+import pytest
+
+import models
+from smtpd_worker import domain_checks
+from tests.dnsserver import publish
+from tests.dnsserver import txt
+
+
+def add_domain(user, name="mail.example.com"):
+    tokens = domain_checks.create_identity(name)
+    with models.db.connection_context(), models.db.atomic():
+        return models.Domain.create(user=user, name=name, verification_token=domain_checks.new_verification_token(),
+                                    dkim_tokens=json.dumps(tokens))
+
+
+def test_create_identity_registers_domain_with_ses(config, ses_endpoint):
+    tokens = domain_checks.create_identity("mail.example.com")
+    identity = boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").get_email_identity(
+        EmailIdentity="mail.example.com")
+    assert identity["IdentityType"] == "DOMAIN"
+    assert len(tokens) == 3 and len(set(tokens)) == 3
+    assert all(len(t) == 32 and t.isalnum() and t == t.lower() for t in tokens)
+
+
+def test_create_identity_existing_identity_is_reused(config):
+    domain_checks.create_identity("mail.example.com")
+    assert len(domain_checks.create_identity("mail.example.com")) == 3
+
+
+def test_expected_records_list_txt_dkim_spf_dmarc(config, account):
+    domain = add_domain(account.user)
+    records = domain_checks.expected_records(domain)
+    tokens = json.loads(domain.dkim_tokens)
+    assert records[0] == {"type": "TXT", "name": "_inboxlayer.mail.example.com",
+                          "value": "inboxlayer-verification=" + domain.verification_token,
+                          "purpose": "Ownership", "required": True}
+    assert [(r["name"], r["value"]) for r in records if r["type"] == "CNAME"] == [
+        (f"{t}._domainkey.mail.example.com", f"{t}.dkim.amazonses.com") for t in tokens]
+    assert {"type": "TXT", "name": "mail.example.com", "value": "v=spf1 include:amazonses.com ~all",
+            "purpose": "SPF (recommended)", "required": False} in records
+    assert [r["name"] for r in records if r["purpose"].startswith("DMARC")] == ["_dmarc.mail.example.com"]
+
+
+def test_check_domain_records_missing_is_pending(config, account, dns_server):
+    domain = add_domain(account.user)
+    checked = domain_checks.check_domain(domain.id)
+    assert checked.status == "pending"
+    assert checked.last_error.startswith("Not found in DNS yet: TXT _inboxlayer.mail.example.com, CNAME ")
+    assert checked.last_checked_at is not None and checked.verified_at is None
+    assert ("_inboxlayer.mail.example.com", "TXT") in dns_server.queries
+
+
+def test_check_domain_records_published_is_verified(config, account, dns_server):
+    domain = add_domain(account.user)
+    publish(dns_server, domain_checks.expected_records(domain))
+    checked = domain_checks.check_domain(domain.id)
+    assert (checked.status, checked.last_error) == ("verified", None)
+    assert checked.verified_at is not None
+
+
+def test_check_domain_partial_records_names_the_missing_ones(config, account, dns_server):
+    domain = add_domain(account.user)
+    records = domain_checks.expected_records(domain)
+    publish(dns_server, records[:2])  # the TXT and the first DKIM CNAME
+    checked = domain_checks.check_domain(domain.id)
+    tokens = json.loads(domain.dkim_tokens)
+    assert checked.status == "pending"
+    assert checked.last_error == ("Not found in DNS yet: "
+                                  f"CNAME {tokens[1]}._domainkey.mail.example.com, "
+                                  f"CNAME {tokens[2]}._domainkey.mail.example.com")
+
+
+def test_check_domain_wrong_dkim_record_is_failed_with_reason(config, account, dns_server):
+    domain = add_domain(account.user)
+    records = domain_checks.expected_records(domain)
+    publish(dns_server, records)
+    wrong = records[2]
+    dns_server.set(wrong["name"], "CNAME", "someone-else.dkim.amazonses.com.")
+    checked = domain_checks.check_domain(domain.id)
+    assert checked.status == "failed"
+    assert checked.last_error == (f"DKIM record {wrong['name']} points to someone-else.dkim.amazonses.com, "
+                                  f"expected {wrong['value']}")
+
+
+def test_check_domain_wrong_verification_token_is_failed(config, account, dns_server):
+    domain = add_domain(account.user)
+    publish(dns_server, domain_checks.expected_records(domain))
+    dns_server.set("_inboxlayer.mail.example.com", "TXT", txt("inboxlayer-verification=not-the-token"))
+    checked = domain_checks.check_domain(domain.id)
+    assert checked.status == "failed"
+    assert checked.last_error == ("TXT _inboxlayer.mail.example.com holds a different verification token "
+                                  "than this domain's")
+
+
+def test_check_domain_unrelated_txt_counts_as_missing(config, account, dns_server):
+    domain = add_domain(account.user)
+    dns_server.set("_inboxlayer.mail.example.com", "TXT", txt("google-site-verification=abc"))
+    assert domain_checks.check_domain(domain.id).status == "pending"
+
+
+def test_check_domain_fixed_record_recovers_from_failed(config, account, dns_server):
+    domain = add_domain(account.user)
+    records = domain_checks.expected_records(domain)
+    dns_server.set(records[1]["name"], "CNAME", "wrong.example.net.")
+    assert domain_checks.check_domain(domain.id).status == "failed"
+    publish(dns_server, records)
+    assert domain_checks.check_domain(domain.id).status == "verified"
+
+
+def test_check_domain_dns_unreachable_keeps_status(config, account, dns_server):
+    domain = add_domain(account.user)
+    publish(dns_server, domain_checks.expected_records(domain))
+    assert domain_checks.check_domain(domain.id).status == "verified"
+    dns_server.stop()  # nothing answers on that port any more: every lookup times out
+    checked = domain_checks.check_domain(domain.id)
+    assert checked.status == "verified"
+    assert checked.last_error.startswith("DNS lookup failed, will retry: ")
+
+
+def test_check_pending_domains_checks_pending_and_failed_only(config, account, dns_server):
+    pending = add_domain(account.user, "a.example.com")
+    verified = add_domain(account.user, "b.example.com")
+    publish(dns_server, domain_checks.expected_records(pending))
+    with models.db.connection_context():
+        models.Domain.update(status="verified").where(models.Domain.id == verified.id).execute()
+    assert domain_checks.check_pending_domains() == 1
+    with models.db.connection_context():
+        assert models.Domain.get_by_id(pending.id).status == "verified"
+        assert models.Domain.get_by_id(verified.id).last_checked_at is None
+
+
+def test_check_pending_domains_skips_recently_checked(config, account, dns_server):
+    domain = add_domain(account.user)
+    assert domain_checks.check_pending_domains() == 1
+    assert domain_checks.check_pending_domains() == 0  # checked moments ago, within dns.check_interval
+    assert domain_checks.check_pending_domains(older_than=0) == 1
+    with models.db.connection_context():
+        assert models.Domain.get_by_id(domain.id).status == "pending"
+
+
+def test_check_domain_deleted_domain_returns_none(config):
+    assert domain_checks.check_domain(123456) is None
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+    ("127.0.0.1", ("127.0.0.1", 53)),
+    ("[::1]:5353", ("::1", 5353)),
+    ("::1", ("::1", 53)),
+])
+def test_split_host_port_resolver_setting(value, expected):
+    assert domain_checks._split_host_port(value) == expected
