@@ -21,6 +21,7 @@ def tasks(config):
     relay = config["relay"]
     return [
         (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
+        (config["dns"]["check_interval"], "smtpd_worker.domain_checks:check_pending_domains"),
     ]
 
 

@@ -99,7 +99,8 @@ class DNSServer:
     def start(self):
         for server in (self.udp, self.tcp):
             if server is not None:
-                threading.Thread(target=server.serve_forever, daemon=True, name="dnsserver").start()
+                threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                                 name="dnsserver").start()
         return self
 
     def stop(self):
