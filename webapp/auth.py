@@ -1,8 +1,38 @@
-"""Sign up, log in, log out (filled in by the dashboard issue)."""
+"""Sign up, log in, log out, change password."""
+import hashlib
+import logging
+from urllib.parse import urlsplit
+
 from flask import Blueprint
+from flask import current_app
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import session
+from flask import url_for
 from flask_login import UserMixin
+from flask_login import current_user
+from flask_login import login_required
+from flask_login import login_user
+from flask_login import logout_user
+from peewee import IntegrityError
+from werkzeug.security import check_password_hash
+from werkzeug.security import generate_password_hash
+
+import models
+from smtpd_worker import limits
+from webapp.forms import ActionForm
+from webapp.forms import ChangePasswordForm
+from webapp.forms import LoginForm
+from webapp.forms import SignupForm
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
+
+LOGIN_WINDOW = 15 * 60  # seconds over which failed logins are counted
+# Compared against when the address is unknown, so a wrong address costs as much time as a wrong password.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
 
 
 class LoginUser(UserMixin):
@@ -11,3 +41,110 @@ class LoginUser(UserMixin):
     def __init__(self, user):
         self.user = user
         self.id = str(user.id)
+
+
+def _settings():
+    return current_app.config["INBOXLAYER"]
+
+
+def _throttle_ident(email):
+    # Per address and client: an attacker elsewhere cannot lock the owner out of their account.
+    raw = f"{email}|{request.remote_addr}"
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _safe_next(target):
+    """Only same-site paths are followed after login (no open redirect)."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+def _start_session(user):
+    session.clear()  # a fresh session on every login: nothing planted before login survives it
+    login_user(LoginUser(user))
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup():
+    if current_user.is_authenticated:
+        return redirect(url_for("dashboard.index"))
+    form = SignupForm()
+    if form.validate_on_submit():
+        try:
+            with models.db.atomic():
+                user = models.User.create(email=form.email.data,
+                                          password_hash=generate_password_hash(form.password.data),
+                                          plan=_settings()["server"]["default_plan"])
+        except IntegrityError:
+            form.email.errors.append("An account with this address already exists. Log in instead.")
+        else:
+            _start_session(user)
+            flash("Welcome to Inboxlayer. Create an API key and an inbox to start sending.", "success")
+            return redirect(url_for("dashboard.index"))
+    return render_template("auth/signup.html", form=form), 200 if request.method == "GET" or not form.errors else 422
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("dashboard.index"))
+    form = LoginForm()
+    if not form.validate_on_submit():
+        return render_template("auth/login.html", form=form), 200 if request.method == "GET" else 422
+    email = form.email.data.strip().lower()
+    ident = _throttle_ident(email)
+    max_failures = _settings()["web"]["login_max_failures"]
+    try:
+        throttled = limits.window_count("login-fail", ident) >= max_failures
+    except limits.LimiterUnavailable:
+        log.error("login throttle unavailable; refusing logins until Redis is back")
+        form.form_errors.append("Signing in is temporarily unavailable. Please try again in a minute.")
+        return render_template("auth/login.html", form=form), 503
+    if throttled:
+        form.form_errors.append("Too many failed attempts. Please wait 15 minutes before trying again.")
+        return render_template("auth/login.html", form=form), 429
+    user = models.User.get_or_none(models.User.email == email)
+    password_ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, form.password.data)
+    if user is None or not password_ok:
+        try:
+            limits.count_in_window("login-fail", ident, LOGIN_WINDOW)
+        except limits.LimiterUnavailable:
+            log.error("could not record a failed login")
+        form.form_errors.append("Wrong email or password.")
+        return render_template("auth/login.html", form=form), 401
+    _start_session(user)
+    return redirect(_safe_next(request.args.get("next")) or url_for("dashboard.index"))
+
+
+@bp.post("/logout")
+def logout():
+    ActionForm()  # the CSRF check runs app-wide; nothing else to validate
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def account():
+    form = ChangePasswordForm()
+    status = 200
+    if form.validate_on_submit():
+        user = current_user.user
+        if not check_password_hash(user.password_hash, form.current.data):
+            form.current.errors.append("That is not your current password.")
+            status = 422
+        else:
+            with models.db.atomic():
+                models.User.update(password_hash=generate_password_hash(form.password.data)) \
+                    .where(models.User.id == user.id).execute()
+            flash("Your password has been changed.", "success")
+            return redirect(url_for("auth.account"))
+    elif request.method == "POST":
+        status = 422
+    return render_template("auth/account.html", form=form), status

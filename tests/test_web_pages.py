@@ -1,0 +1,235 @@
+"""Dashboard pages through the Flask test client: API keys, inboxes, Sent, Outbound, usage."""
+import io
+import json
+import re
+from email.message import EmailMessage
+
+import pytest
+
+import models
+from smtpd_worker import submission
+
+
+def user_row(web):
+    with models.db.connection_context():
+        return models.User.get(models.User.email == web.email)
+
+
+def inbox_row(inbox_id):
+    with models.db.connection_context():
+        return models.Inbox.get_by_id(inbox_id)
+
+
+def submit(web, inbox_id, subject="Hello", to="someone@example.net", html=None, text="Plain body\n"):
+    """Put a message through the one submit path, as SMTP and REST do."""
+    inbox = inbox_row(inbox_id)
+    msg = EmailMessage()
+    msg["From"] = f"Agent <{inbox.address}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content(text)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    msg.add_attachment(b"%PDF-1.4 test", maintype="application", subtype="pdf", filename="report.pdf")
+    raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    with models.db.connection_context():  # check_sender reads inbox.domain
+        return submission.submit(user_row(web), inbox, inbox.address, [to], io.BytesIO(raw), "smtp")
+
+
+# -- API keys ---------------------------------------------------------------------------------------
+
+def test_api_key_create_shows_full_token_once(web):
+    response = web.post("/account/keys/", {"name": "support agent"})
+    page = response.get_data(as_text=True)
+    token = re.search(r'id="new-token-value"[^>]*>(il_[^<]+)<', page).group(1)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert 'data-copy="new-token-value"' in page
+    with models.db.connection_context():
+        row = models.lookup_token(token)
+        assert row.name == "support agent" and row.user.email == web.email
+    listing = web.get("/account/keys/").get_data(as_text=True)
+    assert token not in listing
+    assert f"{token[:12]}…" in listing and "support agent" in listing
+
+
+def test_api_key_list_shows_last_used(web):
+    token = web.create_token("used")
+    with models.db.connection_context():
+        models.lookup_token(token)
+    listing = web.get("/account/keys/").get_data(as_text=True)
+    row_html = listing.split("data-token-id")[1]
+    assert "UTC" in row_html.split("</tr>")[0].split("<td>")[4]  # the "Last used" column has a time
+
+
+def test_api_key_revoke_takes_effect_immediately(web):
+    token = web.create_token("doomed")
+    with models.db.connection_context():
+        token_id = models.lookup_token(token).id
+    response = web.post(f"/account/keys/{token_id}/revoke")
+    assert response.status_code == 302
+    with models.db.connection_context():
+        assert models.lookup_token(token) is None
+    listing = web.get("/account/keys/").get_data(as_text=True)
+    assert "revoked" in listing
+    assert f"/account/keys/{token_id}/revoke" not in listing
+    again = web.post(f"/account/keys/{token_id}/revoke")
+    assert again.status_code == 302
+
+
+# -- inboxes ---------------------------------------------------------------------------------------
+
+def test_inbox_create_on_default_domain_and_show_smtp_settings(web, config):
+    inbox_id = web.create_inbox("support-bot")
+    page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
+    assert "support-bot@inboxlayer.dev" in page
+    assert f'<code id="smtp-host">{config["smtp"]["public_host"]}</code>' in page
+    assert f'<code>{config["smtp"]["starttls_port"]}</code> (STARTTLS, recommended)' in page
+    assert f'<code>{config["smtp"]["tls_port"]}</code> (implicit TLS)' in page
+    assert "--auth-user support-bot@inboxlayer.dev" in page
+    assert 'smtp.login("support-bot@inboxlayer.dev", os.environ["INBOXLAYER_TOKEN"])' in page
+    assert "25 MB" in page and "of 500 sends today" in page
+
+
+def test_inbox_show_uses_production_ports_from_settings(web, config):
+    config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = 587, 465
+    config["smtp"]["public_host"] = "smtp.inboxlayer.dev"
+    inbox_id = web.create_inbox("prod")
+    page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
+    assert "<code>587</code> (STARTTLS, recommended)" in page and "<code>465</code> (implicit TLS)" in page
+    assert "swaks --server smtp.inboxlayer.dev --port 587 --tls" in page
+
+
+def test_inbox_list_and_delete_removes_sent_and_outbound(web):
+    inbox_id = web.create_inbox("temp")
+    outbound = submit(web, inbox_id)
+    assert "temp@inboxlayer.dev" in web.get("/inboxes/").get_data(as_text=True)
+    response = web.post(f"/inboxes/{inbox_id}/delete")
+    assert response.headers["Location"] == "/inboxes/"
+    with models.db.connection_context():
+        assert models.Inbox.get_or_none(models.Inbox.id == inbox_id) is None
+        assert models.OutboundEmail.get_or_none(models.OutboundEmail.id == outbound.id) is None
+        assert models.Message.select().count() == 0
+    assert web.get(f"/inboxes/{inbox_id}").status_code == 404
+
+
+def test_inbox_on_pending_domain_is_created_but_cannot_send(web, dns_server):
+    domain_id = web.add_domain("agents.example.org")
+    inbox_id = web.create_inbox("bot", domain_id)
+    page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
+    assert "Domain agents.example.org is not verified. This inbox cannot send" in page
+    with pytest.raises(submission.DomainNotVerified) as refused:
+        submit(web, inbox_id)
+    assert refused.value.smtp_reply == "550 5.7.1 Domain agents.example.org is not verified"
+
+
+# -- Sent -------------------------------------------------------------------------------------------
+
+def test_sent_list_view_and_download(web):
+    inbox_id = web.create_inbox("writer")
+    outbound = submit(web, inbox_id, subject="Quarterly <report>", text="Numbers inside\n")
+    listing = web.get(f"/inboxes/{inbox_id}/sent/").get_data(as_text=True)
+    assert "Quarterly &lt;report&gt;" in listing and "someone@example.net" in listing
+    message_id = outbound.message_id
+    page = web.get(f"/inboxes/{inbox_id}/sent/{message_id}").get_data(as_text=True)
+    assert "Numbers inside" in page and "report.pdf" in page and "Message-ID" in page
+    assert f"/outbound/{outbound.public_id}" in page
+    download = web.get(f"/inboxes/{inbox_id}/sent/{message_id}.eml")
+    assert download.status_code == 200
+    assert download.headers["Content-Type"] == "message/rfc822"
+    assert download.headers["Content-Disposition"] == f"attachment; filename={outbound.public_id}.eml"
+    assert b"Subject: Quarterly <report>" in download.data and b"Numbers inside" in download.data
+
+
+def test_sent_html_part_is_sandboxed(web):
+    inbox_id = web.create_inbox("html")
+    outbound = submit(web, inbox_id, html="<p>Hi</p><script>parent.document.title='pwned'</script>")
+    page = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}").get_data(as_text=True)
+    iframe = re.search(r"<iframe[^>]*>", page).group(0)
+    assert " sandbox " in iframe and "allow-" not in iframe
+    assert "<script>parent" not in page
+    part = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}/html")
+    assert part.headers["Content-Security-Policy"] == "sandbox; default-src 'none'; img-src data:; frame-ancestors 'self'"
+    assert part.headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert b"<p>Hi</p>" in part.data
+
+
+def test_sent_list_is_paged(web):
+    inbox_id = web.create_inbox("busy")
+    for n in range(27):
+        submit(web, inbox_id, subject=f"Message {n:02d}")
+    first = web.get(f"/inboxes/{inbox_id}/sent/").get_data(as_text=True)
+    second = web.get(f"/inboxes/{inbox_id}/sent/?page=2").get_data(as_text=True)
+    assert "Page 1 of 2" in first and "Message 26" in first and "Message 01" not in first
+    assert "Message 01" in second and "Message 00" in second and "Message 26" not in second
+    assert web.get(f"/inboxes/{inbox_id}/sent/?page=abc").status_code == 200
+
+
+def test_sent_message_missing_blob_is_503_not_500(web):
+    inbox_id = web.create_inbox("lost")
+    outbound = submit(web, inbox_id)
+    from smtpd_worker import blobs
+
+    with models.db.connection_context():
+        blobs.store().delete(models.Message.get_by_id(outbound.message_id).blob_key)
+    response = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}")
+    assert response.status_code == 503
+    assert "The stored copy of this message is unavailable" in response.get_data(as_text=True)
+
+
+# -- Outbound ---------------------------------------------------------------------------------------
+
+def test_outbound_list_filters_by_inbox_status_and_date(web):
+    first = web.create_inbox("first")
+    second = web.create_inbox("second")
+    a = submit(web, first, subject="A")
+    b = submit(web, second, subject="B")
+    with models.db.connection_context():
+        models.OutboundEmail.update(status="bounced").where(models.OutboundEmail.id == b.id).execute()
+    all_rows = web.get("/outbound/").get_data(as_text=True)
+    assert a.public_id in all_rows and b.public_id in all_rows
+    by_inbox = web.get(f"/outbound/?inbox={first}").get_data(as_text=True)
+    assert a.public_id in by_inbox and b.public_id not in by_inbox
+    by_status = web.get("/outbound/?status=bounced").get_data(as_text=True)
+    assert b.public_id in by_status and a.public_id not in by_status
+    today = models.utcnow().date().isoformat()
+    assert a.public_id in web.get(f"/outbound/?since={today}&until={today}").get_data(as_text=True)
+    assert a.public_id not in web.get("/outbound/?until=2000-01-01").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query, message", [
+    ("status=lost", "Status must be one of: queued, sending, sent"),
+    ("since=yesterday", "From date must be a date like 2026-01-31."),
+    ("until=2026-13-01", "To date must be a date like 2026-01-31."),
+    ("inbox=999999", "Unknown inbox."),
+    ("inbox=%3Cscript%3E", "Unknown inbox."),
+])
+def test_outbound_list_bad_filter_shows_message(web, query, message):
+    response = web.get(f"/outbound/?{query}")
+    assert response.status_code == 422
+    assert message in response.get_data(as_text=True)
+
+
+def test_outbound_detail_shows_event_timeline_with_diagnostic(web):
+    inbox_id = web.create_inbox("timeline")
+    outbound = submit(web, inbox_id)
+    with models.db.connection_context(), models.db.atomic():
+        models.OutboundEvent.create(outbound=outbound, type="sent", detail=json.dumps({"ses_message_id": "abc-123"}))
+        models.OutboundEvent.create(outbound=outbound, type="bounced", detail=json.dumps({
+            "bounce_type": "Permanent", "diagnostic": "smtp; 550 5.1.1 <someone@example.net>: user unknown"}))
+        models.OutboundEmail.update(status="bounced").where(models.OutboundEmail.id == outbound.id).execute()
+    page = web.get(f"/outbound/{outbound.public_id}").get_data(as_text=True)
+    timeline = page.split('id="timeline"')[1]
+    assert timeline.index("queued") < timeline.index("sent") < timeline.index("bounced")
+    assert "smtp; 550 5.1.1 &lt;someone@example.net&gt;: user unknown" in timeline
+    assert '<dd id="outbound-status">bounced</dd>' in page
+
+
+# -- usage ------------------------------------------------------------------------------------------
+
+def test_usage_bar_counts_todays_sends(web):
+    inbox_id = web.create_inbox("counter")
+    submit(web, inbox_id)
+    submit(web, inbox_id)
+    page = web.get("/dashboard").get_data(as_text=True)
+    assert "<strong>2</strong> of 500 sends today" in page
+    assert re.search(r'<meter class="usage-bar" min="0" max="500"[^>]*value="2"', page)

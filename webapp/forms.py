@@ -1,0 +1,92 @@
+"""Dashboard forms (Flask-WTF: every form carries a CSRF token)."""
+from email_validator import EmailNotValidError
+from email_validator import validate_email
+from flask_wtf import FlaskForm
+from wtforms import EmailField
+from wtforms import PasswordField
+from wtforms import SelectField
+from wtforms import StringField
+from wtforms import ValidationError
+from wtforms.validators import DataRequired
+from wtforms.validators import EqualTo
+from wtforms.validators import Length
+
+import models
+
+PASSWORD_MIN = 10  # characters; NIST SP 800-63B asks for at least 8
+PASSWORD_MAX = 200  # characters; long enough for passphrases, short enough to bound KDF input
+
+
+def _valid_email(form, field):
+    try:
+        field.data = validate_email(field.data or "", check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _password_validators():
+    return [DataRequired("Enter a password."),
+            Length(PASSWORD_MIN, PASSWORD_MAX, f"Use {PASSWORD_MIN} to {PASSWORD_MAX} characters.")]
+
+
+class SignupForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired("Enter your email address."),
+                                            Length(max=254, message="That address is too long."), _valid_email])
+    password = PasswordField("Password", validators=_password_validators())
+    confirm = PasswordField("Repeat password", validators=[EqualTo("password", "The passwords do not match.")])
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired("Enter your email address."), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired("Enter your password."),
+                                                     Length(max=PASSWORD_MAX)])
+
+
+class ChangePasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired("Enter your current password."),
+                                                            Length(max=PASSWORD_MAX)])
+    password = PasswordField("New password", validators=_password_validators())
+    confirm = PasswordField("Repeat new password", validators=[EqualTo("password", "The passwords do not match.")])
+
+
+class TokenForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired("Give the key a name, e.g. the agent that uses it."),
+                                           Length(max=100, message="Use at most 100 characters.")])
+
+    def validate_name(self, field):
+        field.data = " ".join(field.data.split())
+        if not field.data.isprintable():
+            raise ValidationError("Use printable characters only.")
+
+
+class InboxForm(FlaskForm):
+    local_part = StringField("Name", validators=[DataRequired("Choose the part before the @."),
+                                                 Length(max=64, message="Use at most 64 characters.")])
+    domain = SelectField("Domain", coerce=int, validate_choice=True)
+    display_name = StringField("Display name", validators=[Length(max=100, message="Use at most 100 characters.")])
+
+    def validate_local_part(self, field):
+        value = field.data.strip().lower()
+        if not set(value) <= models.LOCAL_PART_ALLOWED or value[0] in ".-" or value[-1] in ".-" or ".." in value:
+            raise ValidationError("Use letters, digits, '.', '-' and '_' (not first or last, no '..').")
+        field.data = value
+
+    def validate_display_name(self, field):
+        field.data = " ".join((field.data or "").split())
+        if not field.data.isprintable() or any(c in field.data for c in '<>"'):
+            raise ValidationError("Use printable characters, without < > or quotes.")
+
+
+class DomainForm(FlaskForm):
+    name = StringField("Domain", validators=[DataRequired("Enter a domain name, e.g. mail.example.com."),
+                                             Length(max=253, message="A domain name has at most 253 characters.")])
+
+    def validate_name(self, field):
+        try:
+            field.data = models.normalize_domain(field.data)
+        except models.AddressError:
+            raise ValidationError("That is not a valid domain name (e.g. mail.example.com).") from None
+
+
+class ActionForm(FlaskForm):
+    """A button that changes state (revoke, delete, check now): only the CSRF token."""

@@ -1,0 +1,125 @@
+"""Inboxes: create on the default domain or a custom one, list, show SMTP settings, delete."""
+import logging
+
+from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import url_for
+from flask_login import current_user
+from flask_login import login_required
+from peewee import IntegrityError
+
+import models
+from smtpd_worker import blobs
+from webapp.forms import ActionForm
+from webapp.forms import InboxForm
+from webapp.usage import usage_of
+
+bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
+log = logging.getLogger(__name__)
+
+DEFAULT_DOMAIN_CHOICE = 0  # the select's value for the default domain (domain ids start at 1)
+
+
+def owned_inbox(inbox_id):
+    """The logged-in user's inbox or 404."""
+    inbox = models.Inbox.get_or_none(models.Inbox.id == inbox_id, models.Inbox.user == current_user.user)
+    if inbox is None:
+        abort(404)
+    return inbox
+
+
+def _settings():
+    return current_app.config["INBOXLAYER"]
+
+
+def _form():
+    form = InboxForm()
+    domains = models.Domain.select().where(models.Domain.user == current_user.user).order_by(models.Domain.name)
+    form.domain.choices = [(DEFAULT_DOMAIN_CHOICE, _settings()["server"]["default_domain"])] + [
+        (d.id, d.name if d.status == "verified" else f"{d.name} ({d.status}: cannot send until verified)")
+        for d in domains]
+    return form
+
+
+def _render_index(form, status=200):
+    inboxes = (models.Inbox.select(models.Inbox, models.Domain)
+               .join(models.Domain, join_type="LEFT OUTER", on=(models.Inbox.domain == models.Domain.id))
+               .where(models.Inbox.user == current_user.user).order_by(models.Inbox.address))
+    return render_template("inboxes/index.html", form=form, inboxes=list(inboxes),
+                           default_domain=_settings()["server"]["default_domain"]), status
+
+
+@bp.get("/")
+@login_required
+def index():
+    return _render_index(_form())
+
+
+@bp.post("/")
+@login_required
+def create():
+    form = _form()
+    if not form.validate_on_submit():
+        return _render_index(form, 422)
+    domain = None
+    if form.domain.data != DEFAULT_DOMAIN_CHOICE:
+        domain = models.Domain.get_or_none(models.Domain.id == form.domain.data,
+                                           models.Domain.user == current_user.user)
+        if domain is None:  # the choices are the user's own domains; this is a tampered form
+            form.domain.errors.append("Choose one of your domains.")
+            return _render_index(form, 422)
+    try:
+        with models.db.atomic():
+            inbox = models.create_inbox(current_user.user, form.local_part.data, domain,
+                                        _settings()["server"]["default_domain"], form.display_name.data)
+    except models.AddressError as exc:
+        form.local_part.errors.append(str(exc).capitalize() + ".")
+        return _render_index(form, 422)
+    except IntegrityError:
+        form.local_part.errors.append("That address is already taken. Choose another name.")
+        return _render_index(form, 422)
+    flash(f"Inbox {inbox.address} created.", "success")
+    return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
+
+
+@bp.get("/<int:inbox_id>")
+@login_required
+def show(inbox_id):
+    inbox = owned_inbox(inbox_id)
+    can_send, reason = models.inbox_can_send(inbox)
+    smtp = _settings()["smtp"]
+    recent = (models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox)
+              .order_by(models.OutboundEmail.created_at.desc(), models.OutboundEmail.id.desc()).limit(5))
+    sent_count = models.Message.select().where(models.Message.inbox == inbox, models.Message.folder == "sent").count()
+    return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
+                           smtp_host=smtp["public_host"], starttls_port=smtp["starttls_port"],
+                           tls_port=smtp["tls_port"], max_size_mb=smtp["max_message_size"] // 2**20,
+                           recent=list(recent), sent_count=sent_count, usage=usage_of(current_user.user),
+                           action=ActionForm())
+
+
+@bp.post("/<int:inbox_id>/delete")
+@login_required
+def delete(inbox_id):
+    ActionForm()
+    inbox = owned_inbox(inbox_id)
+    blob_keys = [m.blob_key for m in models.Message.select(models.Message.blob_key)
+                 .where(models.Message.inbox == inbox)]
+    with models.db.atomic():
+        # Children first, explicitly: we do not rely on each backend enforcing ON DELETE CASCADE.
+        outbound_ids = models.OutboundEmail.select(models.OutboundEmail.id).where(models.OutboundEmail.inbox == inbox)
+        models.OutboundEvent.delete().where(models.OutboundEvent.outbound.in_(outbound_ids)).execute()
+        models.OutboundEmail.delete().where(models.OutboundEmail.inbox == inbox).execute()
+        models.Message.delete().where(models.Message.inbox == inbox).execute()
+        inbox.delete_instance()
+    for key in blob_keys:  # after the commit: a failed blob delete leaves an orphan file, never a dangling row
+        try:
+            blobs.store().delete(key)
+        except blobs.BlobError as exc:
+            log.warning("could not delete blob %s of deleted inbox: %s", key, exc)
+    flash(f"Inbox {inbox.address} deleted, with its Sent folder and outbound history.", "success")
+    return redirect(url_for("dashboard.inboxes.index"))

@@ -1,0 +1,95 @@
+"""Outbound: every relayed message with filters (inbox, status, date), and one message's event timeline."""
+import datetime
+import json
+
+from flask import Blueprint
+from flask import abort
+from flask import render_template
+from flask import request
+from flask_login import current_user
+from flask_login import login_required
+
+import models
+from webapp.sent import page_number
+
+bp = Blueprint("outbound", __name__, url_prefix="/outbound")
+
+PAGE_SIZE = 50  # rows per page
+
+
+def _parse_filters(args, inboxes):
+    """(filters, errors): the valid filters from the query string and a message per invalid one."""
+    filters, errors = {}, []
+    inbox_id = args.get("inbox", "").strip()
+    if inbox_id:
+        if inbox_id.isdigit() and int(inbox_id) in inboxes:
+            filters["inbox"] = int(inbox_id)
+        else:
+            errors.append("Unknown inbox.")
+    status = args.get("status", "").strip()
+    if status:
+        if status in models.STATUSES:
+            filters["status"] = status
+        else:
+            errors.append(f"Status must be one of: {', '.join(models.STATUSES)}.")
+    for key, label in (("since", "From date"), ("until", "To date")):
+        value = args.get(key, "").strip()
+        if value:
+            try:
+                filters[key] = datetime.date.fromisoformat(value)
+            except ValueError:
+                errors.append(f"{label} must be a date like 2026-01-31.")
+    return filters, errors
+
+
+@bp.get("/")
+@login_required
+def index():
+    user = current_user.user
+    inboxes = {i.id: i for i in models.Inbox.select().where(models.Inbox.user == user).order_by(models.Inbox.address)}
+    filters, errors = _parse_filters(request.args, inboxes)
+    query = models.OutboundEmail.select().where(models.OutboundEmail.user == user)
+    if "inbox" in filters:
+        query = query.where(models.OutboundEmail.inbox == filters["inbox"])
+    if "status" in filters:
+        query = query.where(models.OutboundEmail.status == filters["status"])
+    if "since" in filters:
+        query = query.where(models.OutboundEmail.created_at >= datetime.datetime.combine(filters["since"], datetime.time()))
+    if "until" in filters:
+        end = datetime.datetime.combine(filters["until"] + datetime.timedelta(days=1), datetime.time())
+        query = query.where(models.OutboundEmail.created_at < end)
+    query = query.order_by(models.OutboundEmail.created_at.desc(), models.OutboundEmail.id.desc())
+    page = page_number()
+    total = query.count()
+    rows = list(query.paginate(page, PAGE_SIZE))
+    return render_template("outbound/index.html", rows=rows, inboxes=inboxes, filters=filters, errors=errors,
+                           statuses=models.STATUSES, page=page, pages=max(1, -(-total // PAGE_SIZE)), total=total,
+                           args={k: v for k, v in request.args.items() if k != "page"}), 422 if errors else 200
+
+
+def event_detail(event):
+    """The event's detail as (key, value) pairs for the timeline (diagnostics included as text)."""
+    try:
+        detail = json.loads(event.detail or "{}")
+    except ValueError:
+        return [("detail", event.detail)]
+    if not isinstance(detail, dict):
+        return [("detail", json.dumps(detail))]
+    return [(k, v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in detail.items()]
+
+
+@bp.get("/<public_id>")
+@login_required
+def show(public_id):
+    outbound = models.OutboundEmail.get_or_none(models.OutboundEmail.public_id == public_id[:40],
+                                                models.OutboundEmail.user == current_user.user)
+    if outbound is None:
+        abort(404)
+    events = list(models.OutboundEvent.select().where(models.OutboundEvent.outbound == outbound)
+                  .order_by(models.OutboundEvent.occurred_at, models.OutboundEvent.id))
+    try:
+        recipients = json.loads(outbound.recipients)
+    except ValueError:
+        recipients = []
+    return render_template("outbound/show.html", outbound=outbound, events=events, recipients=recipients,
+                           event_detail=event_detail)
