@@ -46,6 +46,7 @@ ACTIVE = ("queued", "sending")
 RELAY_EVENT_TYPES = ("attempt", "sent", "retry", "failed", "released")
 DB_TRIES = 6  # a job rides out a database restart of a few seconds instead of failing
 RECONCILE_BATCH = 500  # rows per reconciler pass
+SCHEDULER_SLACK = 1  # seconds added to a retry's scheduled time (see _schedule)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 # Set by the worker on SIGTERM: a job that has not called SES yet hands its row back.
@@ -217,8 +218,10 @@ def backoff_delay(attempt):
 def _schedule(outbound_id, attempt, delay):
     """Enqueue the retry at its due time (RQ scheduler in the workers); the reconciler is the backstop."""
     try:
+        # RQ's scheduler keeps whole-second scores and may fire up to a second early; a job that
+        # arrives before next_attempt_at finds the row not due and does nothing, so aim late.
         queue.relay_queue().enqueue_in(
-            datetime.timedelta(seconds=delay), relay_outbound, outbound_id,
+            datetime.timedelta(seconds=delay + SCHEDULER_SLACK), relay_outbound, outbound_id,
             job_id=f"{queue.relay_job_id(outbound_id)}-retry{attempt}",
             job_timeout=settings.get()["relay"]["job_timeout"], result_ttl=3600, failure_ttl=86400)
     except Exception as exc:  # Redis trouble: the row knows its due time; the reconciler will act

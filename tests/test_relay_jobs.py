@@ -25,3 +25,143 @@ def test_relay_outbound_sends_bytes_without_bcc(relay_config, account, submit, s
     assert sent_row.ses_message_id == sent["id"]
     assert sent_row.attempts == 1
     assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "sent"]
+
+
+def test_relay_outbound_throttled_then_succeeds(relay_config, account, submit, ses_sent):
+    # SES throttling cannot be provoked in moto: answer the first two calls with SES's 429 from a
+    # botocore hook on the real client. The job runs in this process (in-process burst worker).
+    calls = []
+
+    def throttle_twice(request, **kwargs):
+        calls.append(request.url)
+        if len(calls) <= 2:
+            return throttle_response(request)
+        return None
+
+    relay.client().meta.events.register("before-send.sesv2.SendEmail", throttle_twice)
+    row = submit()
+
+    sent_row = relay_until(row.id, timeout=30)
+
+    assert len(calls) == 3
+    assert len(ses_sent()) == 1
+    assert sent_row.attempts == 3
+    types = [t for t, _ in events_of(row.id)]
+    assert types == ["queued", "attempt", "retry", "attempt", "retry", "attempt", "sent"]
+    retry = [d for t, d in events_of(row.id) if t == "retry"][0]
+    assert retry["code"] == "TooManyRequestsException"
+    assert retry["message"].startswith(f"retry scheduled in {retry['delay']} s: TooManyRequestsException")
+
+
+def test_relay_outbound_throttled_past_max_attempts_fails_once(relay_config, account, submit, ses_sent):
+    relay_config["relay"]["max_attempts"] = 2
+    relay.client().meta.events.register("before-send.sesv2.SendEmail",
+                                         lambda request, **kw: throttle_response(request))
+    row = submit()
+
+    failed = relay_until(row.id, statuses=("failed",), timeout=30)
+
+    assert ses_sent() == []
+    assert failed.attempts == 2
+    assert failed.last_error.startswith("gave up after 2 attempts: TooManyRequestsException")
+    types = [t for t, _ in events_of(row.id)]
+    assert types == ["queued", "attempt", "retry", "attempt", "failed"]
+
+
+def test_relay_outbound_rejected_sender_fails_without_retry(relay_config, account, ses_sent):
+    # The domain is verified in our database but not at SES: SES (moto) answers MessageRejected.
+    import io
+
+    import models
+    from smtpd_worker import submission
+
+    with models.db.connection_context():
+        domain = models.Domain.create(user=account.user, name="unverified.example", status="verified",
+                                      verification_token="t")
+        inbox = models.create_inbox(account.user, "bot", domain)
+    row = submission.submit(account.user, inbox, inbox.address, ["rcpt@example.com"],
+                            io.BytesIO(make_message(inbox.address)), via="api")
+
+    failed = relay_until(row.id, statuses=("failed",))
+
+    assert ses_sent() == []
+    assert failed.attempts == 1
+    assert failed.last_error == "MessageRejected: Did not have authority to send from email bot@unverified.example"
+    [(_, detail)] = [(t, d) for t, d in events_of(row.id) if t == "failed"]
+    assert detail["code"] == "MessageRejected"
+    assert detail["retryable"] is False
+
+
+def test_relay_outbound_run_again_after_sent_sends_nothing(relay_config, account, submit, ses_sent):
+    row = submit()
+    relay_until(row.id)
+
+    assert jobs.relay_outbound(row.id) == "skipped"
+
+    assert len(ses_sent()) == 1
+    assert outbound(row.id).attempts == 1
+
+
+def test_relay_outbound_concurrent_jobs_send_once(relay_config, account, submit, ses_sent):
+    import threading
+
+    row = submit()
+    results = []
+    barrier = threading.Barrier(4)
+
+    def run():
+        barrier.wait()
+        results.append(jobs.relay_outbound(row.id))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert sorted(results) == ["sent", "skipped", "skipped", "skipped"]
+    assert len(ses_sent()) == 1
+    assert outbound(row.id).status == "sent"
+
+
+def test_reconcile_stale_after_redis_lost_jobs_relays_each_once(relay_config, account, submit, ses_sent, redis_conn):
+    from smtpd_worker import queue
+    from tests.fixtures_relay import run_worker_burst
+    from tests.helpers import wait_until
+
+    rows = [submit() for _ in range(3)]
+    # Only this test's keys: the queue and its jobs (the Redis is shared with other test runs).
+    lost = list(redis_conn.scan_iter(f"rq:*{queue.relay_queue_name()}*"))
+    assert lost
+    redis_conn.delete(*lost)
+    run_worker_burst()
+    assert ses_sent() == []
+
+    requeued = []
+    wait_until(lambda: requeued.append(jobs.reconcile_stale()) or sum(requeued) >= 3,
+               what="reconciler to find the stuck rows")
+    assert sum(requeued) == 3
+    for row in rows:
+        relay_until(row.id)
+
+    assert sorted(m["id"] for m in ses_sent()) == sorted(outbound(r.id).ses_message_id for r in rows)
+    assert jobs.reconcile_stale() == 0
+
+
+def test_reconcile_stale_leaves_waiting_jobs_alone(relay_config, account, submit):
+    import datetime
+
+    import models
+
+    submit()
+    later = models.utcnow() + datetime.timedelta(seconds=60)
+    assert jobs.reconcile_stale(now=later) == 0
+
+
+def test_strip_bcc_removes_folded_bcc_only_in_header_section():
+    import io
+
+    raw = (b"From: a@inboxlayer.dev\r\nBCC : x@example.com,\r\n y@example.com\r\nTo: b@example.com\r\n"
+           b"Resent-Bcc: z@example.com\r\n\r\nBcc: stays in the body\r\n")
+    assert relay.strip_bcc(io.BytesIO(raw)) == (
+        b"From: a@inboxlayer.dev\r\nTo: b@example.com\r\n\r\nBcc: stays in the body\r\n")
