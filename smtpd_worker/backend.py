@@ -1,0 +1,190 @@
+"""What an SMTP session needs from the rest of the system, behind one small interface.
+
+The session (session.py) speaks the protocol and nothing else; a backend answers the questions
+that need data: who is this, may they send as that address, is there rate and quota left, and
+"take this message". ``DbBackend`` answers them with the real models, limits and submit path;
+``DiscardBackend`` answers from memory so the protocol can be tested and benchmarked alone.
+
+Contract for every method: refusals raise ``submission.SubmitError`` subclasses (the session
+replies with their ``smtp_reply``); anything that means "our side is down" raises
+``BackendUnavailable`` (the session replies ``451 4.3.0``).
+"""
+import itertools
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from peewee import JOIN
+from peewee import PeeweeException
+
+import models
+from smtpd_worker import limits
+from smtpd_worker import submission
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(Exception):
+    """The database, Redis or the blob store did not answer; the client should try again later."""
+
+
+@dataclass
+class Principal:
+    """An authenticated SMTP client: the inbox it logged in as and the token it used."""
+
+    address: str
+    token_id: int = 0
+    user: object = None
+    inbox: object = None
+
+
+# Errors that mean "a service of ours is down", as opposed to a bug.
+OUTAGES = (PeeweeException, redis.RedisError, limits.LimiterUnavailable, OSError)
+
+
+class DbBackend:
+    """The production backend: models + submission + limits. Each DB lookup scopes its own
+    connection (``connection_context``), so an idle session holds none."""
+
+    def __init__(self, config):
+        smtp = config["smtp"]
+        self.max_auth_failures = smtp["max_auth_failures"]
+        self.auth_failure_window = smtp["auth_failure_window"]
+
+    # -- failed-AUTH throttle (per client IP, shared by every node through Redis) -----------------
+
+    def auth_throttled(self, client_ip):
+        try:
+            return limits.window_count("authfail", client_ip) >= self.max_auth_failures
+        except limits.LimiterUnavailable as exc:
+            # Fail open: with Redis down nothing can be sent anyway (the rate limit answers 451).
+            log.warning("auth throttle unavailable: %s", exc)
+            return False
+
+    def record_auth_failure(self, client_ip):
+        """Count one failure; True when this client IP is now over the limit."""
+        try:
+            return limits.count_in_window("authfail", client_ip, self.auth_failure_window) > self.max_auth_failures
+        except limits.LimiterUnavailable as exc:
+            log.warning("auth throttle unavailable: %s", exc)
+            return False
+
+    # -- the questions ---------------------------------------------------------------------------
+
+    def authenticate(self, username, token):
+        """The Principal for a live ``token`` whose account owns the inbox ``username``, or None."""
+        try:
+            address = models.normalize_address(username)
+        except models.AddressError:
+            return None
+        try:
+            with models.db.connection_context():
+                row = models.lookup_token(token)
+                if row is None:
+                    return None
+                inbox = self._inbox(address)
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        if inbox is None or inbox.user_id != row.user_id:
+            return None
+        return Principal(address=inbox.address, token_id=row.id, user=row.user, inbox=inbox)
+
+    def refresh(self, principal):
+        """Re-read the principal at the start of a transaction: a token revoked, a plan changed or
+        a domain verified since AUTH counts from the next MAIL. None if the token is no longer live."""
+        try:
+            with models.db.connection_context():
+                token = (models.ApiToken.select(models.ApiToken, models.User).join(models.User)
+                         .where(models.ApiToken.id == principal.token_id,
+                                models.ApiToken.revoked_at.is_null()).first())
+                inbox = self._inbox(principal.address) if token else None
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        if token is None or inbox is None or inbox.user_id != token.user_id:
+            return None
+        return Principal(address=inbox.address, token_id=token.id, user=token.user, inbox=inbox)
+
+    @staticmethod
+    def _inbox(address):
+        # The domain is loaded with the inbox so later checks need no connection.
+        return (models.Inbox.select(models.Inbox, models.Domain)
+                .join(models.Domain, JOIN.LEFT_OUTER).where(models.Inbox.address == address).first())
+
+    def authorize_sender(self, principal, address):
+        submission.check_sender(principal.inbox, address)
+
+    def check_rate(self, principal):
+        try:
+            submission.check_rate(principal.user)
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def check_recipient_quota(self, principal, count):
+        try:
+            with models.db.connection_context():
+                submission.check_quota(principal.user, count)
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def submit(self, principal, mail_from, recipients, spool):
+        try:
+            outbound = submission.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp")
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return outbound.public_id
+
+
+class DiscardBackend:
+    """Accepts ``users`` (address -> password) and throws messages away, or copies them into
+    ``capture_dir`` as ``<id>.eml`` so tests can read what the session stored. In memory, one
+    process: for protocol tests and the benchmark, never for production."""
+
+    def __init__(self, users, capture_dir=None, max_auth_failures=10, auth_failure_window=600):
+        self.users = {k.strip().lower(): v for k, v in users.items()}
+        self.capture_dir = Path(capture_dir) if capture_dir else None
+        self.max_auth_failures = max_auth_failures
+        self.auth_failure_window = auth_failure_window
+        self._failures = {}  # client ip -> (window start, count)
+        self._ids = itertools.count(1)
+
+    def auth_throttled(self, client_ip):
+        start, count = self._failures.get(client_ip, (0.0, 0))
+        return time.monotonic() - start < self.auth_failure_window and count >= self.max_auth_failures
+
+    def record_auth_failure(self, client_ip):
+        now = time.monotonic()
+        start, count = self._failures.get(client_ip, (now, 0))
+        if now - start >= self.auth_failure_window:
+            start, count = now, 0
+        self._failures[client_ip] = (start, count + 1)
+        return count + 1 > self.max_auth_failures
+
+    def authenticate(self, username, password):
+        address = username.strip().lower()
+        if password is None or self.users.get(address) != password:
+            return None
+        return Principal(address=address)
+
+    def refresh(self, principal):
+        return principal
+
+    def authorize_sender(self, principal, address):
+        if not address or models.sender_key(address) != principal.address:
+            raise submission.SenderNotAllowed()
+
+    def check_rate(self, principal):
+        pass
+
+    def check_recipient_quota(self, principal, count):
+        pass
+
+    def submit(self, principal, mail_from, recipients, spool):
+        public_id = f"ob_discard{next(self._ids):06d}"
+        if self.capture_dir is not None:
+            spool.seek(0)
+            with open(self.capture_dir / f"{public_id}.eml", "wb") as out:
+                shutil.copyfileobj(spool, out)
+        return public_id

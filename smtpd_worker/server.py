@@ -1,0 +1,178 @@
+"""The SMTP submission listeners: gevent StreamServers on the STARTTLS and implicit-TLS ports.
+
+``main(config)`` is `inboxlayer smtpd` (the process has called gevent.monkey.patch_all()).
+``build(config, backend, ...)`` makes the same server for in-process use (the benchmark, or a
+discard server for protocol tests via ``discard_main``). On SIGTERM the listeners stop
+accepting, idle sessions get ``421`` and sessions in the middle of a command (DATA included) get
+up to ``smtp.shutdown_grace`` seconds to finish before they are cut.
+"""
+import argparse
+import logging
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from smtpd_worker import tls
+from smtpd_worker.session import HANDSHAKE_TIMEOUT
+from smtpd_worker.session import Session
+from smtpd_worker.session import SessionSettings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_POLL = 0.05  # seconds between checks that the last session has finished
+
+
+class SubmissionServer:
+    """Both listeners and the sessions they serve. ``starttls_port``/``tls_port`` None = off,
+    0 = any free port (read the bound ports from ``addresses``)."""
+
+    def __init__(self, settings, backend, tls_context, host, starttls_port, tls_port, max_connections,
+                 shutdown_grace):
+        self.settings = settings
+        self.backend = backend
+        self.tls_context = tls_context
+        self.shutdown_grace = shutdown_grace
+        self.stopping = False
+        self.sessions = set()
+        self.listeners = {}
+        for kind, port, implicit in (("starttls", starttls_port, False), ("tls", tls_port, True)):
+            if port is None:
+                continue
+            handler = self._handle_implicit_tls if implicit else self._handle_starttls
+            self.listeners[kind] = StreamServer((host, port), handler, spawn=Pool(max_connections))
+
+    @property
+    def addresses(self):
+        return {kind: listener.address for kind, listener in self.listeners.items()}
+
+    def start(self):
+        for listener in self.listeners.values():
+            listener.start()
+
+    def wrap_tls(self, sock):
+        """TLS handshake on an accepted socket (port 465 at once, port 587 after STARTTLS)."""
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        tls_sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls_sock.do_handshake()
+        tls_sock.settimeout(self.settings.idle_timeout)
+        return tls_sock
+
+    def _handle_starttls(self, sock, peer):
+        self._run(Session(self, sock, peer, tls=False, starttls_offered=True))
+
+    def _handle_implicit_tls(self, sock, peer):
+        try:
+            sock = self.wrap_tls(sock)
+        except OSError as exc:  # port scanners, plain-text clients, wrong TLS versions
+            log.debug("TLS handshake with %s failed: %s", peer[0], exc)
+            sock.close()
+            return
+        self._run(Session(self, sock, peer, tls=True, starttls_offered=False))
+
+    def _run(self, session):
+        self.sessions.add(session)
+        try:
+            session.handle()
+        finally:
+            self.sessions.discard(session)
+
+    def stop(self, grace=None):
+        """Stop accepting, 421 the idle sessions, give busy ones ``grace`` seconds, cut the rest."""
+        grace = self.shutdown_grace if grace is None else grace
+        self.stopping = True
+        for listener in self.listeners.values():
+            listener.close()
+        for session in list(self.sessions):
+            if session.idle:
+                session.interrupt()
+        deadline = gevent.get_hub().loop.now() + grace
+        while self.sessions and gevent.get_hub().loop.now() < deadline:
+            for session in list(self.sessions):
+                if session.idle:  # finished its DATA since the last look
+                    session.interrupt()
+            gevent.sleep(SHUTDOWN_POLL)
+        if self.sessions:
+            log.warning("cutting %d session(s) still busy after %ss", len(self.sessions), grace)
+        for listener in self.listeners.values():
+            listener.pool.kill(timeout=5)
+
+
+def build(config, backend, host=None, starttls_port=None, tls_port=None):
+    """A SubmissionServer for ``config`` with ``backend``; ports default to the settings
+    (where 0 means off); pass 0 here for a free port. Not started."""
+    smtp = config["smtp"]
+    if starttls_port is None:
+        starttls_port = smtp["starttls_port"] or None
+    if tls_port is None:
+        tls_port = smtp["tls_port"] or None
+    return SubmissionServer(SessionSettings.from_config(config), backend, tls.server_context(config),
+                            host or smtp["host"], starttls_port, tls_port, smtp["max_connections"],
+                            smtp["shutdown_grace"])
+
+
+def serve(server):
+    """Run ``server`` until SIGTERM or SIGINT, then shut it down gracefully."""
+    stopped = Event()
+
+    def shut_down():
+        log.info("shutting down: no new connections, idle sessions get 421")
+        server.stop()
+        stopped.set()
+
+    def on_signal():
+        if not server.stopping:
+            gevent.spawn(shut_down)
+
+    gevent.signal_handler(signal.SIGTERM, on_signal)
+    gevent.signal_handler(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        sys.exit(1)
+    for kind, (host, port) in server.addresses.items():
+        log.info("SMTP submission (%s) listening on %s:%d", "STARTTLS" if kind == "starttls" else "TLS",
+                 host, port)
+    stopped.wait()
+    log.info("stopped")
+
+
+def main(config):
+    """`inboxlayer smtpd`: the production server with the database backend."""
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()  # before any connection: psycopg2 must yield to other sessions while it waits
+    import runtime
+    from smtpd_worker.backend import DbBackend
+
+    runtime.configure(config)
+    runtime.setup_logging(config)
+    for key in ("starttls_port", "tls_port"):
+        if config["smtp"][key] == 25:  # settings refuse this already; never rely on one guard alone
+            log.error("smtp.%s = 25: port 25 is for inbound delivery, not submission", key)
+            sys.exit(2)
+    serve(build(config, DbBackend(config)))
+
+
+def discard_main(argv=None):
+    """A server with the DiscardBackend (protocol tests, benchmark peers). Settings come from
+    the usual config.toml + INBOXLAYER_* environment; users from --user address:password."""
+    import runtime
+    import settings
+    from smtpd_worker.backend import DiscardBackend
+
+    parser = argparse.ArgumentParser(description="SMTP submission with a discard backend")
+    parser.add_argument("--user", action="append", default=[], help="address:password (repeatable)")
+    parser.add_argument("--capture-dir", help="write each accepted message here as <id>.eml")
+    args = parser.parse_args(argv)
+    config = settings.get()
+    runtime.setup_logging(config)
+    users = dict(item.split(":", 1) for item in args.user)
+    backend = DiscardBackend(users, capture_dir=args.capture_dir,
+                             max_auth_failures=config["smtp"]["max_auth_failures"],
+                             auth_failure_window=config["smtp"]["auth_failure_window"])
+    serve(build(config, backend))

@@ -1,0 +1,78 @@
+"""The SMTP replies clients see, written out independently of smtpd_worker/session.py.
+
+The first block is DESIGN.md's reply table, word for word; the rest are the protocol replies
+documented in docs/smtp.md. Tests compare with ``==`` against these, so a reply that drifts
+from the documented one fails a test.
+"""
+
+# -- DESIGN.md reply table --------------------------------------------------------------------------
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_THROTTLED = "421 4.7.0 Too many failed authentication attempts"
+SENDER_NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated inbox"
+
+
+def domain_not_verified(domain):
+    return f"550 5.7.1 Domain {domain} is not verified"
+
+
+SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit (25 MB)"
+
+
+def quota_exceeded(used, limit):
+    return f"550 5.4.5 Daily sending quota exceeded ({used}/{limit}, resets 00:00 UTC)"
+
+
+RATE_LIMITED = "451 4.7.1 Sending rate limit exceeded, try again later"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TEMPORARY_ERROR = "451 4.3.0 Temporary server error, try again later"
+LINE_TOO_LONG = "500 5.5.2 Line too long"
+QUEUED_PREFIX = "250 2.0.0 OK queued as ob_"
+IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
+
+# -- protocol replies (docs/smtp.md) ----------------------------------------------------------------
+READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
+AUTH_OK = "235 2.7.0 Authentication successful"
+OK = "250 2.0.0 OK"
+SENDER_OK = "250 2.1.0 OK"
+RECIPIENT_OK = "250 2.1.5 OK"
+BYE = "221 2.0.0 Bye"
+CANNOT_VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
+HELP = "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+SHUTTING_DOWN = "421 4.3.2 Server shutting down, try again later"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+TOO_MANY_COMMANDS = "421 4.7.0 Too many commands, closing connection"
+UNRECOGNIZED = "500 5.5.2 Command not recognized"
+BAD_COMMAND_BYTES = "500 5.5.2 Syntax error: NUL, CR or invalid UTF-8 in command"
+NOT_SMTP = "500 5.5.2 This is an SMTP server"
+SYNTAX_EHLO = "501 5.5.4 Syntax: EHLO hostname"
+SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"
+SYNTAX_RCPT = "501 5.5.4 Syntax: RCPT TO:<address>"
+SYNTAX_NO_ARGS = "501 5.5.4 Syntax error: no parameters allowed"
+BAD_SIZE = "501 5.5.4 Syntax: SIZE=<number of octets>"
+BAD_BODY = "501 5.5.4 BODY must be 7BIT or 8BITMIME"
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"
+AUTH_UNDECODABLE = "501 5.5.2 Cannot decode the authentication response"
+NOT_IMPLEMENTED = "502 5.5.1 Command not implemented"
+EHLO_FIRST = "503 5.5.1 Send EHLO first"
+ALREADY_AUTHENTICATED = "503 5.5.1 Already authenticated"
+NESTED_MAIL = "503 5.5.1 Nested MAIL command"
+MAIL_FIRST = "503 5.5.1 Need MAIL command first"
+TLS_ACTIVE = "503 5.5.1 TLS already active"
+UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication mechanism"
+NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires SMTPUTF8"
+NO_RECIPIENTS = "554 5.5.1 No valid recipients"
+NUL_IN_DATA = "554 5.6.0 Message contains NUL characters"
+UNKNOWN_PARAMETER = "555 5.5.4 Unsupported MAIL or RCPT parameter"
+LOGIN_USERNAME = "334 VXNlcm5hbWU6"
+LOGIN_PASSWORD = "334 UGFzc3dvcmQ6"
+PLAIN_CHALLENGE = "334 "
+
+EHLO_BEFORE_TLS = ("250-localhost\n250-PIPELINING\n250-SIZE 26214400\n250-8BITMIME\n250-SMTPUTF8\n"
+                   "250-ENHANCEDSTATUSCODES\n250-STARTTLS\n250 HELP")
+EHLO_AFTER_TLS = ("250-localhost\n250-PIPELINING\n250-SIZE 26214400\n250-8BITMIME\n250-SMTPUTF8\n"
+                  "250-ENHANCEDSTATUSCODES\n250-AUTH PLAIN LOGIN\n250 HELP")
