@@ -22,6 +22,7 @@ import models
 from smtpd_worker import queue
 from smtpd_worker import relay
 from smtpd_worker import submission
+from tests.helpers import dump_toml
 from tests.helpers import wait_until
 
 FAULT_DELAY_ENV = "RELAY_FAULT_DELAY"  # seconds the fault plan holds each SES call before sending it
@@ -160,11 +161,13 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(relay_config, subprocess_env, tmp_path):
-    """Start worker subprocesses with the test's settings (and optional extra environment)."""
+def start_worker(relay_config, subprocess_env, config_file, tmp_path):
+    """Start worker subprocesses with the test's settings as they are at start time (and optional
+    extra environment)."""
     started = []
 
     def start(**extra_env):
+        config_file.write_text(dump_toml(relay_config))
         env = {**subprocess_env, **{k: str(v) for k, v in extra_env.items()}}
         worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log")
         started.append(worker)

@@ -1,0 +1,62 @@
+"""`inboxlayer worker` as a real child process: deploy signals and a SIGKILL mid-job."""
+import signal
+
+from rq.registry import StartedJobRegistry
+
+from smtpd_worker import queue
+from tests.fixtures_relay import events_of
+from tests.fixtures_relay import outbound
+from tests.helpers import wait_until
+
+
+def _slow_ses(mark, delay):
+    # The worker process holds each SES call for ``delay`` seconds (after its attempt event is
+    # committed) through the test fault plan; see tests/fixtures_relay.py.
+    return {"RELAY_FAULT_PLAN": "tests.fixtures_relay:fault_plan", "RELAY_FAULT_DELAY": delay,
+            "RELAY_FAULT_MARK": mark}
+
+
+def test_worker_relays_queued_message(start_worker, submit, ses_sent):
+    row = submit()
+    worker = start_worker()
+
+    wait_until(lambda: outbound(row.id).status == "sent", what="the worker to relay the message")
+
+    assert [m["id"] for m in ses_sent()] == [outbound(row.id).ses_message_id]
+    assert worker.proc.poll() is None
+
+
+def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses_sent, tmp_path):
+    mark = tmp_path / "calling"
+    row = submit()
+    worker = start_worker(**_slow_ses(mark, 2))
+    wait_until(mark.exists, what="the worker to be inside the SES call")
+
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait(30) == 0
+    assert outbound(row.id).status == "sent"
+    assert len(ses_sent()) == 1
+    assert StartedJobRegistry(queue.relay_queue_name(), connection=queue.connection()).get_job_ids() == []
+
+
+def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config, start_worker, submit, ses_sent,
+                                                                    tmp_path):
+    relay_config["relay"].update(job_timeout=3, reconcile_after=1, reconcile_interval=1)
+    mark = tmp_path / "calling"
+    row = submit()
+    doomed = start_worker(**_slow_ses(mark, 30))
+    wait_until(mark.exists, what="the worker to be inside the SES call")
+
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(10)
+    assert outbound(row.id).status == "sending"
+    start_worker()  # its reconciler finds the expired lease and re-enqueues the row
+
+    sent = wait_until(lambda: outbound(row.id).status == "sent" and outbound(row.id), timeout=30,
+                      what="the second worker to relay the message")
+
+    assert [m["id"] for m in ses_sent()] == [sent.ses_message_id]
+    assert sent.attempts == 2
+    types = [t for t, _ in events_of(row.id)]
+    assert types == ["queued", "attempt", "possible_duplicate", "attempt", "sent"]
