@@ -102,7 +102,9 @@ def test_inbox_show_uses_production_ports_from_settings(web, config):
 def test_inbox_list_and_delete_removes_sent_and_outbound(web):
     inbox_id = web.create_inbox("temp")
     outbound = submit(web, inbox_id)
-    assert "temp@inboxlayer.dev" in web.get("/inboxes/").get_data(as_text=True)
+    listing = web.get("/inboxes/")
+    assert listing.status_code == 200
+    assert f'<a href="/inboxes/{inbox_id}">temp@inboxlayer.dev</a>' in listing.get_data(as_text=True)
     response = web.post(f"/inboxes/{inbox_id}/delete")
     assert response.headers["Location"] == "/inboxes/"
     with models.db.connection_context():

@@ -12,6 +12,8 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
+import models
+
 log = logging.getLogger(__name__)
 
 MESSAGES = {
@@ -30,7 +32,9 @@ MACHINE_PREFIXES = ("/v1/", "/webhooks/")
 def _respond(code, title, message):
     if request.path.startswith(MACHINE_PREFIXES) or request.path == "/v1":
         return jsonify(error={"code": title.lower().replace(" ", "_"), "message": message}), code
-    return render_template("errors/error.html", code=code, title=title, message=message), code
+    # CSRF is checked before the request's DB connection opens, and the page needs current_user.
+    with models.db.connection_context():
+        return render_template("errors/error.html", code=code, title=title, message=message), code
 
 
 def handle_csrf(exc):

@@ -10,6 +10,7 @@ from flask import render_template
 from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
+from peewee import JOIN
 from peewee import IntegrityError
 
 import models
@@ -47,7 +48,7 @@ def _form():
 
 def _render_index(form, status=200):
     inboxes = (models.Inbox.select(models.Inbox, models.Domain)
-               .join(models.Domain, join_type="LEFT OUTER", on=(models.Inbox.domain == models.Domain.id))
+               .join(models.Domain, join_type=JOIN.LEFT_OUTER, on=(models.Inbox.domain == models.Domain.id))
                .where(models.Inbox.user == current_user.user).order_by(models.Inbox.address))
     return render_template("inboxes/index.html", form=form, inboxes=list(inboxes),
                            default_domain=_settings()["server"]["default_domain"]), status
