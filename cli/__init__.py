@@ -5,6 +5,9 @@ import typer
 
 from cli import db
 from cli import inboxes
+from cli import login
+from cli import outbound
+from cli import send
 from cli import servers
 from cli import tokens
 from cli import users
@@ -18,6 +21,11 @@ app.add_typer(users.app, name="users")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(inboxes.app, name="inboxes")
 servers.register(app)
+app.command()(login.login)
+app.command()(login.logout)
+app.command()(send.send)
+app.command()(outbound.status)
+app.add_typer(outbound.app, name="outbound")
 
 
 def main():
