@@ -176,3 +176,147 @@ def start_worker(relay_config, subprocess_env, config_file, tmp_path):
     yield start
     for worker in started:
         worker.stop()
+
+
+# -- SNS: a real WSGI server for the webhook, moto's SNS, and a test signer -------------------
+
+MOTO_SNS_DISPATCH = {  # moto's server picks the service from a SigV4 credential scope; the PEM GET is unsigned
+    "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sns/aws4_request, "
+                     "SignedHeaders=host, Signature=0"}
+
+
+def serve_wsgi(app):
+    """Serve ``app`` on a loopback port in a thread; returns (server, base_url)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+class SnsHarness:
+    """Everything the SNS tests need around the real webhook.
+
+    moto signs each notification with a certificate it says lives at
+    https://sns.us-east-1.amazonaws.com/<name>.pem. That host is unreachable here, so the "edge"
+    (this harness's subscription endpoint) re-points SigningCertURL at itself on loopback, serves
+    moto's certificate from there, and forwards the body unchanged otherwise. The URL is not part
+    of the signed string, so the webhook verifies moto's genuine signature; the edge stands in for
+    DNS, not for the signature.
+    """
+
+    def __init__(self, webhook_url, ses_endpoint):
+        import boto3
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+        import datetime
+
+        self.webhook_url, self.ses_endpoint = webhook_url, ses_endpoint
+        self.received, self.forwarded, self.confirmations = [], [], []
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.test")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert_pem = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                         .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                         .not_valid_before(now - datetime.timedelta(days=1))
+                         .not_valid_after(now + datetime.timedelta(days=1))
+                         .sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        self.server, self.url = serve_wsgi(self._edge)
+        self.sns = boto3.client("sns", endpoint_url=ses_endpoint, region_name="us-east-1")
+        self.topic_arn = self.sns.create_topic(Name=f"ses-events-{os.urandom(4).hex()}")["TopicArn"]
+        self.sns.subscribe(TopicArn=self.topic_arn, Protocol="http", Endpoint=f"{self.url}/sns")
+
+    def close(self):
+        self.server.shutdown()
+
+    # the edge ---------------------------------------------------------------------------------
+    def _edge(self, environ, start_response):
+        from urllib.parse import parse_qs
+
+        path = environ["PATH_INFO"]
+        if environ["REQUEST_METHOD"] == "POST" and path == "/sns":
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            self.received.append(body)
+            response = self.post(self.repoint(body))
+            self.forwarded.append(response)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+        if path.startswith("/moto-cert/"):
+            pem = requests.get(f"{self.ses_endpoint}/{path[len('/moto-cert/'):]}", headers=MOTO_SNS_DISPATCH,
+                               timeout=10)
+            start_response(f"{pem.status_code} X", [("Content-Type", "application/x-pem-file")])
+            return [pem.content]
+        if path == "/test-cert.pem":
+            start_response("200 OK", [("Content-Type", "application/x-pem-file")])
+            return [self.cert_pem]
+        if path == "/confirm":
+            self.confirmations.append(parse_qs(environ.get("QUERY_STRING", "")))
+            start_response("200 OK", [("Content-Type", "text/xml")])
+            return [b"<ConfirmSubscriptionResponse/>"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+
+    def repoint(self, body):
+        envelope = json.loads(body)
+        name = envelope["SigningCertURL"].rsplit("/", 1)[1]
+        envelope["SigningCertURL"] = f"{self.url}/moto-cert/{name}"
+        return json.dumps(envelope).encode()
+
+    # helpers for tests ---------------------------------------------------------------------
+    def post(self, body):
+        return requests.post(f"{self.webhook_url}/webhooks/ses", data=body,
+                             headers={"Content-Type": "text/plain; charset=UTF-8"}, timeout=30)
+
+    def publish(self, ses_event):
+        """Publish an SES event through moto's SNS; returns the webhook's response to it."""
+        before = len(self.forwarded)
+        self.sns.publish(TopicArn=self.topic_arn, Message=json.dumps(ses_event))
+        assert len(self.forwarded) == before + 1, "moto did not deliver the notification"
+        return self.forwarded[-1]
+
+    def signed(self, message=None, version="2", type_="Notification", timestamp=None, **fields):
+        """An SNS envelope signed with this harness's test certificate (served on loopback)."""
+        import base64
+        import datetime
+        import uuid
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        from smtpd_worker import events
+
+        stamp = timestamp or datetime.datetime.now(datetime.timezone.utc)
+        envelope = {"Type": type_, "MessageId": str(uuid.uuid4()), "TopicArn": self.topic_arn,
+                    "Message": message if isinstance(message, str) else json.dumps(message),
+                    "Timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+                    "SignatureVersion": version, "SigningCertURL": f"{self.url}/test-cert.pem", **fields}
+        digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+        signature = self.key.sign(events.string_to_sign(envelope), padding.PKCS1v15(), digest)
+        envelope["Signature"] = base64.b64encode(signature).decode()
+        return envelope
+
+
+def ses_event(kind, row, **detail):
+    """An SES event-publishing record for ``row`` (which has been sent)."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    mail = {"timestamp": now, "source": row.mail_from, "messageId": row.ses_message_id,
+            "destination": json.loads(row.recipients), "tags": {"outbound_id": [row.public_id]}}
+    key = kind[0].lower() + kind[1:]
+    return {"eventType": kind, "mail": mail, key: {"timestamp": now, **detail}}
+
+
+@pytest.fixture
+def sns(app, ses_endpoint):
+    """The webhook on a real WSGI server, moto's SNS subscribed to it through the edge."""
+    server, url = serve_wsgi(app)
+    harness = SnsHarness(url, ses_endpoint)
+    yield harness
+    harness.close()
+    server.shutdown()

@@ -1,4 +1,33 @@
-"""(filled in by its issue)"""
-from flask import Blueprint
+"""`POST /webhooks/ses`: SES events delivered by SNS (see smtpd_worker/events.py)."""
+import logging
 
-bp = Blueprint("webhooks", __name__)
+from flask import Blueprint
+from flask import jsonify
+from flask import request
+from peewee import PeeweeException
+
+from smtpd_worker import events
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+MAX_BODY = 1024 * 1024  # bytes; SNS messages are at most 256 KB
+
+
+@bp.post("/ses")
+def ses():
+    if (request.content_length or 0) > MAX_BODY:
+        return jsonify(error="notification too large"), 413
+    body = request.get_data(cache=False)[:MAX_BODY + 1]
+    if len(body) > MAX_BODY:
+        return jsonify(error="notification too large"), 413
+    try:
+        status, message = events.handle(body)
+    except PeeweeException as exc:
+        # SNS retries on 5xx: the event is applied once the database is back.
+        log.error("database unavailable for SNS notification: %s", exc)
+        return jsonify(error="temporarily unavailable, retry later"), 503
+    if status >= 400:
+        return jsonify(error=message), status
+    return jsonify(status=message), status
