@@ -151,11 +151,31 @@ def main(config):
 
     runtime.configure(config)
     runtime.setup_logging(config)
+    use_greenlet_local_connections()
     for key in ("starttls_port", "tls_port"):
         if config["smtp"][key] == 25:  # settings refuse this already; never rely on one guard alone
             log.error("smtp.%s = 25: port 25 is for inbound delivery, not submission", key)
             sys.exit(2)
     serve(build(config, DbBackend(config)))
+
+
+def use_greenlet_local_connections():
+    """Give each greenlet (session) its own database connection state.
+
+    peewee keeps the current connection in a subclass of ``threading.local`` defined when peewee
+    is imported. `inboxlayer smtpd` imports it before gevent.monkey.patch_all() runs, so that
+    state would be shared by every session: one session's query would run on another's
+    connection ("Connection already opened"). A gevent ``local`` is per greenlet.
+    """
+    import peewee
+    from gevent.local import local
+
+    import models
+
+    class GreenletConnectionState(peewee._ConnectionState, local):
+        pass
+
+    models.db.obj._state = GreenletConnectionState()
 
 
 def discard_main(argv=None):

@@ -12,9 +12,7 @@ import base64
 import binascii
 import ipaddress
 import logging
-import os
 import re
-import socket
 import tempfile
 from dataclasses import dataclass
 from dataclasses import field
@@ -89,6 +87,11 @@ ERROR_CODES = ("500", "501", "502", "503", "504", "555")  # replies that spend t
 
 class ConnectionLost(Exception):
     """The client went away (EOF or a reset)."""
+
+
+class ShutdownInterrupt(BaseException):
+    """Thrown into an idle session's read by a graceful shutdown. A BaseException so that no
+    command-level handler mistakes it for a failure of that command."""
 
 
 class _TooLong:
@@ -389,8 +392,9 @@ class Session:
             self.sock.settimeout(self.settings.idle_timeout)
             self._serve()
         except ConnectionLost:
-            if self.server.stopping and self.idle:
-                self._send_last(SHUTTING_DOWN)
+            pass
+        except ShutdownInterrupt:
+            self._send_last(SHUTTING_DOWN)
         except TimeoutError:
             self._send_last(IDLE_TIMEOUT)
         except OSError as exc:  # resets, TLS errors: the client's problem, not ours
@@ -673,14 +677,13 @@ class Session:
         self.close_with(BYE)
 
     def interrupt(self):
-        """Wake an idle session blocked in recv (graceful shutdown): its read sees EOF and it
-        answers 421. A dup of the descriptor keeps TLS state untouched; shutdown acts on the
-        connection, not on one descriptor."""
-        try:
-            with socket.socket(fileno=os.dup(self.sock.fileno())) as raw:
-                raw.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
+        """Wake this session if it is blocked reading its next command (graceful shutdown).
+
+        gevent's cancel_wait throws only into a greenlet still waiting on the socket's read
+        watcher when the hub gets to it, so a session that has meanwhile started a command is
+        left alone; the socket and its TLS state stay intact for the 421.
+        """
+        self.sock.hub.cancel_wait(self.sock._read_event, ShutdownInterrupt())
 
 
 HANDLERS = {name[5:]: getattr(Session, name) for name in dir(Session) if name.startswith("smtp_")}

@@ -1,0 +1,46 @@
+"""Graceful shutdown of the real server on SIGTERM: stop accepting, 421 to idle sessions, let a
+session in DATA finish with its 250, then exit cleanly."""
+import signal
+import socket
+
+from tests import smtp_codes as codes
+from tests.fixtures_smtp import RawClient
+from tests.fixtures_smtp import message
+from tests.helpers import wait_until
+
+
+def logged_in(server, account):
+    client = RawClient(server)
+    assert client.reply().startswith("220 ")
+    client.starttls()
+    client.cmd("EHLO client.example")
+    assert client.login(account.address, account.token) == codes.AUTH_OK
+    return client
+
+
+def refuses_connections(server):
+    try:
+        socket.create_connection((server.host, server.starttls_port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_sigterm_lets_data_finish_and_421s_idle_sessions(smtp_server, account):
+    idle = logged_in(smtp_server, account)
+    busy = logged_in(smtp_server, account)
+    busy.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
+    assert [busy.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    data = message(account.address)
+    busy.send(data[:20])
+
+    smtp_server.proc.send_signal(signal.SIGTERM)
+    assert idle.reply() == codes.SHUTTING_DOWN
+    assert idle.is_closed()
+    wait_until(lambda: refuses_connections(smtp_server), timeout=10, what="listeners closed")
+
+    busy.send(data[20:] + b".\r\n")
+    assert busy.reply().startswith(codes.QUEUED_PREFIX)
+    assert busy.reply() == codes.SHUTTING_DOWN
+    assert busy.is_closed()
+    assert smtp_server.proc.wait(timeout=20) == 0
