@@ -55,7 +55,7 @@ class SubmissionServer:
 
     def wrap_tls(self, sock):
         """TLS handshake on an accepted socket (port 465 at once, port 587 after STARTTLS)."""
-        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.settimeout(min(HANDSHAKE_TIMEOUT, self.settings.idle_timeout))
         tls_sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         tls_sock.do_handshake()
         tls_sock.settimeout(self.settings.idle_timeout)

@@ -10,6 +10,8 @@ import re
 import pytest
 
 from tests import smtp_codes as codes
+from tests.fixtures_smtp import start_discard_server
+from tests.fixtures_smtp import stop_server
 from tests.fixtures_smtp import tls_context
 
 SENDER = "agent@inboxlayer.dev"
@@ -527,3 +529,45 @@ def test_data_25mb_plus_one_refused_without_buffering(raw_client, discard_smtp):
     assert client.reply() == codes.OK
     grown_kb = vm_rss_kb(discard_smtp.proc.pid) - before
     assert grown_kb < 10 * 1024, f"server RSS grew by {grown_kb} KB for a refused 25 MB message"
+
+
+# -- per-connection budgets: a server with a 1 s idle timeout and 30 commands per connection -----------
+
+@pytest.fixture(scope="module")
+def strict_smtp(tmp_path_factory):
+    server = start_discard_server(tmp_path_factory.mktemp("strict-smtp"), INBOXLAYER_SMTP_IDLE_TIMEOUT=1,
+                                  INBOXLAYER_SMTP_MAX_COMMANDS=30)
+    yield server
+    stop_server(server.proc)
+
+
+def test_idle_client_gets_421_and_others_are_served(strict_smtp, raw_client):
+    idle = raw_client(server=strict_smtp, tls=False)
+    busy = raw_client(server=strict_smtp, login=True)
+    assert busy.cmd("NOOP") == codes.OK
+    assert idle.reply() == codes.IDLE_TIMEOUT  # blocks until the server gives up on us
+    assert idle.is_closed()
+    assert busy.cmd(f"MAIL FROM:<{SENDER}>") == codes.SENDER_OK
+
+
+def test_idle_client_in_data_gets_421_and_nothing_is_accepted(strict_smtp, raw_client):
+    client = raw_client(server=strict_smtp, login=True)
+    start_transaction(client)
+    client.send(HEADERS + "half a message")
+    assert client.reply() == codes.IDLE_TIMEOUT
+    assert client.is_closed()
+
+
+def test_idle_client_in_tls_handshake_is_dropped(strict_smtp):
+    import socket
+
+    with socket.create_connection((strict_smtp.host, strict_smtp.tls_port), timeout=10) as sock:
+        assert sock.recv(100) == b""  # no ClientHello from us: closed after the timeout, silently
+
+
+def test_command_budget_closes_connection(strict_smtp, raw_client):
+    client = raw_client(server=strict_smtp, tls=False)
+    client.send("NOOP\r\n" * 31)
+    assert [client.reply() for _ in range(30)] == [codes.OK] * 30
+    assert client.reply() == codes.TOO_MANY_COMMANDS
+    assert client.is_closed()
