@@ -120,7 +120,8 @@ def browser_page(tmp_path):
         context.set_default_timeout(15000)
         page = context.new_page()
         page.console_errors = []
-        page.on("console", lambda msg: msg.type == "error" and page.console_errors.append(msg.text))
+        page.on("console", lambda msg: msg.type == "error" and page.console_errors.append(
+            f"{msg.text} ({msg.location.get('url')})"))
         page.screenshots = shots
         page.shot = lambda name: page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         try:

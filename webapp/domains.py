@@ -90,9 +90,9 @@ def check(domain_id):
     if checked.status == "verified":
         flash(f"{checked.name} is verified. Inboxes on it can send.", "success")
     elif checked.status == "failed":
-        flash(f"{checked.name} failed verification: {checked.last_error}", "error")
+        flash(f"{checked.name} failed verification. Fix the record named below and check again.", "error")
     else:
-        flash(f"{checked.name} is still pending: {checked.last_error}", "info")
+        flash(f"{checked.name} is still pending. DNS changes can take a while to show up.", "info")
     return redirect(url_for("domains.show", domain_id=domain.id))
 
 

@@ -41,5 +41,11 @@
     if (question && !window.confirm(question)) { event.preventDefault(); }
   });
 
+  // The page that shows a new API key is a POST result: turn its history entry into a GET so a
+  // reload neither re-submits the form (a second key) nor shows the key again.
+  if (document.getElementById("new-token") && window.history.replaceState) {
+    window.history.replaceState(null, "", window.location.href);
+  }
+
   document.documentElement.classList.add("js");
 })();

@@ -1,0 +1,175 @@
+"""The dashboard in a real headless chromium (Playwright), against the real SMTP server, the real
+relay worker and the moto SES stand-in: nothing in the path from browser to SES is faked."""
+import re
+import smtplib
+import subprocess
+import sys
+from email.message import EmailMessage
+
+import pytest
+
+from smtpd_worker import domain_checks
+from tests.dnsserver import publish
+from tests.fixtures_smtp import tls_context
+
+PASSWORD = "a long enough password"
+
+
+def signup(page, base, email):
+    page.goto(f"{base}/signup")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.fill("#confirm", PASSWORD)
+    page.shot("01-signup")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/dashboard")
+
+
+def send_over_smtp(host, port, cafile, username, token, html_part):
+    msg = EmailMessage()
+    msg["From"] = f"Browser Agent <{username}>"
+    msg["To"] = "customer@example.net"
+    msg["Subject"] = "Order #1042 shipped"
+    msg.set_content("Your order is on its way.\n")
+    msg.add_alternative(html_part, subtype="html")
+    with smtplib.SMTP(host, port, timeout=30) as client:
+        client.starttls(context=tls_context(cafile))
+        client.login(username, token)
+        client.send_message(msg)
+        return client.noop()  # the session is still healthy after the send
+
+
+def run_worker_burst(subprocess_env):
+    """One pass of the real relay worker (`inboxlayer worker --burst`): relays what is queued."""
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=subprocess_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser_page, smtp_server, config,
+                                                            subprocess_env):
+    page, base = browser_page, live_server.url
+    # The inbox page shows the SMTP settings from settings; point them at the running server.
+    config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = smtp_server.starttls_port, smtp_server.tls_port
+    config["smtp"]["public_host"] = smtp_server.host
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+
+    signup(page, base, "browser@example.com")
+    assert page.locator(".usage-head").inner_text().startswith("0 of 500 sends today")
+    page.shot("02-dashboard")
+
+    page.click("nav.mainnav >> text=API keys")
+    page.fill("#name", "browser agent")
+    page.click("button:has-text('Create key')")
+    token = page.locator("#new-token-value").inner_text().strip()
+    assert re.fullmatch(r"il_[A-Za-z0-9_-]{43}", token)
+    page.click("#new-token button.copy")
+    assert page.locator("#new-token button.copy").inner_text() == "Copied"
+    page.shot("03-api-key-created")
+    page.reload()  # a reload is a GET: the full key is gone for good
+    assert token not in page.content() and token[:12] in page.content()
+
+    page.click("nav.mainnav >> text=Inboxes")
+    page.fill("#local_part", "browser-agent")
+    page.fill("#display_name", "Browser Agent")
+    page.click("button:has-text('Create inbox')")
+    page.wait_for_url(re.compile(r".*/inboxes/\d+$"))
+    address = page.locator("#inbox-address").inner_text()
+    assert address == "browser-agent@inboxlayer.dev"
+    settings_text = page.locator("#smtp-settings").inner_text()
+    assert f"{smtp_server.starttls_port} (STARTTLS, recommended)" in settings_text
+    assert page.locator("#smtp-user").inner_text() == address
+    page.shot("04-inbox")
+
+    # Send exactly as the inbox page tells the user to: its host, its STARTTLS port, address + key.
+    host = page.locator("#smtp-host").inner_text()
+    html_part = '<p id="probe">static</p><script>document.getElementById("probe").textContent = "ran"</script>'
+    assert send_over_smtp(host, smtp_server.starttls_port, smtp_server.cafile, address, token, html_part)[0] == 250
+    run_worker_burst(subprocess_env)
+
+    page.click("a.button:has-text('Sent')")
+    page.click("text=Order #1042 shipped")
+    assert page.locator("#message-subject").inner_text() == "Order #1042 shipped"
+    assert "Your order is on its way." in page.locator("#message-text").inner_text()
+    frame = page.frame_locator("iframe.html-part")
+    assert frame.locator("#probe").inner_text() == "static"  # the message's script never ran
+    assert page.locator("iframe.html-part").get_attribute("sandbox") == ""
+    page.shot("05-sent-message")
+
+    page.click("nav.mainnav >> text=Outbound")
+    row = page.locator("#outbound tbody tr").first
+    assert row.locator(".badge").inner_text() == "sent"
+    assert "customer@example.net" in row.inner_text()
+    page.shot("06-outbound")
+    row.locator("a").first.click()
+    timeline = page.locator("#timeline").inner_text()
+    assert timeline.index("queued") < timeline.index("sent")
+    assert page.locator("#outbound-status").inner_text() == "sent"
+    page.shot("07-outbound-detail")
+
+    page.click("nav.mainnav >> text=Overview")
+    assert page.locator(".usage-head").inner_text().startswith("1 of 500 sends today")
+
+    page.click("nav.mainnav >> text=API keys")
+    page.click("button:has-text('Revoke')")
+    assert dialogs == ["Revoke “browser agent”? Agents using it will stop working immediately."]
+    assert "is revoked" in page.locator(".flash-success").inner_text()
+    assert page.locator("#keys .badge").inner_text() == "revoked"
+    page.shot("08-key-revoked")
+
+    with smtplib.SMTP(smtp_server.host, smtp_server.starttls_port, timeout=30) as client:
+        client.starttls(context=tls_context(smtp_server.cafile))
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login(address, token)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (535, b"5.7.8 Authentication credentials invalid")
+    # No CSP violations or script errors on our pages; the one expected message is chromium
+    # reporting that it blocked the message's own script inside the sandboxed frame.
+    assert [e for e in page.console_errors if "the 'allow-scripts' permission is not set" not in e] == []
+    assert any("the 'allow-scripts' permission is not set" in e for e in page.console_errors)
+
+
+def test_browser_custom_domain_pending_verified_failed(live_server, browser_page, dns_server, config):
+    page, base = browser_page, live_server.url
+    signup(page, base, "domains@example.com")
+    page.click("nav.mainnav >> text=Domains")
+    page.fill("#name", "Mail.Example.COM")
+    page.click("button:has-text('Add domain')")
+    page.wait_for_url(re.compile(r".*/domains/\d+$"))
+    assert page.locator("h1").inner_text().startswith("mail.example.com")
+    rows = page.locator("#records tbody tr")
+    assert rows.count() == 6  # TXT, three DKIM CNAMEs, SPF, DMARC
+    shown = [(rows.nth(i).locator("td").nth(1).inner_text(), rows.nth(i).locator("code").nth(1).inner_text(),
+              rows.nth(i).locator("code").nth(2).inner_text()) for i in range(6)]
+    assert shown[0][0:2] == ("TXT", "_inboxlayer.mail.example.com")
+    assert [s[0] for s in shown[1:4]] == ["CNAME"] * 3
+    assert all(s[1].endswith("._domainkey.mail.example.com") and s[2].endswith(".dkim.amazonses.com")
+               for s in shown[1:4])
+    assert shown[4][2] == "v=spf1 include:amazonses.com ~all" and shown[5][1] == "_dmarc.mail.example.com"
+    page.shot("10-domain-records")
+
+    page.click("#check-now")
+    assert page.locator("#domain-status").inner_text() == "pending"
+    assert page.locator("#domain-reason").inner_text().startswith("Not found in DNS yet: TXT _inboxlayer.mail.example.com")
+    page.shot("11-domain-pending")
+
+    # Publish exactly what the page shows, the way a user copies it into their DNS provider.
+    publish(dns_server, [{"type": t, "name": n, "value": v} for t, n, v in shown])
+    page.click("#check-now")
+    assert page.locator("#domain-status").inner_text() == "verified"
+    assert "is verified" in page.locator(".flash-success").inner_text()
+    page.shot("12-domain-verified")
+
+    dkim_name = shown[2][1]
+    dns_server.set(dkim_name, "CNAME", "attacker.dkim.amazonses.com.")
+    page.click("#check-now")
+    assert page.locator("#domain-status").inner_text() == "failed"
+    assert page.locator("#domain-reason").inner_text() == (
+        f"DKIM record {dkim_name} points to attacker.dkim.amazonses.com, expected {shown[2][2]}")
+    page.shot("13-domain-failed")
+
+    page.click("nav.mainnav >> text=Inboxes")
+    options = page.locator("#domain option").all_inner_texts()
+    assert options == ["inboxlayer.dev", "mail.example.com (failed: cannot send until verified)"]
+    assert page.console_errors == []
+    assert domain_checks.VERIFY_PREFIX in shown[0][2]
