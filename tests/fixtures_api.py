@@ -4,13 +4,11 @@
 loopback port, so the tests speak HTTP like any client. ``api`` is a requests session bound to
 it with the ``account`` fixture's token.
 """
-import json
-import os
+import smtplib
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import requests
@@ -85,29 +83,34 @@ def run_cli(subprocess_env, cli_home):
     return run
 
 
+@pytest.fixture
+def smtp_client_for():
+    """Factory: smtp_client_for(server)(username, password) -> smtplib client over STARTTLS on
+    ``server`` (from start_smtp_server), trusting only that server's certificate."""
+    from tests.fixtures_smtp import tls_context
+
+    clients = []
+
+    def for_server(server):
+        def connect(username, password):
+            client = smtplib.SMTP(server.host, server.starttls_port, timeout=30)
+            clients.append(client)
+            client.starttls(context=tls_context(server.cafile))
+            client.ehlo()
+            client.login(username, password)
+            return client
+
+        return connect
+
+    yield for_server
+    for client in clients:
+        try:
+            client.close()
+        except OSError:
+            pass
+
+
 def send_body(**overrides):
     body = {"to": ["bob@example.com"], "subject": "Hello", "text": "Hi Bob"}
     body.update(overrides)
     return body
-
-
-def rq_job_ids(redis_conn, queue_name):
-    from rq import Queue
-
-    return list(Queue(queue_name, connection=redis_conn).job_ids)
-
-
-def parse_json_output(stdout):
-    return json.loads(stdout)
-
-
-def no_traceback(result):
-    return "Traceback" not in result.stdout + result.stderr
-
-
-def env_without_client_overrides():
-    return {k: None for k in ("INBOXLAYER_TOKEN", "INBOXLAYER_API_URL") if k in os.environ}
-
-
-__all__ = ["ApiSession", "SimpleNamespace", "send_body", "rq_job_ids", "parse_json_output", "no_traceback",
-           "env_without_client_overrides"]
