@@ -20,6 +20,7 @@ import models
 import settings
 from smtpd_worker import blobs
 from smtpd_worker import limits
+from smtpd_worker import metrics
 from smtpd_worker import queue
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,10 @@ def check_rate(user):
     try:
         allowed, retry_after = limits.take_send_token(user.id, plan["send_rate_per_second"], plan["send_burst"])
     except limits.LimiterUnavailable as exc:
-        raise TemporaryFailure(f"rate limiter unavailable: {exc}") from exc
+        raise refused(TemporaryFailure(f"rate limiter unavailable: {exc}")) from exc
     if not allowed:
-        raise RateLimited("Sending rate limit exceeded, try again later", retry_after=max(1, round(retry_after + 0.5)))
+        raise refused(RateLimited("Sending rate limit exceeded, try again later",
+                                  retry_after=max(1, round(retry_after + 0.5))))
 
 
 def quota_state(user):
@@ -117,7 +119,7 @@ def check_quota(user, recipients):
     """Raise QuotaExceeded if ``recipients`` more sends would pass today's limit (no reservation)."""
     used, limit = quota_state(user)
     if used + recipients > limit:
-        raise QuotaExceeded(used, limit)
+        raise refused(QuotaExceeded(used, limit))
 
 
 def check_sender(inbox, address):
@@ -196,6 +198,12 @@ class _Prefixed:
         return self.body.read(size)
 
 
+def refused(exc):
+    """Count a refusal by its reason; returns ``exc`` for the caller to raise."""
+    metrics.MESSAGES_REJECTED.labels(reason=exc.code).inc()
+    return exc
+
+
 def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None):
     """Accept a message for relay; return the committed OutboundEmail.
 
@@ -203,6 +211,13 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
     dot-unstuffing, or the MIME built by the REST API). The caller has authenticated ``user``,
     checked it owns ``inbox`` and applied the rate limit. Raises SubmitError subclasses.
     """
+    try:
+        return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash)
+    except SubmitError as exc:
+        raise refused(exc)
+
+
+def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash):
     check_sender(inbox, mail_from)
     headers = parse_headers(read_header_section(spool))
     senders = from_addresses(headers)
@@ -222,7 +237,7 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
         with models.db.connection_context():
             outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size,
                                message_id, headers, idempotency_key, request_hash)
-    except QuotaExceeded:
+    except SubmitError:  # quota reached, idempotency conflict: nothing was written
         _discard_blob(blob_key)
         raise
     except _Replay as replay:
@@ -232,6 +247,8 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
         log.error("commit failed for %s: %s", public_id, exc)
         _discard_blob(blob_key)
         raise TemporaryFailure() from exc
+    metrics.MESSAGES_ACCEPTED.labels(via=via).inc()
+    metrics.MESSAGE_BYTES.labels(via=via).inc(size)
     log.info("accepted %s via %s from %s to %d recipient(s), %d bytes", public_id, via, inbox.address,
              len(recipients), size, extra={"outbound_id": public_id})
     try:
