@@ -196,6 +196,18 @@ def serve_wsgi(app):
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
+_signing_keys = []
+
+
+def _test_signing_key():
+    """One RSA key per test session (generating 2048-bit keys is slow on a busy machine)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if not _signing_keys:
+        _signing_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _signing_keys[0]
+
+
 class SnsHarness:
     """Everything the SNS tests need around the real webhook.
 
@@ -212,13 +224,12 @@ class SnsHarness:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.x509.oid import NameOID
         import datetime
 
         self.webhook_url, self.ses_endpoint = webhook_url, ses_endpoint
         self.received, self.forwarded, self.confirmations = [], [], []
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = _test_signing_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.test")])
         now = datetime.datetime.now(datetime.timezone.utc)
         self.cert_pem = (x509.CertificateBuilder().subject_name(name).issuer_name(name)

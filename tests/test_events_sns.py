@@ -6,9 +6,9 @@ import pytest
 
 import models
 from smtpd_worker import events
+from smtpd_worker import jobs
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import outbound
-from tests.fixtures_relay import relay_until
 from tests.fixtures_relay import ses_event
 
 BOUNCE = {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": "fb-1",
@@ -18,7 +18,9 @@ BOUNCE = {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": "
 
 @pytest.fixture
 def sent_row(relay_config, submit):
-    return relay_until(submit().id)
+    row = submit()
+    assert jobs.relay_outbound(row.id) == "sent"
+    return outbound(row.id)
 
 
 def test_sns_delivery_from_moto_marks_delivered(sent_row, sns):
