@@ -101,6 +101,16 @@ def test_change_password_requires_current_and_takes_effect(web, web_factory):
     assert fresh.post("/login", {"email": web.email, "password": "brand new password"}).status_code == 302
 
 
+def test_change_password_ends_other_sessions(web, web_factory):
+    laptop = web_factory()
+    assert laptop.post("/login", {"email": web.email, "password": web.password}).status_code == 302
+    assert laptop.get("/dashboard").status_code == 200
+    web.post("/account", {"current": web.password, "password": "brand new password",
+                          "confirm": "brand new password"}, page="/account")
+    assert laptop.get("/dashboard").headers["Location"].startswith("/login")
+    assert web.get("/dashboard").status_code == 200  # the session that changed it stays in
+
+
 def test_change_password_mismatch_and_short_show_messages(web):
     response = web.post("/account", {"current": web.password, "password": "short", "confirm": "other"},
                         page="/account")

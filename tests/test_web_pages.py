@@ -216,13 +216,20 @@ def test_outbound_detail_shows_event_timeline_with_diagnostic(web):
     outbound = submit(web, inbox_id)
     with models.db.connection_context(), models.db.atomic():
         models.OutboundEvent.create(outbound=outbound, type="sent", detail=json.dumps({"ses_message_id": "abc-123"}))
+        # The shape smtpd_worker.events records for an SES Bounce event.
         models.OutboundEvent.create(outbound=outbound, type="bounced", detail=json.dumps({
-            "bounce_type": "Permanent", "diagnostic": "smtp; 550 5.1.1 <someone@example.net>: user unknown"}))
+            "ses_message_id": "abc-123", "sns_message_id": "sns-1", "bounce": {
+                "bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "f-1",
+                "bouncedRecipients": [{"emailAddress": "someone@example.net", "action": "failed",
+                                       "status": "5.1.1",
+                                       "diagnosticCode": "smtp; 550 5.1.1 <someone@example.net>: user unknown"}]}}))
         models.OutboundEmail.update(status="bounced").where(models.OutboundEmail.id == outbound.id).execute()
     page = web.get(f"/outbound/{outbound.public_id}").get_data(as_text=True)
     timeline = page.split('id="timeline"')[1]
     assert timeline.index("queued") < timeline.index("sent") < timeline.index("bounced")
-    assert "smtp; 550 5.1.1 &lt;someone@example.net&gt;: user unknown" in timeline
+    assert "<dt>diagnosticCode</dt><dd>smtp; 550 5.1.1 &lt;someone@example.net&gt;: user unknown</dd>" in timeline
+    assert "<dt>bounceType</dt><dd>Permanent</dd>" in timeline
+    assert "sns-1" not in timeline and "f-1" not in timeline
     assert '<dd id="outbound-status">bounced</dd>' in page
 
 

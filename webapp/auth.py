@@ -31,6 +31,7 @@ bp = Blueprint("auth", __name__)
 log = logging.getLogger(__name__)
 
 LOGIN_WINDOW = 15 * 60  # seconds over which failed logins are counted
+PASSWORD_FINGERPRINT_KEY = "_pwfp"
 # Compared against when the address is unknown, so a wrong address costs as much time as a wrong password.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
 
@@ -63,9 +64,25 @@ def _safe_next(target):
     return target
 
 
+def password_fingerprint(user):
+    """Changes whenever the password does; sessions carry it so a password change ends the others."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
 def _start_session(user):
     session.clear()  # a fresh session on every login: nothing planted before login survives it
     login_user(LoginUser(user))
+    session[PASSWORD_FINGERPRINT_KEY] = password_fingerprint(user)
+
+
+@bp.before_app_request
+def end_stale_session():
+    """Log out a session started before the account's password changed (e.g. a stolen cookie)."""
+    if "_user_id" not in session or not current_user.is_authenticated:
+        return
+    if session.get(PASSWORD_FINGERPRINT_KEY) != password_fingerprint(current_user.user):
+        logout_user()
+        session.clear()
 
 
 @bp.route("/signup", methods=["GET", "POST"])
@@ -140,9 +157,10 @@ def account():
             form.current.errors.append("That is not your current password.")
             status = 422
         else:
+            user.password_hash = generate_password_hash(form.password.data)
             with models.db.atomic():
-                models.User.update(password_hash=generate_password_hash(form.password.data)) \
-                    .where(models.User.id == user.id).execute()
+                models.User.update(password_hash=user.password_hash).where(models.User.id == user.id).execute()
+            session[PASSWORD_FINGERPRINT_KEY] = password_fingerprint(user)  # this session stays, others end
             flash("Your password has been changed.", "success")
             return redirect(url_for("auth.account"))
     elif request.method == "POST":

@@ -67,15 +67,35 @@ def index():
                            args={k: v for k, v in request.args.items() if k != "page"}), 422 if errors else 200
 
 
+HIDDEN_DETAIL_KEYS = {"sns_message_id", "feedbackId", "timestamp", "arrivalDate", "userAgent"}
+MAX_DETAIL_ROWS = 20  # a complaint or bounce for 100 recipients must not become a page of its own
+
+
 def event_detail(event):
-    """The event's detail as (key, value) pairs for the timeline (diagnostics included as text)."""
+    """The event's detail as (label, text) rows for the timeline. SES events nest what users need
+    (bounce type, each recipient's diagnostic) a level or two down, so nested values are flattened
+    under their own key names."""
     try:
         detail = json.loads(event.detail or "{}")
     except ValueError:
         return [("detail", event.detail)]
-    if not isinstance(detail, dict):
-        return [("detail", json.dumps(detail))]
-    return [(k, v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in detail.items()]
+    rows = []
+
+    def walk(label, value):
+        if label in HIDDEN_DETAIL_KEYS:
+            return
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(key, inner)
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            for inner in value:
+                walk(label, inner)
+        elif value not in (None, "", [], {}):
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            rows.append((label, text))
+
+    walk("detail", detail)
+    return rows[:MAX_DETAIL_ROWS]
 
 
 @bp.get("/<public_id>")
