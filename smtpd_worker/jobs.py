@@ -271,11 +271,11 @@ def reconcile_stale(now=None):
     cutoff = now - datetime.timedelta(seconds=settings.get()["relay"]["reconcile_after"])
     e = models.OutboundEmail
     with models.db.connection_context():
-        stale = [row.id for row in e.select(e.id).where(
+        stale = [(row.id, row.status) for row in e.select(e.id, e.status).where(
             e.status.in_(ACTIVE),
             (e.next_attempt_at.is_null() & (e.updated_at < cutoff)) | (e.next_attempt_at < cutoff),
         ).order_by(e.id).limit(RECONCILE_BATCH)]
-    requeued = [outbound_id for outbound_id in stale if not _waiting_in_queue(outbound_id)]
+    requeued = [outbound_id for outbound_id, status in stale if not _job_alive(outbound_id, status)]
     for outbound_id in requeued:
         queue.enqueue_relay(outbound_id)
     if requeued:
@@ -285,13 +285,18 @@ def reconcile_stale(now=None):
     return len(requeued)
 
 
-def _waiting_in_queue(outbound_id):
-    """True when the row's job sits in the queue (a backlog, not a loss): leave it alone."""
+def _job_alive(outbound_id, status):
+    """True when the row's job still waits in the queue (a backlog, not a loss), or a worker just
+    took a row that was queued a moment ago. A 'started' job on a row whose lease expired is a
+    dead worker's: not alive."""
     job_id = queue.relay_job_id(outbound_id)
     try:
         job = Job.fetch(job_id, connection=queue.connection())
     except NoSuchJobError:
         return False
-    if job.get_status() != JobStatus.QUEUED:
+    job_status = job.get_status()
+    if job_status == JobStatus.STARTED:
+        return status == "queued"
+    if job_status != JobStatus.QUEUED:
         return False
     return queue.connection().lpos(queue.relay_queue().key, job_id) is not None
