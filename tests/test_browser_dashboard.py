@@ -89,34 +89,37 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     run_worker_burst(subprocess_env)
 
     page.click("a.button:has-text('Sent')")
+    assert page.locator("#sent tbody tr").count() == 1
+    page.shot("05-sent-list")
     page.click("text=Order #1042 shipped")
     assert page.locator("#message-subject").inner_text() == "Order #1042 shipped"
     assert "Your order is on its way." in page.locator("#message-text").inner_text()
     frame = page.frame_locator("iframe.html-part")
     assert frame.locator("#probe").inner_text() == "static"  # the message's script never ran
     assert page.locator("iframe.html-part").get_attribute("sandbox") == ""
-    page.shot("05-sent-message")
+    page.shot("06-sent-message")
 
     page.click("nav.mainnav >> text=Outbound")
     row = page.locator("#outbound tbody tr").first
     assert row.locator(".badge").inner_text() == "sent"
     assert "customer@example.net" in row.inner_text()
-    page.shot("06-outbound")
+    page.shot("07-outbound")
     row.locator("a").first.click()
     timeline = page.locator("#timeline").inner_text()
     assert timeline.index("queued") < timeline.index("sent")
     assert page.locator("#outbound-status").inner_text() == "sent"
-    page.shot("07-outbound-detail")
+    page.shot("08-outbound-detail")
 
     page.click("nav.mainnav >> text=Overview")
     assert page.locator(".usage-head").inner_text().startswith("1 of 500 sends today")
+    page.shot("09-overview-after-send")
 
     page.click("nav.mainnav >> text=API keys")
     page.click("button:has-text('Revoke')")
     assert dialogs == ["Revoke “browser agent”? Agents using it will stop working immediately."]
     assert "is revoked" in page.locator(".flash-success").inner_text()
     assert page.locator("#keys .badge").inner_text() == "revoked"
-    page.shot("08-key-revoked")
+    page.shot("10-key-revoked")
 
     with smtplib.SMTP(smtp_server.host, smtp_server.starttls_port, timeout=30) as client:
         client.starttls(context=tls_context(smtp_server.cafile))
@@ -146,19 +149,19 @@ def test_browser_custom_domain_pending_verified_failed(live_server, browser_page
     assert all(s[1].endswith("._domainkey.mail.example.com") and s[2].endswith(".dkim.amazonses.com")
                for s in shown[1:4])
     assert shown[4][2] == "v=spf1 include:amazonses.com ~all" and shown[5][1] == "_dmarc.mail.example.com"
-    page.shot("10-domain-records")
+    page.shot("11-domain-records")
 
     page.click("#check-now")
     assert page.locator("#domain-status").inner_text() == "pending"
     assert page.locator("#domain-reason").inner_text().startswith("Not found in DNS yet: TXT _inboxlayer.mail.example.com")
-    page.shot("11-domain-pending")
+    page.shot("12-domain-pending")
 
     # Publish exactly what the page shows, the way a user copies it into their DNS provider.
     publish(dns_server, [{"type": t, "name": n, "value": v} for t, n, v in shown])
     page.click("#check-now")
     assert page.locator("#domain-status").inner_text() == "verified"
     assert "is verified" in page.locator(".flash-success").inner_text()
-    page.shot("12-domain-verified")
+    page.shot("13-domain-verified")
 
     dkim_name = shown[2][1]
     dns_server.set(dkim_name, "CNAME", "attacker.dkim.amazonses.com.")
@@ -166,10 +169,14 @@ def test_browser_custom_domain_pending_verified_failed(live_server, browser_page
     assert page.locator("#domain-status").inner_text() == "failed"
     assert page.locator("#domain-reason").inner_text() == (
         f"DKIM record {dkim_name} points to attacker.dkim.amazonses.com, expected {shown[2][2]}")
-    page.shot("13-domain-failed")
+    page.shot("14-domain-failed")
 
     page.click("nav.mainnav >> text=Inboxes")
+    page.shot("15-inboxes-domain-choice")
     options = page.locator("#domain option").all_inner_texts()
     assert options == ["inboxlayer.dev", "mail.example.com (failed: cannot send until verified)"]
     assert page.console_errors == []
     assert domain_checks.VERIFY_PREFIX in shown[0][2]
+    page.click(".account >> text=domains@example.com")
+    assert page.locator("h1").inner_text() == "Account settings"
+    page.shot("16-account")

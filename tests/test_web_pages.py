@@ -235,6 +235,15 @@ def test_outbound_detail_shows_event_timeline_with_diagnostic(web):
 
 # -- usage ------------------------------------------------------------------------------------------
 
+def test_dashboard_counts_keys_inboxes_domains(web):
+    web.create_token("one")
+    web.create_token("two")
+    web.create_inbox("counted")
+    page = web.get("/dashboard").get_data(as_text=True)
+    counts = re.findall(r'<span class="stat-n">([^<]*)</span><span>([^<]+)</span>', page)
+    assert counts == [("1", "inboxes"), ("2", "active API keys"), ("0", "custom domains")]
+
+
 def test_usage_bar_counts_todays_sends(web):
     inbox_id = web.create_inbox("counter")
     submit(web, inbox_id)

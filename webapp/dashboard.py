@@ -48,7 +48,7 @@ def index():
               .where(models.OutboundEmail.user == user)
               .order_by(models.OutboundEmail.created_at.desc(), models.OutboundEmail.id.desc()).limit(8))
     counts = {
-        "keys": models.ApiToken.select().where(models.ApiToken.user == user,
+        "tokens": models.ApiToken.select().where(models.ApiToken.user == user,
                                                models.ApiToken.revoked_at.is_null()).count(),
         "inboxes": models.Inbox.select().where(models.Inbox.user == user).count(),
         "domains": models.Domain.select().where(models.Domain.user == user).count(),
