@@ -165,3 +165,24 @@ def test_strip_bcc_removes_folded_bcc_only_in_header_section():
            b"Resent-Bcc: z@example.com\r\n\r\nBcc: stays in the body\r\n")
     assert relay.strip_bcc(io.BytesIO(raw)) == (
         b"From: a@inboxlayer.dev\r\nTo: b@example.com\r\n\r\nBcc: stays in the body\r\n")
+
+
+def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_config, account, submit, ses_sent,
+                                                                          redis_conn):
+    from smtpd_worker import queue
+
+    row = submit()
+    redis_conn.delete(queue.relay_queue().key)  # forget submit's enqueue: the release must enqueue again
+    jobs.SHUTDOWN.set()  # what the worker's SIGTERM handler sets
+    try:
+        assert jobs.relay_outbound(row.id) == "released"
+    finally:
+        jobs.SHUTDOWN.clear()
+
+    released = outbound(row.id)
+    assert (released.status, released.attempts, released.next_attempt_at) == ("queued", 0, None)
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "released"]
+    assert ses_sent() == []
+    assert queue.relay_queue().job_ids == [queue.relay_job_id(row.id)]
+    relay_until(row.id)
+    assert len(ses_sent()) == 1
