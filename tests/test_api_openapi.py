@@ -4,7 +4,6 @@ schema-conforming responses."""
 import re
 
 import hypothesis
-import pytest
 import schemathesis
 from openapi_spec_validator import validate
 

@@ -59,6 +59,8 @@ def _send(inbox):
     except MimeError as exc:
         field, _, reason = str(exc).partition(": ")
         raise Invalid(field, reason) from None
+    except (ValueError, TypeError) as exc:  # the email package's own refusals, should validation miss one
+        raise ApiError(422, "invalid_request", f"The message could not be built: {exc}"[:300]) from None
     max_size = config["smtp"]["max_message_size"]
     started = models.utcnow()
     with tempfile.TemporaryFile(prefix="inboxlayer-api-") as spool:

@@ -34,6 +34,7 @@ RESERVED_HEADERS = {
     "authentication-results", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
     "resent-date", "resent-message-id",
 }
+LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks at
 SEND_FIELDS = {"to", "cc", "bcc", "subject", "text", "html", "reply_to", "headers", "attachments"}
 ATTACHMENT_FIELDS = {"filename", "content", "content_type", "disposition"}
 INBOX_FIELDS = {"name", "domain", "display_name"}
@@ -109,7 +110,9 @@ def text(name, value, max_length=None, single_line=False, required=False):
         raise Invalid(name, f"must be at most {max_length} characters")
     if "\x00" in value:
         raise Invalid(name, "must not contain NUL characters")
-    if single_line and any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+    # str.splitlines() also breaks at \x1c-\x1e, \x85, \u2028 and \u2029, and so does the email
+    # package when it folds a header: those are line breaks here too.
+    if single_line and any(c in LINE_BREAKS or ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
         raise Invalid(name, "must be one line without control characters")
     return value
 
