@@ -87,7 +87,14 @@ def send(sender: str = typer.Option(..., "--from", help="The inbox to send from 
         if idempotency_key:
             raise CliError("--idempotency-key works with --via api only", 2)
         outbound_id = _send_smtp(credentials, sender, body, attachments, smtp_host, smtp_port, smtp_cafile)
-        row = fetch(client, outbound_id)
+        if not (wait or json_out):
+            print(outbound_id)  # the 250 is all there is to say; no API round trip needed
+            return
+        try:
+            row = fetch(client, outbound_id)
+        except CliError as exc:
+            print(outbound_id)  # it WAS accepted: say so before the status failure
+            raise CliError(f"{outbound_id} was queued over SMTP, but its status is unavailable: {exc}") from None
     else:
         row = _send_api(client, sender, body, attachments, idempotency_key)
     if wait:

@@ -111,6 +111,12 @@ INVALID_SEND_BODIES = [
     ({"to": "bob@example.com", "text": "y", "headers": {"from": "ceo@example.com"}}, "headers.from"),
     ({"to": "bob@example.com", "text": "y", "headers": {"Content-Type": "text/html"}}, "headers.Content-Type"),
     ({"to": "bob@example.com", "text": "y", "headers": {"X-A": "1\r\nBcc: eve@example.com"}}, "headers.X-A"),
+    ({"to": "bob@example.com", "text": "y", "headers": {"X-SES-CONFIGURATION-SET": "none"}},
+     "headers.X-SES-CONFIGURATION-SET"),
+    ({"to": "bob@example.com", "text": "y", "headers": {"x-ses-source-arn": "arn:x"}}, "headers.x-ses-source-arn"),
+    ({"to": "bob@example.com", "text": "y", "headers": {"Content-Description": "x"}}, "headers.Content-Description"),
+    ({"to": "bob@example.com", "text": "y", "headers": {"Sender": "ceo@example.com"}}, "headers.Sender"),
+    ({"to": "bob@example.com", "text": "y", "headers": {"Received": "from evil"}}, "headers.Received"),
     ({"to": "bob@example.com", "text": "y", "headers": {"X A": "1"}}, "headers.X A"),
     ({"to": "bob@example.com", "text": "y", "headers": {"X-A:": "1"}}, "headers.X-A:"),
     ({"to": "bob@example.com", "text": "y", "headers": {"X-A": 1}}, "headers.X-A"),
@@ -290,3 +296,23 @@ def test_send_request_body_over_limit_is_413_json(api, account, config):
                         headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert response.json() == {"error": {"code": "payload_too_large", "message": "Request body too large"}}
+
+
+def test_send_concurrent_retries_with_one_idempotency_key_send_once(api_server, account):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fixtures_api import ApiSession
+
+    def attempt(_):
+        with ApiSession(api_server, account.token) as session:
+            return session.post(f"/v1/inboxes/{account.address}/send", json=send_body(),
+                                headers={"Idempotency-Key": "racing-retry"})
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(attempt, range(6)))
+    assert [r.status_code for r in responses] == [202] * 6
+    assert len({r.json()["id"] for r in responses}) == 1
+    with models.db.connection_context():
+        assert models.OutboundEmail.select().count() == 1
+        assert models.Message.select().count() == 1
+        assert models.sends_today(account.user) == 1

@@ -251,3 +251,19 @@ def test_cli_send_base64_body_is_exact(tmp_path):
     body = json.loads(out.read_bytes())
     assert base64.b64decode(body["attachments"][0]["content"], validate=True) == payload
     assert body["attachments"][0]["filename"] == "x.bin"
+
+
+def test_cli_send_via_smtp_prints_the_id_even_without_the_api(run_cli, account, smtp_server):
+    env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": "http://127.0.0.1:9"}
+    smtp = ("--via", "smtp", "--smtp-host", smtp_server.host, "--smtp-port", smtp_server.starttls_port,
+            "--smtp-cafile", smtp_server.cafile, "--from", account.address, "--to", "bob@example.com", "--text", "x")
+    result = run_cli("send", *smtp, env=env)
+    assert result.returncode == 0, result.stderr
+    outbound_id = result.stdout.strip()
+    with models.db.connection_context():
+        assert models.OutboundEmail.get(models.OutboundEmail.public_id == outbound_id).via == "smtp"
+    # --json needs the API for the row: the id still comes first, then one error line.
+    with_json = run_cli("send", *smtp, "--json", env=env)
+    assert with_json.stdout.startswith("ob_")
+    assert one_error_line(with_json).startswith(
+        f"error: {with_json.stdout.strip()} was queued over SMTP, but its status is unavailable: cannot reach")

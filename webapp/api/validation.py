@@ -35,6 +35,9 @@ RESERVED_HEADERS = {
     "resent-date", "resent-message-id",
 }
 LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks at
+# SES acts on X-SES-* headers in raw mail (configuration set, source ARN, tags): ours to set, not
+# the sender's, or a message could slip out of event publishing or borrow another identity.
+RESERVED_PREFIXES = ("content-", "mime-", "resent-", "arc-", "x-ses-")
 SEND_FIELDS = {"to", "cc", "bcc", "subject", "text", "html", "reply_to", "headers", "attachments"}
 ATTACHMENT_FIELDS = {"filename", "content", "content_type", "disposition"}
 INBOX_FIELDS = {"name", "domain", "display_name"}
@@ -171,7 +174,7 @@ def custom_headers(value):
     for header, header_value in value.items():
         if not HEADER_NAME.fullmatch(header):
             raise Invalid(f"headers.{header[:80]}", "is not a valid header name (letters, digits and '-')")
-        if header.lower() in RESERVED_HEADERS:
+        if header.lower() in RESERVED_HEADERS or header.lower().startswith(RESERVED_PREFIXES):
             raise Invalid(f"headers.{header}", "is set by Inboxlayer and cannot be overridden; use the "
                                                "request's own fields")
         header_value = text(f"headers.{header}", header_value, MAX_HEADER_VALUE, single_line=True, required=True)
