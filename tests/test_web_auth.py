@@ -81,6 +81,16 @@ def test_login_next_offsite_is_ignored(web_factory, target):
     assert response.headers["Location"] == "/dashboard"
 
 
+@pytest.mark.parametrize("target", ["/%0d%0aSet-Cookie:%20x=1", "/%00abc", "/dash%E2%80%AEboard"])
+def test_login_next_with_control_characters_never_splits_headers(web_factory, target):
+    web_factory().signup("crlf@example.com", "the right password")
+    user = web_factory()
+    response = user.post(f"/login?next={target}", {"email": "crlf@example.com", "password": "the right password"})
+    assert response.status_code == 302
+    assert not any(c in response.headers["Location"] for c in "\r\n\x00")
+    assert "x=1" not in response.headers.get("Set-Cookie", "")
+
+
 def test_login_next_same_site_path_is_followed(web_factory):
     web_factory().signup("next2@example.com", "the right password")
     user = web_factory()

@@ -140,3 +140,33 @@ def test_unknown_api_path_is_json_404(web):
     response = web.get("/v1/no-such-endpoint")
     assert response.status_code == 404
     assert response.is_json
+
+
+@pytest.mark.parametrize("url", [
+    "/inboxes/99999999999999999999999", "/inboxes/99999999999999999999999/sent/",
+    "/inboxes/1/sent/99999999999999999999999", "/domains/99999999999999999999999",
+    "/outbound/ob_%00", "/outbound/" + "x" * 5000, "/outbound/ob_%F0%9F%92%A9",
+])
+def test_hostile_object_ids_get_404(web, url):
+    assert web.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("path, data", [
+    ("/login", {"email": "a\x00b@example.com", "password": "whatever password"}),
+    ("/signup", {"email": "a\x00b@example.com", "password": "a long enough password",
+                 "confirm": "a long enough password"}),
+    ("/domains/", {"name": "exa\x00mple.com"}),
+    ("/inboxes/", {"local_part": "nul\x00", "domain": "0"}),
+])
+def test_nul_bytes_in_forms_get_a_form_answer(web_factory, path, data):
+    user = web_factory()
+    if path not in ("/login", "/signup"):
+        user.signup("nul@example.com")
+    response = user.post(path, data, page="/signup" if path == "/signup" else None)
+    assert response.status_code in (401, 422)
+    assert "<form" in response.get_data(as_text=True)
+
+
+def test_hostile_query_strings_get_an_answer(web):
+    for query in ("page=-1", "page=99999999999", "page=%00", "status=%00", "inbox=%00", "since=%00"):
+        assert web.get(f"/outbound/?{query}").status_code in (200, 422), query

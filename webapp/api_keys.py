@@ -9,6 +9,7 @@ from flask_login import current_user
 from flask_login import login_required
 
 import models
+from webapp.forms import MAX_ID
 from webapp.forms import ActionForm
 from webapp.forms import TokenForm
 
@@ -46,7 +47,7 @@ def create():
     return _render(TokenForm(formdata=None), new_token={"row": row, "token": token}, status=201)
 
 
-@bp.post("/<int:token_id>/revoke")
+@bp.post(f"/<int(max={MAX_ID}):token_id>/revoke")
 @login_required
 def revoke(token_id):
     ActionForm()

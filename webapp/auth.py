@@ -56,7 +56,7 @@ def _throttle_ident(email):
 
 def _safe_next(target):
     """Only same-site paths are followed after login (no open redirect)."""
-    if not target:
+    if not target or len(target) > 2000 or not target.isprintable():  # CR/LF/NUL would break the header
         return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:

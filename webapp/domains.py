@@ -13,6 +13,7 @@ from flask_login import login_required
 from peewee import IntegrityError
 
 import models
+from webapp.forms import MAX_ID
 from smtpd_worker import domain_checks
 from webapp.forms import ActionForm
 from webapp.forms import DomainForm
@@ -72,7 +73,7 @@ def create():
     return redirect(url_for("domains.show", domain_id=domain.id))
 
 
-@bp.get("/<int:domain_id>")
+@bp.get(f"/<int(max={MAX_ID}):domain_id>")
 @login_required
 def show(domain_id):
     domain = owned_domain(domain_id)
@@ -81,7 +82,7 @@ def show(domain_id):
                            inboxes=inboxes, action=ActionForm())
 
 
-@bp.post("/<int:domain_id>/check")
+@bp.post(f"/<int(max={MAX_ID}):domain_id>/check")
 @login_required
 def check(domain_id):
     ActionForm()
@@ -96,7 +97,7 @@ def check(domain_id):
     return redirect(url_for("domains.show", domain_id=domain.id))
 
 
-@bp.post("/<int:domain_id>/delete")
+@bp.post(f"/<int(max={MAX_ID}):domain_id>/delete")
 @login_required
 def delete(domain_id):
     ActionForm()

@@ -15,6 +15,13 @@ import models
 
 PASSWORD_MIN = 10  # characters; NIST SP 800-63B asks for at least 8
 PASSWORD_MAX = 200  # characters; long enough for passphrases, short enough to bound KDF input
+MAX_ID = 2**31 - 1  # largest row id (Postgres serial); bigger ids in URLs are a 404, not an overflow
+
+
+def _printable(form, field):
+    # NUL and other control characters never belong in these fields, and Postgres rejects NUL outright.
+    if field.data and not field.data.isprintable():
+        raise ValidationError("Use printable characters only.")
 
 
 def _valid_email(form, field):
@@ -37,7 +44,7 @@ class SignupForm(FlaskForm):
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired("Enter your email address."), Length(max=254)])
+    email = EmailField("Email", validators=[DataRequired("Enter your email address."), Length(max=254), _printable])
     password = PasswordField("Password", validators=[DataRequired("Enter your password."),
                                                      Length(max=PASSWORD_MAX)])
 

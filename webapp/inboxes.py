@@ -14,6 +14,7 @@ from peewee import JOIN
 from peewee import IntegrityError
 
 import models
+from webapp.forms import MAX_ID
 from smtpd_worker import blobs
 from webapp.forms import ActionForm
 from webapp.forms import InboxForm
@@ -87,7 +88,7 @@ def create():
     return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
 
 
-@bp.get("/<int:inbox_id>")
+@bp.get(f"/<int(max={MAX_ID}):inbox_id>")
 @login_required
 def show(inbox_id):
     inbox = owned_inbox(inbox_id)
@@ -103,7 +104,7 @@ def show(inbox_id):
                            action=ActionForm())
 
 
-@bp.post("/<int:inbox_id>/delete")
+@bp.post(f"/<int(max={MAX_ID}):inbox_id>/delete")
 @login_required
 def delete(inbox_id):
     ActionForm()

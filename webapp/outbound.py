@@ -1,6 +1,7 @@
 """Outbound: every relayed message with filters (inbox, status, date), and one message's event timeline."""
 import datetime
 import json
+import re
 
 from flask import Blueprint
 from flask import abort
@@ -15,6 +16,7 @@ from webapp.sent import page_number
 bp = Blueprint("outbound", __name__, url_prefix="/outbound")
 
 PAGE_SIZE = 50  # rows per page
+PUBLIC_ID = re.compile(r"ob_[0-9A-Za-z]{1,37}")  # models.new_public_id: "ob_" + 24 hex digits
 
 
 def _parse_filters(args, inboxes):
@@ -101,7 +103,9 @@ def event_detail(event):
 @bp.get("/<public_id>")
 @login_required
 def show(public_id):
-    outbound = models.OutboundEmail.get_or_none(models.OutboundEmail.public_id == public_id[:40],
+    if not PUBLIC_ID.fullmatch(public_id):
+        abort(404)
+    outbound = models.OutboundEmail.get_or_none(models.OutboundEmail.public_id == public_id,
                                                 models.OutboundEmail.user == current_user.user)
     if outbound is None:
         abort(404)

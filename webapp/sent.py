@@ -10,11 +10,12 @@ from flask import send_file
 from flask_login import login_required
 
 import models
+from webapp.forms import MAX_ID
 from smtpd_worker import blobs
 from webapp import mailview
 from webapp.inboxes import owned_inbox
 
-bp = Blueprint("sent", __name__, url_prefix="/inboxes/<int:inbox_id>/sent")
+bp = Blueprint("sent", __name__, url_prefix=f"/inboxes/<int(max={MAX_ID}):inbox_id>/sent")
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25  # messages per page
@@ -61,7 +62,7 @@ def index(inbox_id):
                            pages=pages, total=total)
 
 
-@bp.get("/<int:message_id>")
+@bp.get(f"/<int(max={MAX_ID}):message_id>")
 @login_required
 def show(inbox_id, message_id):
     inbox = owned_inbox(inbox_id)
@@ -75,7 +76,7 @@ def show(inbox_id, message_id):
                            attachments=mailview.attachments(parsed))
 
 
-@bp.get("/<int:message_id>/html")
+@bp.get(f"/<int(max={MAX_ID}):message_id>/html")
 @login_required
 def html(inbox_id, message_id):
     inbox = owned_inbox(inbox_id)
@@ -93,7 +94,7 @@ def html(inbox_id, message_id):
     return response
 
 
-@bp.get("/<int:message_id>.eml")
+@bp.get(f"/<int(max={MAX_ID}):message_id>.eml")
 @login_required
 def download(inbox_id, message_id):
     inbox = owned_inbox(inbox_id)
