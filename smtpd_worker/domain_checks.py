@@ -211,6 +211,9 @@ def check_domain(domain_id):
             status, reason = evaluate(domain, make_resolver())
         except TRANSIENT_DNS_ERRORS as exc:
             status, reason = domain.status, f"DNS lookup failed, will retry: {exc.__class__.__name__}"
+        except ValueError as exc:  # a malformed dns.resolver setting: the operator's to fix, not the user's
+            log.error("dns.resolver setting is invalid: %s", exc)
+            status, reason = domain.status, "DNS lookup failed, will retry: resolver misconfigured"
         else:
             if status == "verified":
                 problem = ses_dkim_problem(domain.name)

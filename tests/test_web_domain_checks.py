@@ -121,6 +121,13 @@ def test_check_domain_dns_unreachable_keeps_status(config, account, dns_server):
     assert checked.last_error.startswith("DNS lookup failed, will retry: ")
 
 
+def test_check_domain_bad_resolver_setting_keeps_status(config, account):
+    domain = add_domain(account.user)
+    config["dns"]["resolver"] = "not-an-ip:53"
+    checked = domain_checks.check_domain(domain.id)
+    assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: resolver misconfigured")
+
+
 def test_check_pending_domains_checks_pending_and_failed_only(config, account, dns_server):
     pending = add_domain(account.user, "a.example.com")
     verified = add_domain(account.user, "b.example.com")

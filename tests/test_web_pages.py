@@ -251,3 +251,30 @@ def test_usage_bar_counts_todays_sends(web):
     page = web.get("/dashboard").get_data(as_text=True)
     assert "<strong>2</strong> of 500 sends today" in page
     assert re.search(r'<meter class="usage-bar" min="0" max="500"[^>]*value="2"', page)
+
+
+def submit_raw(web, inbox_id, raw):
+    inbox = inbox_row(inbox_id)
+    with models.db.connection_context():
+        return submission.submit(user_row(web), inbox, inbox.address, ["someone@example.net"],
+                                 io.BytesIO(raw.replace(b"\n", b"\r\n")), "smtp")
+
+
+@pytest.mark.parametrize("body", [
+    b"Content-Type: text/plain; charset=x-no-such-charset\n\nbytes \xff\xfe here\n",
+    b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n!!!not base64===\n",
+    b"Content-Type: text/html\n\n<p>only html</p>\n",
+    b"Content-Type: multipart/mixed; boundary=\"never-closed\"\n\n--never-closed\nContent-Type: text/plain\n\nhalf\n",
+    b"Subject: =?utf-8?B?broken?= =?x-unknown?Q?x?=\nContent-Type: text/plain\n\nodd subject\n",
+    b"Content-Type: application/octet-stream\n\n\x00\x01\x02\n",
+])
+def test_sent_view_survives_malformed_messages(web, body):
+    inbox_id = web.create_inbox("odd")
+    raw = b"From: odd@inboxlayer.dev\nTo: someone@example.net\n" + (b"Subject: odd\n" if b"Subject" not in body else b"") + body
+    outbound = submit_raw(web, inbox_id, raw)
+    for suffix in ("", ".eml"):
+        response = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}{suffix}")
+        assert response.status_code == 200, suffix
+    html_part = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}/html")
+    assert html_part.status_code in (200, 404)
+    assert web.get(f"/inboxes/{inbox_id}/sent/").status_code == 200
