@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 from peewee import JOIN
 from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
 
 import models
 from smtpd_worker import limits
@@ -42,7 +43,8 @@ class Principal:
 
 
 # Errors that mean "a service of ours is down", as opposed to a bug.
-OUTAGES = (PeeweeException, redis.RedisError, limits.LimiterUnavailable, OSError)
+# (A pool with every connection busy past its wait timeout counts too: try again later.)
+OUTAGES = (PeeweeException, MaxConnectionsExceeded, redis.RedisError, limits.LimiterUnavailable, OSError)
 
 
 class DbBackend:
@@ -94,18 +96,23 @@ class DbBackend:
 
     def refresh(self, principal):
         """Re-read the principal at the start of a transaction: a token revoked, a plan changed or
-        a domain verified since AUTH counts from the next MAIL. None if the token is no longer live."""
+        a domain verified since AUTH counts from the next MAIL. None if the token is no longer live
+        or its account no longer owns the inbox. One query: it runs for every message."""
         try:
             with models.db.connection_context():
-                token = (models.ApiToken.select(models.ApiToken, models.User).join(models.User)
-                         .where(models.ApiToken.id == principal.token_id,
-                                models.ApiToken.revoked_at.is_null()).first())
-                inbox = self._inbox(principal.address) if token else None
+                inbox = (models.Inbox.select(models.Inbox, models.User, models.Domain)
+                         .join(models.User)
+                         .join(models.ApiToken, on=(models.ApiToken.user == models.User.id))
+                         .switch(models.Inbox).join(models.Domain, JOIN.LEFT_OUTER)
+                         .where(models.Inbox.address == principal.address,
+                                models.ApiToken.id == principal.token_id,
+                                models.ApiToken.revoked_at.is_null())
+                         .first())
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
-        if token is None or inbox is None or inbox.user_id != token.user_id:
+        if inbox is None:
             return None
-        return Principal(address=inbox.address, token_id=token.id, user=token.user, inbox=inbox)
+        return Principal(address=inbox.address, token_id=principal.token_id, user=inbox.user, inbox=inbox)
 
     @staticmethod
     def _inbox(address):
