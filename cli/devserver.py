@@ -165,10 +165,10 @@ Send a first message from the command line:
   .venv/bin/inboxlayer users create you@example.com --password-stdin <<< 'a-long-password'
   .venv/bin/inboxlayer inboxes create agent@{config['server']['default_domain']} --owner you@example.com
   TOKEN=$(.venv/bin/inboxlayer tokens create you@example.com --name first --quiet)
-  swaks --server {smtp['host']}:{smtp['starttls_port']} -tls --tls-verify-ca=0 \\
+  swaks --server {smtp['host']}:{smtp['starttls_port']} -tls \\
         --auth PLAIN --auth-user agent@{config['server']['default_domain']} --auth-password "$TOKEN" \\
         --from agent@{config['server']['default_domain']} --to someone@example.com
   .venv/bin/inboxlayer outbound list --api-url {web} --token "$TOKEN"
 
 Ctrl-C stops everything.
-""", highlight=False)
+""", highlight=False, soft_wrap=True)

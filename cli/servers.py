@@ -27,12 +27,9 @@ def web(host: str = typer.Option(None, help="Bind address (default web.host)."),
 
 
 def smtpd():
-    from gevent import monkey
-
-    monkey.patch_all()
-    from smtpd_worker import server
-
-    server.main(load_settings())
+    load_settings()  # a settings mistake is reported here, as one line, before the exec
+    # A fresh interpreter: gevent must patch ssl/socket before anything imports them.
+    os.execv(sys.executable, [sys.executable, "-m", "smtpd_worker"])
 
 
 def worker(burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
