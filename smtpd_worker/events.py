@@ -203,7 +203,11 @@ def apply(sns_message_id, kind, event):
     "applied", "recorded" (history only), "duplicate" or "unknown" (no such message here)."""
     mail = event["mail"]
     ses_message_id = mail.get("messageId")
-    public_ids = (mail.get("tags") or {}).get("outbound_id") or []
+    if not isinstance(ses_message_id, str):
+        ses_message_id = None
+    tags = mail.get("tags")
+    public_ids = tags.get("outbound_id") if isinstance(tags, dict) else None
+    public_ids = public_ids if isinstance(public_ids, list) else []
     detail_key = kind[0].lower() + kind[1:]
     detail = {"ses_message_id": ses_message_id, "sns_message_id": sns_message_id,
               detail_key: event.get(detail_key) or event.get(kind.lower()) or {}}
@@ -272,7 +276,10 @@ def handle(body, now=None):
             log.warning("SNS unsubscribed this endpoint from %s", envelope["TopicArn"])
             return 200, "unsubscribe noted"
         kind, event = ses_event(envelope)
-        outcome = apply(envelope["MessageId"], kind, event)
+        try:
+            outcome = apply(envelope["MessageId"], kind, event)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            raise Rejected(400, "malformed SES event") from None
     except Rejected as exc:
         log.warning("SNS notification refused (%d): %s", exc.status, exc)
         return exc.status, str(exc)

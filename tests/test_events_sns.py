@@ -200,3 +200,18 @@ def test_check_url_allowlist(config, url, allowed):
     except events.Rejected:
         outcome = False
     assert outcome is allowed
+
+
+@pytest.mark.parametrize("mail_patch, expected", [
+    ({"tags": ["not", "a", "dict"]}, (400, {"error": "malformed SES event"})),  # bouncedRecipients is no list
+    ({"messageId": 12345, "tags": {"outbound_id": "not-a-list"}}, (200, {"status": "unknown"})),
+])
+def test_sns_signed_but_malformed_ses_event_gets_clear_answer(sent_row, sns, mail_patch, expected):
+    event = ses_event("Bounce", sent_row, bouncedRecipients="not-a-list")
+    event["mail"].update(mail_patch)
+
+    response = sns.post(json.dumps(sns.signed(event)))
+
+    assert (response.status_code, response.json()) == expected
+    assert outbound(sent_row.id).status == "sent"
+    assert [t for t, _ in events_of(sent_row.id)][-1] == "sent"
