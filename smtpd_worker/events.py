@@ -214,19 +214,25 @@ def apply(sns_message_id, kind, event):
     e = models.OutboundEmail
     with models.db.atomic():
         row = e.get_or_none(e.ses_message_id == ses_message_id) if ses_message_id else None
+        other_copy = False
         if row is None and public_ids:
             row = e.get_or_none(e.public_id == str(public_ids[0]))
-            if row is not None and row.ses_message_id not in (None, ses_message_id):
-                row = None  # a second copy from the at-least-once window: its own SES id
+            # Same row, another SES id: a second copy sent in the at-least-once window. Its events
+            # confirm the duplicate in the history but never move the row's status.
+            other_copy = row is not None and row.ses_message_id not in (None, ses_message_id)
         if row is None:
             return "unknown"
+        event_type = EVENT_NAMES.get(kind, f"ses_{kind.lower()}")
+        if other_copy:
+            detail["message"] = f"SES {kind} for a second copy of this message (sent in the at-least-once window)"
+            event_type = "duplicate_copy"
         try:
             with models.db.atomic():
-                models.OutboundEvent.create(outbound=row, type=EVENT_NAMES.get(kind, f"ses_{kind.lower()}"),
-                                            detail=json.dumps(detail), dedupe_key=f"sns:{sns_message_id}")
+                models.OutboundEvent.create(outbound=row, type=event_type, detail=json.dumps(detail),
+                                            dedupe_key=f"sns:{sns_message_id}")
         except IntegrityError:
             return "duplicate"
-        status = STATUS_OF_EVENT.get(kind)
+        status = None if other_copy else STATUS_OF_EVENT.get(kind)
         if status is None:
             return "recorded"
         earlier = [s for s, rank in RANK.items() if rank < RANK[status]]

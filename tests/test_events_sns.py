@@ -215,3 +215,16 @@ def test_sns_signed_but_malformed_ses_event_gets_clear_answer(sent_row, sns, mai
     assert (response.status_code, response.json()) == expected
     assert outbound(sent_row.id).status == "sent"
     assert [t for t, _ in events_of(sent_row.id)][-1] == "sent"
+
+
+def test_sns_event_for_second_copy_is_recorded_as_duplicate_without_moving_status(sent_row, sns):
+    copy = ses_event("Bounce", sent_row, **BOUNCE)
+    copy["mail"]["messageId"] = "0100018c-the-second-copy"  # same outbound_id tag, other SES id
+
+    response = sns.post(json.dumps(sns.signed(copy)))
+
+    assert (response.status_code, response.json()) == (200, {"status": "recorded"})
+    assert outbound(sent_row.id).status == "sent"
+    kind, detail = events_of(sent_row.id)[-1]
+    assert kind == "duplicate_copy"
+    assert detail["ses_message_id"] == "0100018c-the-second-copy"
