@@ -161,3 +161,15 @@ def test_check_domain_deleted_domain_returns_none(config):
 ])
 def test_split_host_port_resolver_setting(value, expected):
     assert domain_checks._split_host_port(value) == expected
+
+
+def test_periodic_tasks_include_domain_checks(config, account, dns_server):
+    from smtpd_worker import periodic
+
+    path = "smtpd_worker.domain_checks:check_pending_domains"
+    assert (config["dns"]["check_interval"], path) in periodic.tasks(config)
+    domain = add_domain(account.user)
+    publish(dns_server, domain_checks.expected_records(domain))
+    assert periodic.run_due([[config["dns"]["check_interval"], path, 0.0]]) == [path]
+    with models.db.connection_context():
+        assert models.Domain.get_by_id(domain.id).status == "verified"

@@ -278,3 +278,36 @@ def test_sent_view_survives_malformed_messages(web, body):
     html_part = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}/html")
     assert html_part.status_code in (200, 404)
     assert web.get(f"/inboxes/{inbox_id}/sent/").status_code == 200
+
+
+# -- domains ----------------------------------------------------------------------------------------
+
+def test_domain_verified_through_check_now_lets_its_inbox_send(web, dns_server):
+    from smtpd_worker import domain_checks
+    from tests.dnsserver import publish
+
+    domain_id = web.add_domain("send.example.org")
+    inbox_id = web.create_inbox("bot", domain_id)
+    with models.db.connection_context():
+        publish(dns_server, domain_checks.expected_records(models.Domain.get_by_id(domain_id)))
+    response = web.post(f"/domains/{domain_id}/check")
+    assert response.headers["Location"] == f"/domains/{domain_id}"
+    page = web.get(f"/domains/{domain_id}").get_data(as_text=True)
+    assert "send.example.org is verified. Inboxes on it can send." in page
+    assert submit(web, inbox_id).status == "queued"
+
+
+def test_domain_delete_refused_while_it_has_inboxes(web, ses_endpoint):
+    import boto3
+
+    domain_id = web.add_domain("gone.example.org")
+    inbox_id = web.create_inbox("bot", domain_id)
+    web.post(f"/domains/{domain_id}/delete")
+    page = web.get(f"/domains/{domain_id}").get_data(as_text=True)
+    assert "Delete the inboxes on gone.example.org first" in page
+    web.post(f"/inboxes/{inbox_id}/delete")
+    response = web.post(f"/domains/{domain_id}/delete")
+    assert response.headers["Location"] == "/domains/"
+    assert web.get(f"/domains/{domain_id}").status_code == 404
+    identities = boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").list_email_identities()
+    assert "gone.example.org" not in [i["IdentityName"] for i in identities["EmailIdentities"]]
