@@ -311,3 +311,16 @@ def test_domain_delete_refused_while_it_has_inboxes(web, ses_endpoint):
     assert web.get(f"/domains/{domain_id}").status_code == 404
     identities = boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").list_email_identities()
     assert "gone.example.org" not in [i["IdentityName"] for i in identities["EmailIdentities"]]
+
+
+def test_domain_check_now_is_rate_limited(web, dns_server):
+    from webapp import domains
+
+    domain_id = web.add_domain("busy.example.org")
+    for _ in range(domains.MAX_CHECKS_PER_WINDOW):
+        web.post(f"/domains/{domain_id}/check")
+    queries = len(dns_server.queries)
+    web.post(f"/domains/{domain_id}/check")
+    page = web.get(f"/domains/{domain_id}").get_data(as_text=True)
+    assert "please wait a minute before checking again" in page
+    assert len(dns_server.queries) == queries  # no lookups for the refused check

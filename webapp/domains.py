@@ -15,10 +15,14 @@ from peewee import IntegrityError
 import models
 from webapp.forms import MAX_ID
 from smtpd_worker import domain_checks
+from smtpd_worker import limits
 from webapp.forms import ActionForm
 from webapp.forms import DomainForm
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")
+
+CHECK_WINDOW = 60  # seconds
+MAX_CHECKS_PER_WINDOW = 6  # each check costs DNS lookups and an SES call
 
 
 def owned_domain(domain_id):
@@ -87,6 +91,13 @@ def show(domain_id):
 def check(domain_id):
     ActionForm()
     domain = owned_domain(domain_id)
+    try:
+        recent_checks = limits.count_in_window("domain-check", domain.id, CHECK_WINDOW)
+    except limits.LimiterUnavailable:
+        recent_checks = 0  # checking is harmless; only its cost is limited
+    if recent_checks > MAX_CHECKS_PER_WINDOW:
+        flash("This domain was just checked several times; please wait a minute before checking again.", "info")
+        return redirect(url_for("domains.show", domain_id=domain.id))
     checked = domain_checks.check_domain(domain.id)
     if checked.status == "verified":
         flash(f"{checked.name} is verified. Inboxes on it can send.", "success")
