@@ -123,6 +123,16 @@ def events_of(outbound_id):
                 ev.select().where(ev.outbound == outbound_id).order_by(ev.id)]
 
 
+def outcomes(outbound_ids):
+    """{row id: [relay outcome events]}: a row that ended once has exactly one ("sent" or "failed")."""
+    ev = models.OutboundEvent
+    with models.db.connection_context():
+        found = {i: [] for i in outbound_ids}
+        for e in ev.select().where(ev.outbound.in_(list(outbound_ids)), ev.type.in_(("sent", "failed"))):
+            found[e.outbound_id].append(e.type)
+    return found
+
+
 def relay_until(outbound_id, statuses=("sent",), timeout=20):
     """Drive in-process burst workers until the row reaches one of ``statuses``."""
 

@@ -7,6 +7,7 @@ from smtpd_worker import relay
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outbound
+from tests.fixtures_relay import outcomes
 from tests.fixtures_relay import relay_until
 from tests.fixtures_relay import throttle_response
 
@@ -145,6 +146,7 @@ def test_reconcile_stale_after_redis_lost_jobs_relays_each_once(relay_config, ac
         relay_until(row.id)
 
     assert sorted(m["id"] for m in ses_sent()) == sorted(outbound(r.id).ses_message_id for r in rows)
+    assert outcomes([r.id for r in rows]) == {r.id: ["sent"] for r in rows}
     assert jobs.reconcile_stale() == 0
 
 
@@ -186,3 +188,60 @@ def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_
     assert queue.relay_queue().job_ids == [queue.relay_job_id(row.id)]
     relay_until(row.id)
     assert len(ses_sent()) == 1
+
+
+def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config, account, submit, ses_sent):
+    from tests.helpers import free_port
+    from tests.fixtures_relay import run_worker_burst
+
+    endpoint = relay_config["ses"]["endpoint_url"]
+    relay_config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    relay.reset_client()
+    row = submit()
+    run_worker_burst()
+    waiting = outbound(row.id)
+    assert (waiting.status, waiting.attempts) == ("sending", 1)
+    [(_, retry)] = [(t, d) for t, d in events_of(row.id) if t == "retry"]
+    assert retry["code"] == "EndpointConnectionError"
+
+    relay_config["ses"]["endpoint_url"] = endpoint  # SES is back
+    relay.reset_client()
+    sent = relay_until(row.id)
+
+    assert sent.attempts == 2
+    assert [m["id"] for m in ses_sent()] == [sent.ses_message_id]
+
+
+def test_relay_outbound_25_mb_message_reaches_ses_intact(relay_config, account, submit, ses_sent):
+    size = 26214400  # bytes: the advertised SIZE limit
+    head = make_message(account.address, body="")
+    line = b"x" * 998 + b"\r\n"
+    body = line * ((size - len(head)) // len(line))
+    raw = head + body + b"y" * (size - len(head) - len(body))
+    assert len(raw) == size
+    row = submit(raw)
+
+    assert jobs.relay_outbound(row.id) == "sent"
+
+    [sent] = ses_sent()
+    assert len(sent["raw_data"]) == size
+    assert sent["raw_data"].encode() == raw
+
+
+def test_periodic_task_runs_once_per_interval_across_workers(relay_config, redis_conn):
+    from smtpd_worker import periodic
+
+    ran = []
+    schedules = [[[60, "tests.test_relay_jobs:_count_run", 0.0]] for _ in range(3)]  # three workers
+    _count_run.calls = ran
+
+    for schedule in schedules:
+        periodic.run_due(schedule, now=100.0)
+    for schedule in schedules:
+        periodic.run_due(schedule, now=110.0)  # within the interval: nobody runs it again
+
+    assert ran == [1]
+
+
+def _count_run():
+    _count_run.calls.append(1)

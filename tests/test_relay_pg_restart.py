@@ -14,6 +14,7 @@ import pytest
 from smtpd_worker import submission
 from tests.conftest import PG_ADMIN_DSN
 from tests.fixtures_relay import make_message
+from tests.fixtures_relay import outcomes
 from tests.helpers import wait_until
 
 import io
@@ -81,4 +82,5 @@ def test_relay_postgres_connections_killed_during_burst_every_accepted_message_s
     sent = ses_sent()
     assert len(rows) == BURST
     assert sorted(m["id"] for m in sent) == sorted(r.ses_message_id for r in rows)  # exactly once each
+    assert outcomes(ids) == {i: ["sent"] for i in ids}  # every 250 ended exactly once
     assert all(w.proc.poll() is None for w in workers), "a worker died on the lost connections"
