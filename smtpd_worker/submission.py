@@ -270,8 +270,6 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
     limit = plan_of(user)["daily_send_limit"]
     try:
         with models.db.atomic():
-            if not models.reserve_send(user, len(recipients), limit):
-                raise QuotaExceeded(models.sends_today(user), limit)
             message = models.Message.create(
                 inbox=inbox, folder="sent", message_id=message_id[:998], size=size, blob_key=blob_key,
                 subject=header_text(headers, "Subject")[:10000], from_addr=header_text(headers, "From")[:2000],
@@ -282,6 +280,10 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
                 idempotency_key=idempotency_key, request_hash=request_hash)
             models.OutboundEvent.create(outbound=outbound, type="queued",
                                         detail=json.dumps({"via": via, "recipients": len(recipients), "size": size}))
+            # Last, so the account's usage row stays locked only from this UPDATE to the COMMIT:
+            # taken first, every concurrent send of the account queued behind three inserts.
+            if not models.reserve_send(user, len(recipients), limit):
+                raise QuotaExceeded(models.sends_today(user), limit)
             return outbound
     except IntegrityError:
         if idempotency_key is None:
