@@ -170,3 +170,13 @@ def test_nul_bytes_in_forms_get_a_form_answer(web_factory, path, data):
 def test_hostile_query_strings_get_an_answer(web):
     for query in ("page=-1", "page=99999999999", "page=%00", "status=%00", "inbox=%00", "since=%00"):
         assert web.get(f"/outbound/?{query}").status_code in (200, 422), query
+
+
+def test_database_down_gets_a_503_page_not_a_traceback(web):
+    models.init_database("postgresql://postgres@127.0.0.1:1/unreachable")  # nothing listens on port 1
+    for url in ("/dashboard", "/login", "/inboxes/1"):
+        response = web.get(url)
+        assert response.status_code == 503, url
+        page = response.get_data(as_text=True)
+        assert "Temporarily unavailable" in page and "Traceback" not in page
+    assert web.post("/account/keys/", {"name": "x", "csrf_token": "stale"}).status_code == 400

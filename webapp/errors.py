@@ -5,14 +5,20 @@ Registered app-wide through the dashboard blueprint; blueprints with their own h
 """
 import logging
 
+import redis
 from flask import jsonify
 from flask import render_template
 from flask import request
 from flask_wtf.csrf import CSRFError
+from markupsafe import escape
+from peewee import PeeweeException
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 import models
+from smtpd_worker.blobs import BlobError
+from smtpd_worker.limits import LimiterUnavailable
+from smtpd_worker.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +33,26 @@ MESSAGES = {
     503: ("Temporarily unavailable", "A service we depend on is unavailable right now. Please try again shortly."),
 }
 MACHINE_PREFIXES = ("/v1/", "/webhooks/")
+# A dependency being down is "try again shortly" (503), not our bug (500).
+UNAVAILABLE = (PeeweeException, redis.RedisError, BlobError, LimiterUnavailable, QueueUnavailable)
+
+
+FALLBACK_PAGE = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Inboxlayer</title>"
+                 "<link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"narrow\">"
+                 "<section class=\"card error-page\"><p class=\"error-code\">{code}</p><h1>{title}</h1><p>{message}</p>"
+                 "</section></main></body></html>")
 
 
 def _respond(code, title, message):
     if request.path.startswith(MACHINE_PREFIXES) or request.path == "/v1":
         return jsonify(error={"code": title.lower().replace(" ", "_"), "message": message}), code
-    # CSRF is checked before the request's DB connection opens, and the page needs current_user.
-    with models.db.connection_context():
-        return render_template("errors/error.html", code=code, title=title, message=message), code
+    try:
+        # CSRF is checked before the request's DB connection opens, and the page needs current_user.
+        with models.db.connection_context():
+            return render_template("errors/error.html", code=code, title=title, message=message), code
+    except Exception as exc:  # the database is what failed: answer without it
+        log.warning("error page rendered without the database: %s: %s", type(exc).__name__, exc)
+        return FALLBACK_PAGE.format(code=code, title=escape(title), message=escape(message)), code
 
 
 def handle_csrf(exc):
@@ -54,6 +72,9 @@ def handle_http(exc):
 def handle_unexpected(exc):
     if isinstance(exc, HTTPException):
         return handle_http(exc)
+    if isinstance(exc, UNAVAILABLE):
+        log.error("request failed, dependency unavailable: %s: %s", type(exc).__name__, exc)
+        return _respond(503, *MESSAGES[503])
     log.exception("unhandled error on %s %s", request.method, request.path)
     return _respond(500, *MESSAGES[500])
 
