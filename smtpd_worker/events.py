@@ -219,7 +219,8 @@ def apply(sns_message_id, kind, event):
             row = e.get_or_none(e.public_id == str(public_ids[0]))
             # Same row, another SES id: a second copy sent in the at-least-once window. Its events
             # confirm the duplicate in the history but never move the row's status.
-            other_copy = row is not None and row.ses_message_id not in (None, ses_message_id)
+            other_copy = (row is not None and row.ses_message_id not in (None, ses_message_id)
+                          and not _is_batch_of(row, ses_message_id))
         if row is None:
             return "unknown"
         event_type = EVENT_NAMES.get(kind, f"ses_{kind.lower()}")
@@ -247,6 +248,12 @@ def apply(sns_message_id, kind, event):
             changes["last_error"] = reason
         moved = e.update(**changes).where(e.id == row.id, e.status.in_(earlier)).execute()
     return "applied" if moved else "recorded"
+
+
+def _is_batch_of(row, ses_message_id):
+    """True when ``ses_message_id`` is one of the row's recipient batches (see jobs._record_batch)."""
+    ev = models.OutboundEvent
+    return ev.select().where(ev.outbound == row.id, ev.dedupe_key == f"batch:{ses_message_id}").exists()
 
 
 def describe(kind, event):

@@ -43,7 +43,7 @@ from smtpd_worker import relay
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "sending")
-RELAY_EVENT_TYPES = ("attempt", "sent", "retry", "failed", "released")
+RELAY_EVENT_TYPES = ("attempt", "batch_sent", "sent", "retry", "failed", "released")
 DB_TRIES = 6  # a job rides out a database restart of a few seconds instead of failing
 RECONCILE_BATCH = 500  # rows per reconciler pass
 SCHEDULER_SLACK = 1  # seconds added to a retry's scheduled time (see _schedule)
@@ -56,8 +56,9 @@ SHUTDOWN = threading.Event()
 class Claim:
     """A row this worker holds for one attempt."""
 
-    def __init__(self, row, attempt, blob_key):
+    def __init__(self, row, attempt, blob_key, batches_done):
         self.row, self.attempt, self.blob_key = row, attempt, blob_key
+        self.batches_done = batches_done  # {batch index: SES MessageId} from earlier attempts
 
 
 # -- relay ------------------------------------------------------------------------------------
@@ -78,11 +79,18 @@ def relay_outbound(outbound_id):
         _enqueue(row.id)
         log.info("released %s: worker shutting down", row.public_id, extra=extra)
         return "released"
-    recipients = json.loads(row.recipients)
-    try:
-        ses_message_id = relay.send_raw(row.mail_from, recipients, data, tags={"outbound_id": row.public_id})
-    except relay.RelayError as err:
-        return _finish_error(claim, err)
+    batches = relay.recipient_batches(json.loads(row.recipients), data)
+    done = dict(claim.batches_done)
+    for index, batch in enumerate(batches):
+        if index in done:
+            continue  # SES accepted this batch in an earlier attempt
+        try:
+            done[index] = relay.send_raw(row.mail_from, batch, data, tags={"outbound_id": row.public_id})
+        except relay.RelayError as err:
+            return _finish_error(claim, err)
+        if len(batches) > 1:
+            _with_db(_record_batch, claim, index, len(batches), done[index])
+    ses_message_id = done[0]
     _with_db(_record_sent, claim, ses_message_id)
     log.info("sent %s as SES %s (attempt %d)", row.public_id, ses_message_id, claim.attempt, extra=extra)
     return "sent"
@@ -115,7 +123,7 @@ def _claim(outbound_id):
             _give_up_if_exhausted(outbound_id, now, relay_settings["max_attempts"])
             return None
         row = e.get_by_id(outbound_id)
-        if _last_relay_event(row.id) == "attempt":
+        if _last_relay_event(row.id) in ("attempt", "batch_sent"):
             _event(row, "possible_duplicate", {
                 "attempt": row.attempts - 1,
                 "message": "the previous attempt stopped after calling SES without a recorded result; "
@@ -123,7 +131,12 @@ def _claim(outbound_id):
         _event(row, "attempt", {"attempt": row.attempts, "worker": WORKER_NAME})
         blob_key = (models.Message.select(models.Message.blob_key)
                     .where(models.Message.id == row.message_id).scalar() if row.message_id else None)
-    return Claim(row, row.attempts, blob_key)
+        ev = models.OutboundEvent
+        batches_done = {}
+        for event in ev.select(ev.detail).where(ev.outbound == row.id, ev.type == "batch_sent"):
+            detail = json.loads(event.detail)
+            batches_done[detail["batch"]] = detail["ses_message_id"]
+    return Claim(row, row.attempts, blob_key, batches_done)
 
 
 def _give_up_if_exhausted(outbound_id, now, max_attempts):
@@ -161,6 +174,12 @@ def _record_sent(claim, ses_message_id):
              .where((e.id == claim.row.id) & e.ses_message_id.is_null()).execute())
             detail["note"] = "the row had moved on before this result was recorded"
         _event(claim.row, "sent", detail, dedupe_key=f"sent:{ses_message_id}")
+
+
+def _record_batch(claim, index, count, ses_message_id):
+    """SES accepted one recipient batch of a message with more recipients than one call takes."""
+    _event(claim.row, "batch_sent", {"attempt": claim.attempt, "batch": index, "batches": count,
+                                     "ses_message_id": ses_message_id}, dedupe_key=f"batch:{ses_message_id}")
 
 
 def _finish_error(claim, err):

@@ -5,10 +5,13 @@ envelope recipients (Bcc included) go in ``Destination``; the bytes carry no Bcc
 Retries are not botocore's business here (``ses.max_attempts_per_call`` defaults to 1): each
 try is ours, recorded as an OutboundEvent, so users see one truthful history.
 """
+import email.utils
 import importlib
 import logging
 import os
 import threading
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 import boto3
 from botocore.config import Config
@@ -40,6 +43,9 @@ RETRYABLE_CODES = {
     "RequestTimeoutException",
 }
 BCC_HEADERS = (b"bcc", b"resent-bcc")  # RFC 5322 3.6.3 and 3.6.6: blind copies never travel
+# SES takes at most 50 recipients per message, and for raw mail its documentation counts the
+# To/Cc header addresses too (so does moto); a call carries 50 minus those, at least one.
+SES_MAX_RECIPIENTS = 50
 
 
 class RelayError(Exception):
@@ -142,3 +148,22 @@ def strip_bcc(stream):
             out.append(line)
     out.append(stream.read())
     return b"".join(out)
+
+
+def recipient_batches(recipients, data):
+    """Split the envelope recipients into SendEmail-sized lists (see SES_MAX_RECIPIENTS).
+
+    Deterministic for a given row, so a retry can skip the batches SES already accepted."""
+    listed = len(header_addresses(data, ("To", "Cc")))
+    size = max(1, SES_MAX_RECIPIENTS - listed)
+    return [list(recipients[i:i + size]) for i in range(0, len(recipients), size)] or [[]]
+
+
+def header_addresses(data, names):
+    """Addresses in the named header fields of the message bytes (header section only)."""
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    headers = BytesHeaderParser(policy=compat32).parsebytes(data[:min(ends)] if ends else data)
+    values = []
+    for name in names:
+        values.extend(str(v) for v in headers.get_all(name) or [])
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]

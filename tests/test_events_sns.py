@@ -228,3 +228,19 @@ def test_sns_event_for_second_copy_is_recorded_as_duplicate_without_moving_statu
     kind, detail = events_of(sent_row.id)[-1]
     assert kind == "duplicate_copy"
     assert detail["ses_message_id"] == "0100018c-the-second-copy"
+
+
+def test_sns_event_for_another_recipient_batch_moves_status(relay_config, account, submit, sns, ses_sent):
+    from tests.fixtures_relay import make_message
+
+    row = submit(make_message(account.address, to="list@example.com"),
+                 recipients=[f"r{n}@example.com" for n in range(60)])
+    assert jobs.relay_outbound(row.id) == "sent"
+    row = outbound(row.id)
+    second = ses_event("Bounce", row, **BOUNCE)
+    second["mail"]["messageId"] = ses_sent()[1]["id"]
+
+    response = sns.post(json.dumps(sns.signed(second)))
+
+    assert (response.status_code, response.json()) == (200, {"status": "applied"})
+    assert outbound(row.id).status == "bounced"

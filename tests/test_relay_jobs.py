@@ -245,3 +245,35 @@ def test_periodic_task_runs_once_per_interval_across_workers(relay_config, redis
 
 def _count_run():
     _count_run.calls.append(1)
+
+
+def test_relay_outbound_more_recipients_than_one_ses_call_sends_batches(relay_config, account, submit, ses_sent):
+    recipients = [f"r{n}@example.com" for n in range(100)]
+    row = submit(make_message(account.address, to="list@example.com"), recipients=recipients)
+
+    sent = relay_until(row.id)
+
+    messages = ses_sent()
+    assert [len(m["destinations"]) - 1 for m in messages] == [49, 49, 2]  # moto adds the To: address
+    assert sorted(a for m in messages for a in m["destinations"] if a != "list@example.com") == sorted(recipients)
+    assert sent.ses_message_id == messages[0]["id"]
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "batch_sent", "batch_sent", "batch_sent", "sent"]
+
+
+def test_relay_outbound_batch_throttled_retries_only_unsent_batches(relay_config, account, submit, ses_sent):
+    calls = []
+
+    def throttle_second_call(request, **kwargs):
+        calls.append(1)
+        return throttle_response(request) if len(calls) == 2 else None
+
+    relay.client().meta.events.register("before-send.sesv2.SendEmail", throttle_second_call)
+    recipients = [f"r{n}@example.com" for n in range(60)]
+    row = submit(make_message(account.address, to="list@example.com"), recipients=recipients)
+
+    relay_until(row.id, timeout=30)
+
+    assert len(calls) == 3  # batch 1, batch 2 throttled, then only batch 2 again
+    assert sorted(len(m["destinations"]) - 1 for m in ses_sent()) == [11, 49]
+    types = [t for t, _ in events_of(row.id)]
+    assert types == ["queued", "attempt", "batch_sent", "retry", "attempt", "batch_sent", "sent"]
