@@ -99,9 +99,19 @@ def test_inbox_show_uses_production_ports_from_settings(web, config):
     assert "swaks --server smtp.inboxlayer.dev --port 587 --tls" in page
 
 
+def test_inbox_delete_refused_while_a_message_is_being_sent(web):
+    inbox_id = web.create_inbox("busy")
+    submit(web, inbox_id)
+    web.post(f"/inboxes/{inbox_id}/delete")
+    page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
+    assert "1 message from busy@inboxlayer.dev is still being sent." in page
+
+
 def test_inbox_list_and_delete_removes_sent_and_outbound(web):
     inbox_id = web.create_inbox("temp")
     outbound = submit(web, inbox_id)
+    with models.db.connection_context():
+        models.OutboundEmail.update(status="delivered").where(models.OutboundEmail.id == outbound.id).execute()
     listing = web.get("/inboxes/")
     assert listing.status_code == 200
     assert f'<a href="/inboxes/{inbox_id}">temp@inboxlayer.dev</a>' in listing.get_data(as_text=True)

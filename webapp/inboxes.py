@@ -24,6 +24,7 @@ bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
 log = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN_CHOICE = 0  # the select's value for the default domain (domain ids start at 1)
+IN_FLIGHT = ("queued", "sending")  # statuses whose relay job may still read the message file
 
 
 def owned_inbox(inbox_id):
@@ -109,6 +110,14 @@ def show(inbox_id):
 def delete(inbox_id):
     ActionForm()
     inbox = owned_inbox(inbox_id)
+    in_flight = models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox,
+                                                    models.OutboundEmail.status.in_(IN_FLIGHT)).count()
+    if in_flight:
+        # Deleting now would pull the message file from under the relay worker.
+        flash(f"{in_flight} message{'s' if in_flight != 1 else ''} from {inbox.address} "
+              f"{'are' if in_flight != 1 else 'is'} still being sent. Try again once "
+              f"{'they are' if in_flight != 1 else 'it is'} sent.", "error")
+        return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
     blob_keys = [m.blob_key for m in models.Message.select(models.Message.blob_key)
                  .where(models.Message.inbox == inbox)]
     with models.db.atomic():
