@@ -129,14 +129,22 @@ def _claim(outbound_id):
                 "message": "the previous attempt stopped after calling SES without a recorded result; "
                            "if SES accepted it, this attempt sends a second copy"})
         _event(row, "attempt", {"attempt": row.attempts, "worker": WORKER_NAME})
-        blob_key = (models.Message.select(models.Message.blob_key)
-                    .where(models.Message.id == row.message_id).scalar() if row.message_id else None)
-        ev = models.OutboundEvent
-        batches_done = {}
-        for event in ev.select(ev.detail).where(ev.outbound == row.id, ev.type == "batch_sent"):
-            detail = json.loads(event.detail)
-            batches_done[detail["batch"]] = detail["ses_message_id"]
-    return Claim(row, row.attempts, blob_key, batches_done)
+        return Claim(row, row.attempts, _blob_key(row), _batches_done(row.id))
+
+
+def _blob_key(row):
+    if row.message_id is None:
+        return None
+    return models.Message.select(models.Message.blob_key).where(models.Message.id == row.message_id).scalar()
+
+
+def _batches_done(outbound_id):
+    ev = models.OutboundEvent
+    done = {}
+    for event in ev.select(ev.detail).where(ev.outbound == outbound_id, ev.type == "batch_sent"):
+        detail = json.loads(event.detail)
+        done[detail["batch"]] = detail["ses_message_id"]
+    return done
 
 
 def _give_up_if_exhausted(outbound_id, now, max_attempts):
