@@ -147,10 +147,10 @@ def relay_until(outbound_id, statuses=("sent",), timeout=20):
 class WorkerProcess:
     """`python -m cli worker` as a child process in its own session (signals reach only it)."""
 
-    def __init__(self, env, log_path):
+    def __init__(self, env, log_path, args=()):
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, stdout=self.log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", *args], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal(self, signum):
@@ -176,10 +176,10 @@ def start_worker(relay_config, subprocess_env, config_file, tmp_path):
     extra environment)."""
     started = []
 
-    def start(**extra_env):
+    def start(*args, **extra_env):
         config_file.write_text(dump_toml(relay_config))
         env = {**subprocess_env, **{k: str(v) for k, v in extra_env.items()}}
-        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log")
+        worker = WorkerProcess(env, tmp_path / f"worker{len(started)}.log", args)
         started.append(worker)
         return worker
 

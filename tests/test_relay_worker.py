@@ -60,3 +60,16 @@ def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config
     assert sent.attempts == 2
     types = [t for t, _ in events_of(row.id)]
     assert types == ["queued", "attempt", "possible_duplicate", "attempt", "sent"]
+
+
+def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, submit, ses_sent, redis_conn):
+    relay_config["relay"]["reconcile_after"] = 0
+    lost, queued = submit(), submit()
+    redis_conn.delete(f"rq:job:{queue.relay_job_id(lost.id)}")  # one job lost, one still queued
+    redis_conn.lrem(queue.relay_queue().key, 0, queue.relay_job_id(lost.id))
+
+    worker = start_worker("--burst")
+
+    assert worker.wait(60) == 0
+    assert (outbound(lost.id).status, outbound(queued.id).status) == ("sent", "sent")
+    assert len(ses_sent()) == 2
