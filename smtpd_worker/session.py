@@ -104,13 +104,16 @@ TOO_LONG = _TooLong()
 class Reader:
     """One buffer in front of the socket: pipelined commands cost one recv, and whatever is left
     after a command (or after DATA) is the next command. ``before_block`` runs before every recv,
-    which is where pending replies are flushed (RFC 2920: reply to a whole pipelined group)."""
+    which is where pending replies are flushed (RFC 2920: reply to a whole pipelined group).
+    Lines are taken from the buffer by offset, so a burst of pipelined commands is not copied
+    once per command."""
 
-    __slots__ = ("sock", "buf", "before_block")
+    __slots__ = ("sock", "buf", "pos", "before_block")
 
     def __init__(self, sock, before_block):
         self.sock = sock
         self.buf = b""
+        self.pos = 0
         self.before_block = before_block
 
     def _recv(self):
@@ -120,22 +123,31 @@ class Reader:
             raise ConnectionLost()
         return data
 
+    def _rest(self):
+        data = self.buf[self.pos:] if self.pos else self.buf
+        self.buf, self.pos = b"", 0
+        return data
+
     def chunk(self):
         """Buffered bytes if any, else the next bytes from the socket."""
-        if self.buf:
-            data, self.buf = self.buf, b""
-            return data
+        if self.pos < len(self.buf):
+            return self._rest()
         return self._recv()
 
     def unread(self, data):
-        self.buf = data + self.buf if self.buf else data
+        self.buf = data + self._rest()
 
     def discard(self):
-        self.buf = b""
+        self.buf, self.pos = b"", 0
 
     def readline(self, limit):
         """The next line including its LF, or TOO_LONG after reading past its end."""
-        buf = self.buf
+        end = self.buf.find(b"\n", self.pos)
+        if 0 <= end < self.pos + limit:
+            line = self.buf[self.pos:end + 1]
+            self.pos = end + 1
+            return line
+        buf = self._rest()
         while True:
             end = buf.find(b"\n")
             if end >= 0:
@@ -149,7 +161,6 @@ class Reader:
             if end >= 0:
                 self.buf = buf[end + 1:]
                 return TOO_LONG
-            self.buf = b""
             buf = self._recv()
 
 

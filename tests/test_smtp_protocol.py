@@ -571,3 +571,10 @@ def test_command_budget_closes_connection(strict_smtp, raw_client):
     assert [client.reply() for _ in range(30)] == [codes.OK] * 30
     assert client.reply() == codes.TOO_MANY_COMMANDS
     assert client.is_closed()
+
+
+def test_pipelined_burst_of_commands_answered_in_order(raw_client):
+    client = raw_client(login=True)
+    client.send("NOOP\r\n" * 5000 + f"MAIL FROM:<{SENDER}>\r\n")
+    assert [client.reply() for _ in range(5000)] == [codes.OK] * 5000
+    assert client.reply() == codes.SENDER_OK
