@@ -12,7 +12,10 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
+
+import models
 
 from tests.dnsserver import DNSServer
 
@@ -55,6 +58,12 @@ class WebUser:
         self.email, self.password = email, password
         return response
 
+    def login(self, email, password):
+        response = self.post("/login", {"email": email, "password": password}, page="/login")
+        assert response.status_code == 302, response.get_data(as_text=True)
+        self.email, self.password = email, password
+        return response
+
     def create_token(self, name="agent"):
         response = self.post("/account/keys/", {"name": name})
         assert response.status_code == 201, response.get_data(as_text=True)
@@ -77,10 +86,16 @@ def web_factory(app):
 
 
 @pytest.fixture
-def web(web_factory):
-    """A signed-up, logged-in user."""
+def web(web_factory, config):
+    """A logged-in user. The account row is made directly with a cheap PBKDF2 hash so that the
+    hundreds of tests using this fixture do not each pay for scrypt; signup itself (scrypt) is
+    tested in test_web_auth.py. Logging in still goes through the real form."""
+    email, password = "owner@example.com", "a long enough password"
+    with models.db.connection_context(), models.db.atomic():
+        models.User.create(email=email, password_hash=generate_password_hash(password, "pbkdf2:sha256:1000"),
+                           plan=config["server"]["default_plan"])
     user = web_factory()
-    user.signup("owner@example.com")
+    user.login(email, password)
     return user
 
 
