@@ -4,6 +4,7 @@ stdout gets the OutboundEmail id alone (or the JSON with --json), so scripts can
 progress and live status go to stderr.
 """
 import base64
+import io
 import json
 import mimetypes
 import re
@@ -278,4 +279,6 @@ def _build_mime(sender, body, attachments):
         message = mime.build_message(sender_address, request, sender_address.domain)
     except mime.MimeError as exc:
         raise CliError(str(exc), 2) from None
-    return message.as_bytes(), request.envelope_recipients()
+    spool = io.BytesIO()
+    mime.write_message(message, spool)
+    return spool.getvalue(), request.envelope_recipients()

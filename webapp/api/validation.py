@@ -38,6 +38,9 @@ LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitl
 # SES acts on X-SES-* headers in raw mail (configuration set, source ARN, tags): ours to set, not
 # the sender's, or a message could slip out of event publishing or borrow another identity.
 RESERVED_PREFIXES = ("content-", "mime-", "resent-", "arc-", "x-ses-")
+# Literal text shaped like an encoded-word would be decoded by every mail reader (RFC 2047 6.2),
+# so the recipient would see something else than what was sent.
+ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?.*?\?=", re.S)
 SEND_FIELDS = {"to", "cc", "bcc", "subject", "text", "html", "reply_to", "headers", "attachments"}
 ATTACHMENT_FIELDS = {"filename", "content", "content_type", "disposition"}
 INBOX_FIELDS = {"name", "domain", "display_name"}
@@ -117,6 +120,9 @@ def text(name, value, max_length=None, single_line=False, required=False):
     # package when it folds a header: those are line breaks here too.
     if single_line and any(c in LINE_BREAKS or ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
         raise Invalid(name, "must be one line without control characters")
+    if single_line and ENCODED_WORD.search(value):
+        raise Invalid(name, "must not contain RFC 2047 encoded-words (=?charset?q?...?=): send the text itself, "
+                            "it is encoded as needed")
     return value
 
 
