@@ -10,7 +10,6 @@ from flask_login import login_required
 
 import models
 from webapp.forms import MAX_ID
-from webapp.forms import ActionForm
 from webapp.forms import TokenForm
 
 bp = Blueprint("api_keys", __name__, url_prefix="/account/keys")
@@ -23,7 +22,7 @@ def _tokens(user):
 
 def _render(form, new_token=None, status=200):
     response = render_template("api_keys/index.html", form=form, tokens=list(_tokens(current_user.user)),
-                               new_token=new_token, action=ActionForm())
+                               new_token=new_token)
     # The page that shows a full token must not be kept by caches or the back button.
     headers = {"Cache-Control": "no-store"} if new_token else {}
     return response, status, headers
@@ -50,7 +49,6 @@ def create():
 @bp.post(f"/<int(max={MAX_ID}):token_id>/revoke")
 @login_required
 def revoke(token_id):
-    ActionForm()
     token = models.ApiToken.get_or_none(models.ApiToken.id == token_id, models.ApiToken.user == current_user.user)
     if token is None:
         abort(404)

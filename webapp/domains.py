@@ -16,7 +16,6 @@ import models
 from webapp.forms import MAX_ID
 from smtpd_worker import domain_checks
 from smtpd_worker import limits
-from webapp.forms import ActionForm
 from webapp.forms import DomainForm
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")
@@ -83,13 +82,12 @@ def show(domain_id):
     domain = owned_domain(domain_id)
     inboxes = list(models.Inbox.select().where(models.Inbox.domain == domain).order_by(models.Inbox.address))
     return render_template("domains/show.html", domain=domain, records=domain_checks.expected_records(domain),
-                           inboxes=inboxes, action=ActionForm())
+                           inboxes=inboxes)
 
 
 @bp.post(f"/<int(max={MAX_ID}):domain_id>/check")
 @login_required
 def check(domain_id):
-    ActionForm()
     domain = owned_domain(domain_id)
     try:
         recent_checks = limits.count_in_window("domain-check", domain.id, CHECK_WINDOW)
@@ -111,7 +109,6 @@ def check(domain_id):
 @bp.post(f"/<int(max={MAX_ID}):domain_id>/delete")
 @login_required
 def delete(domain_id):
-    ActionForm()
     domain = owned_domain(domain_id)
     if models.Inbox.select().where(models.Inbox.domain == domain).exists():
         flash(f"Delete the inboxes on {domain.name} first; deleting the domain would delete their Sent mail.",

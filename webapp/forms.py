@@ -1,4 +1,8 @@
-"""Dashboard forms (Flask-WTF: every form carries a CSRF token)."""
+"""Dashboard forms (Flask-WTF: every form carries a CSRF token).
+
+Buttons that only change state (log out, revoke, delete, check now) need no form class: they are
+plain POST forms with ``csrf_token()``, and CSRFProtect checks every POST app-wide.
+"""
 from email_validator import EmailNotValidError
 from email_validator import validate_email
 from flask_wtf import FlaskForm
@@ -93,7 +97,3 @@ class DomainForm(FlaskForm):
             field.data = models.normalize_domain(field.data)
         except models.AddressError:
             raise ValidationError("That is not a valid domain name (e.g. mail.example.com).") from None
-
-
-class ActionForm(FlaskForm):
-    """A button that changes state (revoke, delete, check now): only the CSRF token."""

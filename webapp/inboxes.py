@@ -16,7 +16,6 @@ from peewee import IntegrityError
 import models
 from webapp.forms import MAX_ID
 from smtpd_worker import blobs
-from webapp.forms import ActionForm
 from webapp.forms import InboxForm
 from webapp.usage import usage_of
 
@@ -101,14 +100,12 @@ def show(inbox_id):
     return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
                            smtp_host=smtp["public_host"], starttls_port=smtp["starttls_port"],
                            tls_port=smtp["tls_port"], max_size_mb=smtp["max_message_size"] // 2**20,
-                           recent=list(recent), sent_count=sent_count, usage=usage_of(current_user.user),
-                           action=ActionForm())
+                           recent=list(recent), sent_count=sent_count, usage=usage_of(current_user.user))
 
 
 @bp.post(f"/<int(max={MAX_ID}):inbox_id>/delete")
 @login_required
 def delete(inbox_id):
-    ActionForm()
     inbox = owned_inbox(inbox_id)
     in_flight = models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox,
                                                     models.OutboundEmail.status.in_(IN_FLIGHT)).count()
