@@ -1,6 +1,8 @@
 """Sign up, log in, log out, change password."""
+import functools
 import hashlib
 import logging
+import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -31,8 +33,6 @@ log = logging.getLogger(__name__)
 
 LOGIN_WINDOW = 15 * 60  # seconds over which failed logins are counted
 PASSWORD_FINGERPRINT_KEY = "_pwfp"
-# Compared against when the address is unknown, so a wrong address costs as much time as a wrong password.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
 
 
 class LoginUser(UserMixin):
@@ -41,6 +41,13 @@ class LoginUser(UserMixin):
     def __init__(self, user):
         self.user = user
         self.id = str(user.id)
+
+
+@functools.cache
+def _dummy_hash():
+    """Checked when the address is unknown, so a wrong address costs as much time as a wrong
+    password (no account enumeration by timing). Made on first use, not at import."""
+    return generate_password_hash(secrets.token_hex(16))
 
 
 def _settings():
@@ -124,7 +131,7 @@ def login():
         form.form_errors.append("Too many failed attempts. Please wait 15 minutes before trying again.")
         return render_template("auth/login.html", form=form), 429
     user = models.User.get_or_none(models.User.email == email)
-    password_ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, form.password.data)
+    password_ok = check_password_hash(user.password_hash if user else _dummy_hash(), form.password.data)
     if user is None or not password_ok:
         try:
             limits.count_in_window("login-fail", ident, LOGIN_WINDOW)
