@@ -267,3 +267,17 @@ def test_cli_send_via_smtp_prints_the_id_even_without_the_api(run_cli, account, 
     assert with_json.stdout.startswith("ob_")
     assert one_error_line(with_json).startswith(
         f"error: {with_json.stdout.strip()} was queued over SMTP, but its status is unavailable: cannot reach")
+
+
+def test_cli_send_reads_bodies_from_stdin_and_files(run_cli, api_server, account, tmp_path):
+    html = tmp_path / "body.html"
+    html.write_text("<p>Grüße aus der Datei</p>", encoding="utf-8")
+    env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": api_server}
+    result = run_cli("send", "--from", account.address, "--to", "bob@example.com", "--text-file", "-",
+                     "--html-file", html, env=env, input="piped text\n")
+    assert result.returncode == 0, result.stderr
+    with models.db.connection_context():
+        row = models.OutboundEmail.get(models.OutboundEmail.public_id == result.stdout.strip())
+        parsed = email.message_from_bytes(blobs.store().read_bytes(row.message.blob_key), policy=email.policy.default)
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "piped text\n"
+    assert parsed.get_body(("html",)).get_content().replace("\r\n", "\n") == "<p>Grüße aus der Datei</p>\n"
