@@ -244,3 +244,21 @@ def test_sns_event_for_another_recipient_batch_moves_status(relay_config, accoun
 
     assert (response.status_code, response.json()) == (200, {"status": "applied"})
     assert outbound(row.id).status == "bounced"
+
+
+def test_sns_topic_not_in_allowlist_gets_403(relay_config, sent_row, sns):
+    relay_config["ses"]["sns_topic_arns"] = ["arn:aws:sns:us-east-1:123456789012:the-only-topic"]
+
+    response = sns.post(json.dumps(sns.signed(ses_event("Delivery", sent_row))))
+
+    assert (response.status_code, response.json()) == (403, {"error": "topic not accepted here"})
+    assert outbound(sent_row.id).status == "sent"
+
+
+def test_sns_unknown_signature_version_gets_400(sent_row, sns):
+    envelope = sns.signed(ses_event("Delivery", sent_row))
+    envelope["SignatureVersion"] = "3"
+
+    response = sns.post(json.dumps(envelope))
+
+    assert (response.status_code, response.json()) == (400, {"error": "unsupported SignatureVersion '3'"})
