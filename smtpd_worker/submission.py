@@ -9,7 +9,9 @@ import datetime
 import email.utils
 import json
 import logging
+import re
 import secrets
+from email.errors import InvalidHeaderDefect
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 
@@ -162,10 +164,23 @@ def header_text(headers, name):
     return "" if value is None else str(value)
 
 
-def from_addresses(headers):
+# Any line a mail program may take for a From field, "From :" and "FROM\t:" included (RFC 5322
+# obsolete syntax), which Python's parser silently skips.
+FROM_FIELD_LINE = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def from_addresses(headers, raw_headers=None):
+    """The From: addresses, read strictly: a From that a recipient's mail program could read
+    differently from us yields none. ``agent@ours <ceo@elsewhere>`` is an invalid address list
+    that lenient parsers read as agent@ours; a second From field hidden as ``From :`` is
+    another."""
+    if raw_headers is not None and len(FROM_FIELD_LINE.findall(raw_headers)) > 1:
+        return []
     try:
-        values = headers.get_all("From") or []
-        return [addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr]
+        fields = headers.get_all("From") or []
+        if any(isinstance(defect, InvalidHeaderDefect) for field in fields for defect in field.defects):
+            return []
+        return [address.addr_spec for field in fields for address in field.addresses if address.addr_spec]
     except Exception:
         return []
 
@@ -219,8 +234,9 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
 
 def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash):
     check_sender(inbox, mail_from)
-    headers = parse_headers(read_header_section(spool))
-    senders = from_addresses(headers)
+    raw_headers = read_header_section(spool)
+    headers = parse_headers(raw_headers)
+    senders = from_addresses(headers, raw_headers)
     if len(senders) != 1:
         raise SenderNotAllowed()
     check_sender(inbox, senders[0])

@@ -170,6 +170,31 @@ def test_from_header_not_the_inbox_refused_and_nothing_stored(smtp_client, accou
     assert counts() == (0, 0, 0)
 
 
+SPOOFED_FROM_HEADERS = [
+    "From: agent@inboxlayer.dev <ceo@bank.example>",  # lenient parsers read agent@..., MUAs show ceo@...
+    "From: <agent@inboxlayer.dev> ceo@bank.example",
+    "From: agent@inboxlayer.dev\r\nFrom : ceo@bank.example",  # obsolete "From :" that Python skips
+    "From: agent@inboxlayer.dev\r\nFROM\t: ceo@bank.example",
+    "From: agent@inboxlayer.dev\r\nfrom: ceo@bank.example",
+    "From: agent@inboxlayer.dev, ceo@bank.example",
+    "From: ceo@bank.example (agent@inboxlayer.dev)",
+    "Sender: agent@inboxlayer.dev",  # no From at all
+]
+
+
+def test_spoofed_from_header_variants_refused(smtp_client, account):
+    client = smtp_client(account.address, account.token)
+    for header in SPOOFED_FROM_HEADERS:
+        client.mail(account.address)
+        client.rcpt("someone@example.com")
+        data = f"{header}\r\nTo: someone@example.com\r\nSubject: spoof\r\n\r\nbody\r\n".encode()
+        assert client.data(data) == (550, codes.SENDER_NOT_OWNED[4:].encode()), header
+    assert counts() == (0, 0, 0)
+    code, _ = send(client, account, data=b'From: "Agent, the bot" <Agent+x@InboxLayer.dev>\r\nSender: '
+                   b'boss@example.com\r\nReply-To: boss@example.com\r\nSubject: hello\r\n\r\nok\r\n')
+    assert code == 250
+
+
 def test_custom_domain_not_verified_refused_at_mail(smtp_client, account):
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="example.com", status="pending",
