@@ -8,6 +8,7 @@ import models
 from smtpd_worker import events
 from smtpd_worker import jobs
 from tests.fixtures_relay import events_of
+from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outbound
 from tests.fixtures_relay import ses_event
 
@@ -231,8 +232,6 @@ def test_sns_event_for_second_copy_is_recorded_as_duplicate_without_moving_statu
 
 
 def test_sns_event_for_another_recipient_batch_moves_status(relay_config, account, submit, sns, ses_sent):
-    from tests.fixtures_relay import make_message
-
     row = submit(make_message(account.address, to="list@example.com"),
                  recipients=[f"r{n}@example.com" for n in range(60)])
     assert jobs.relay_outbound(row.id) == "sent"

@@ -1,15 +1,24 @@
 """The relay job against the SES stand-in (moto over HTTP), Redis and the database."""
-import base64
-import json
+import datetime
+import io
+import threading
 
+import models
 from smtpd_worker import jobs
+from smtpd_worker import periodic
+from smtpd_worker import queue
 from smtpd_worker import relay
+from smtpd_worker import submission
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outbound
 from tests.fixtures_relay import outcomes
 from tests.fixtures_relay import relay_until
+from tests.fixtures_relay import run_worker_burst
 from tests.fixtures_relay import throttle_response
+from tests.helpers import free_port
+from tests.helpers import wait_until
+
 
 
 def test_relay_outbound_sends_bytes_without_bcc(relay_config, account, submit, ses_sent):
@@ -71,11 +80,6 @@ def test_relay_outbound_throttled_past_max_attempts_fails_once(relay_config, acc
 
 def test_relay_outbound_rejected_sender_fails_without_retry(relay_config, account, ses_sent):
     # The domain is verified in our database but not at SES: SES (moto) answers MessageRejected.
-    import io
-
-    import models
-    from smtpd_worker import submission
-
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="unverified.example", status="verified",
                                       verification_token="t")
@@ -104,8 +108,6 @@ def test_relay_outbound_run_again_after_sent_sends_nothing(relay_config, account
 
 
 def test_relay_outbound_concurrent_jobs_send_once(relay_config, account, submit, ses_sent):
-    import threading
-
     row = submit()
     results = []
     barrier = threading.Barrier(4)
@@ -126,10 +128,6 @@ def test_relay_outbound_concurrent_jobs_send_once(relay_config, account, submit,
 
 
 def test_reconcile_stale_after_redis_lost_jobs_relays_each_once(relay_config, account, submit, ses_sent, redis_conn):
-    from smtpd_worker import queue
-    from tests.fixtures_relay import run_worker_burst
-    from tests.helpers import wait_until
-
     rows = [submit() for _ in range(3)]
     # Only this test's keys: the queue and its jobs (the Redis is shared with other test runs).
     lost = list(redis_conn.scan_iter(f"rq:*{queue.relay_queue_name()}*"))
@@ -151,18 +149,12 @@ def test_reconcile_stale_after_redis_lost_jobs_relays_each_once(relay_config, ac
 
 
 def test_reconcile_stale_leaves_waiting_jobs_alone(relay_config, account, submit):
-    import datetime
-
-    import models
-
     submit()
     later = models.utcnow() + datetime.timedelta(seconds=60)
     assert jobs.reconcile_stale(now=later) == 0
 
 
 def test_strip_bcc_removes_folded_bcc_only_in_header_section():
-    import io
-
     raw = (b"From: a@inboxlayer.dev\r\nBCC : x@example.com,\r\n y@example.com\r\nTo: b@example.com\r\n"
            b"Resent-Bcc: z@example.com\r\n\r\nBcc: stays in the body\r\n")
     assert relay.strip_bcc(io.BytesIO(raw)) == (
@@ -171,8 +163,6 @@ def test_strip_bcc_removes_folded_bcc_only_in_header_section():
 
 def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_config, account, submit, ses_sent,
                                                                           redis_conn):
-    from smtpd_worker import queue
-
     row = submit()
     redis_conn.delete(queue.relay_queue().key)  # forget submit's enqueue: the release must enqueue again
     jobs.SHUTDOWN.set()  # what the worker's SIGTERM handler sets
@@ -191,9 +181,6 @@ def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_
 
 
 def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config, account, submit, ses_sent):
-    from tests.helpers import free_port
-    from tests.fixtures_relay import run_worker_burst
-
     endpoint = relay_config["ses"]["endpoint_url"]
     relay_config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     relay.reset_client()
@@ -229,8 +216,6 @@ def test_relay_outbound_25_mb_message_reaches_ses_intact(relay_config, account, 
 
 
 def test_periodic_task_runs_once_per_interval_across_workers(relay_config, redis_conn):
-    from smtpd_worker import periodic
-
     ran = []
     schedules = [[[60, "tests.test_relay_jobs:_count_run", 0.0]] for _ in range(3)]  # three workers
     _count_run.calls = ran

@@ -5,20 +5,19 @@ time, so this test kills every server-side connection of *its own* database with
 pg_terminate_backend: to our processes that is exactly what a restart looks like (connections
 die mid-use and must be replaced). Postgres only, by nature; SQLite has no server to restart.
 """
+import io
 import threading
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 
+import models
 from smtpd_worker import submission
 from tests.conftest import PG_ADMIN_DSN
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outcomes
 from tests.helpers import wait_until
-
-import io
-import models
 
 BURST = 40
 
