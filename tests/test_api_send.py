@@ -316,3 +316,16 @@ def test_send_concurrent_retries_with_one_idempotency_key_send_once(api_server, 
         assert models.OutboundEmail.select().count() == 1
         assert models.Message.select().count() == 1
         assert models.sends_today(account.user) == 1
+
+
+def test_send_from_header_carries_the_inbox_display_name(api, account, subtests):
+    for display_name in ("Support Bot", "Büro, Agent", 'The "Agent" @ Work', "代理人" * 30):
+        with subtests.test(display_name=display_name):
+            with models.db.connection_context():
+                models.Inbox.update(display_name=display_name).where(models.Inbox.id == account.inbox.id).execute()
+            response = api.post(f"/v1/inboxes/{account.address}/send", json=send_body())
+            assert response.status_code == 202, response.text
+            _, raw = stored_message(response.json()["id"])
+            (sender,) = email.message_from_bytes(raw, policy=email.policy.default)["From"].addresses
+            assert sender.addr_spec == account.address
+            assert sender.display_name.replace(" ", "") == display_name.replace(" ", "")
