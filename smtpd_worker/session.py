@@ -508,7 +508,11 @@ class Session:
         self.flush()
         # RFC 3207 section 4.2: anything pipelined after STARTTLS arrived in clear; drop it.
         self.reader.discard()
-        self.sock = self.server.wrap_tls(self.sock)
+        try:
+            self.sock = self.server.wrap_tls(self.sock)
+        except OSError as exc:  # a failed or stalled handshake: nothing more can be said in clear
+            log.debug("STARTTLS handshake with %s failed: %s", self.peer_ip, exc)
+            raise ConnectionLost() from exc
         self.reader.sock = self.sock
         self.tls = True
         # ...and forget everything learnt before TLS (section 4.2 again).

@@ -578,3 +578,15 @@ def test_pipelined_burst_of_commands_answered_in_order(raw_client):
     client.send("NOOP\r\n" * 5000 + f"MAIL FROM:<{SENDER}>\r\n")
     assert [client.reply() for _ in range(5000)] == [codes.OK] * 5000
     assert client.reply() == codes.SENDER_OK
+
+
+def test_starttls_with_garbage_instead_of_handshake_closes_silently(raw_client):
+    client = raw_client(tls=False)
+    assert client.cmd("STARTTLS") == codes.READY_FOR_TLS
+    client.send("EHLO not-tls\r\n")
+    try:
+        answer = client.sock.recv(100)
+    except ConnectionResetError:
+        answer = b""
+    assert answer[:1] in (b"", b"\x15")  # nothing in clear text: EOF or a TLS alert record
+    assert_still_serving(raw_client)
