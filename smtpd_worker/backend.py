@@ -95,24 +95,28 @@ class DbBackend:
         return Principal(address=inbox.address, token_id=row.id, user=row.user, inbox=inbox)
 
     def refresh(self, principal):
-        """Re-read the principal at the start of a transaction: a token revoked, a plan changed or
+        """Re-check the principal at the start of a transaction: a token revoked, a plan changed or
         a domain verified since AUTH counts from the next MAIL. None if the token is no longer live
-        or its account no longer owns the inbox. One query: it runs for every message."""
+        or its account no longer owns the inbox. It runs for every message, so it is one query for
+        the two values that can change, updated in place."""
         try:
             with models.db.connection_context():
-                inbox = (models.Inbox.select(models.Inbox, models.User, models.Domain)
-                         .join(models.User)
-                         .join(models.ApiToken, on=(models.ApiToken.user == models.User.id))
-                         .switch(models.Inbox).join(models.Domain, JOIN.LEFT_OUTER)
-                         .where(models.Inbox.address == principal.address,
-                                models.ApiToken.id == principal.token_id,
-                                models.ApiToken.revoked_at.is_null())
-                         .first())
+                row = (models.Inbox.select(models.User.plan, models.Domain.status)
+                       .join(models.User)
+                       .join(models.ApiToken, on=(models.ApiToken.user == models.User.id))
+                       .switch(models.Inbox).join(models.Domain, JOIN.LEFT_OUTER)
+                       .where(models.Inbox.address == principal.address,
+                              models.ApiToken.id == principal.token_id,
+                              models.ApiToken.revoked_at.is_null())
+                       .tuples().first())
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
-        if inbox is None:
+        if row is None:
             return None
-        return Principal(address=inbox.address, token_id=principal.token_id, user=inbox.user, inbox=inbox)
+        principal.user.plan, domain_status = row
+        if principal.inbox.domain_id is not None:
+            principal.inbox.domain.status = domain_status
+        return principal
 
     @staticmethod
     def _inbox(address):

@@ -204,6 +204,18 @@ def test_custom_domain_not_verified_refused_at_mail(smtp_client, account):
     assert client.mail(inbox.address) == (550, codes.domain_not_verified("example.com")[4:].encode())
 
 
+def test_domain_verified_during_session_counts_from_next_mail(smtp_client, account):
+    with models.db.connection_context():
+        domain = models.Domain.create(user=account.user, name="example.com", status="pending",
+                                      verification_token="t")
+        inbox = models.create_inbox(account.user, "bot", domain)
+    client = smtp_client(inbox.address, account.token)
+    assert client.mail(inbox.address) == (550, codes.domain_not_verified("example.com")[4:].encode())
+    with models.db.connection_context():
+        models.Domain.update(status="verified").where(models.Domain.id == domain.id).execute()
+    assert client.mail(inbox.address) == (250, b"2.1.0 OK")
+
+
 def test_custom_domain_verified_accepted(smtp_client, account):
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="example.com", status="verified",
