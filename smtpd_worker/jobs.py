@@ -100,7 +100,7 @@ def _read_message(blob_key):
     if blob_key is None:
         raise blobs.BlobError("the Sent copy was deleted before the message was relayed")
     with blobs.store().open(blob_key) as stream:
-        return relay.strip_bcc(stream)
+        return relay.strip_for_relay(stream)
 
 
 def _claimable(outbound_id, now):

@@ -43,6 +43,9 @@ RETRYABLE_CODES = {
     "RequestTimeoutException",
 }
 BCC_HEADERS = (b"bcc", b"resent-bcc")  # RFC 5322 3.6.3 and 3.6.6: blind copies never travel
+# SES obeys X-SES-* fields in raw mail (configuration set, source/from/return-path ARNs, tags):
+# a user's message must not pick another identity's authorisation or escape our event set.
+SES_CONTROL_PREFIX = b"x-ses-"
 # SES takes at most 50 recipients per message, and for raw mail its documentation counts the
 # To/Cc header addresses too (so does moto); a call carries 50 minus those, at least one.
 SES_MAX_RECIPIENTS = 50
@@ -126,9 +129,10 @@ def classify_client_error(exc):
     return RelayError(code, error.get("Message", ""), retryable=retryable, status=status)
 
 
-def strip_bcc(stream):
-    """The message bytes from ``stream`` with every Bcc/Resent-Bcc field (and its folded
-    continuation lines) removed from the header section; the body is untouched."""
+def strip_for_relay(stream):
+    """The message bytes from ``stream`` with every Bcc/Resent-Bcc field and every X-SES-* control
+    field (and their folded continuation lines) removed from the header section; the body is
+    untouched."""
     out = []
     dropping = False
     while True:
@@ -143,7 +147,7 @@ def strip_bcc(stream):
                 out.append(line)
             continue
         name = line.split(b":", 1)[0].rstrip(b" \t").lower() if b":" in line else None
-        dropping = name in BCC_HEADERS
+        dropping = name is not None and (name in BCC_HEADERS or name.startswith(SES_CONTROL_PREFIX))
         if not dropping:
             out.append(line)
     out.append(stream.read())

@@ -154,11 +154,20 @@ def test_reconcile_stale_leaves_waiting_jobs_alone(relay_config, account, submit
     assert jobs.reconcile_stale(now=later) == 0
 
 
-def test_strip_bcc_removes_folded_bcc_only_in_header_section():
+def test_strip_for_relay_removes_folded_bcc_only_in_header_section():
     raw = (b"From: a@inboxlayer.dev\r\nBCC : x@example.com,\r\n y@example.com\r\nTo: b@example.com\r\n"
            b"Resent-Bcc: z@example.com\r\n\r\nBcc: stays in the body\r\n")
-    assert relay.strip_bcc(io.BytesIO(raw)) == (
+    assert relay.strip_for_relay(io.BytesIO(raw)) == (
         b"From: a@inboxlayer.dev\r\nTo: b@example.com\r\n\r\nBcc: stays in the body\r\n")
+
+
+def test_strip_for_relay_removes_ses_control_headers():
+    """SES would obey these: another identity's ARN, or a configuration set that skips our events."""
+    raw = (b"X-SES-SOURCE-ARN: arn:aws:ses:us-east-1:1:identity/victim.example\r\nFrom: a@inboxlayer.dev\r\n"
+           b"x-ses-configuration-set: no-events\r\nX-SES-MESSAGE-TAGS: a=b,\r\n c=d\r\n"
+           b"X-Sesame: kept\r\n\r\nX-SES-SOURCE-ARN: body text stays\r\n")
+    assert relay.strip_for_relay(io.BytesIO(raw)) == (
+        b"From: a@inboxlayer.dev\r\nX-Sesame: kept\r\n\r\nX-SES-SOURCE-ARN: body text stays\r\n")
 
 
 def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_config, account, submit, ses_sent,
