@@ -260,9 +260,16 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
         _discard_blob(blob_key)
         return replay.outbound
     except (PeeweeException, OSError) as exc:
-        log.error("commit failed for %s: %s", public_id, exc)
-        _discard_blob(blob_key)
-        raise TemporaryFailure() from exc
+        # A connection lost at COMMIT leaves the outcome unknown: the row may be there. Look
+        # once more; if it is, the message is durable and the client deserves its 250.
+        outbound = _committed_row(public_id)
+        if outbound is None:
+            # Keep the blob: if the commit did land after all, the relay needs it; an orphan
+            # file only costs disk.
+            log.error("commit failed for %s: %s", public_id, exc, extra={"outbound_id": public_id})
+            raise TemporaryFailure() from exc
+        log.warning("commit of %s reported %s but the row is there", public_id, exc,
+                    extra={"outbound_id": public_id})
     metrics.MESSAGES_ACCEPTED.labels(via=via).inc()
     metrics.MESSAGE_BYTES.labels(via=via).inc(size)
     log.info("accepted %s via %s from %s to %d recipient(s), %d bytes", public_id, via, inbox.address,
@@ -274,6 +281,14 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
         log.warning("enqueue failed for %s, left to the reconciler: %s", public_id, exc,
                     extra={"outbound_id": public_id})
     return outbound
+
+
+def _committed_row(public_id):
+    try:
+        with models.db.connection_context():
+            return models.OutboundEmail.get_or_none(models.OutboundEmail.public_id == public_id)
+    except (PeeweeException, OSError):
+        return None
 
 
 class _Replay(Exception):
