@@ -73,3 +73,28 @@ def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, su
     assert worker.wait(60) == 0
     assert (outbound(lost.id).status, outbound(queued.id).status) == ("sent", "sent")
     assert len(ses_sent()) == 2
+
+
+def test_worker_sigkill_takes_its_scheduler_process_along(start_worker):
+    """RQ forks a scheduler from the worker; a SIGKILLed worker must not leave it running."""
+    import os
+    import re
+
+    worker = start_worker()
+    found = wait_until(lambda: re.search(r"Scheduler for \S+ started with PID (\d+)", worker.output()),
+                       what="the worker's scheduler process to start")
+    scheduler_pid = int(found.group(1))
+    assert scheduler_pid != worker.proc.pid
+
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+
+    def gone():
+        try:
+            os.kill(scheduler_pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{scheduler_pid}/stat") as f:  # a zombie awaiting its reaper is gone too
+            return f.read().split(") ", 1)[1].startswith("Z")
+
+    wait_until(gone, timeout=10, what="the orphaned scheduler process to exit")
