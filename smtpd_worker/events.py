@@ -32,6 +32,7 @@ from peewee import IntegrityError
 
 import models
 import settings
+from smtpd_worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,10 @@ def apply(sns_message_id, kind, event):
         if reason:
             changes["last_error"] = reason
         moved = e.update(**changes).where(e.id == row.id, e.status.in_(earlier)).execute()
-    return "applied" if moved else "recorded"
+    if not moved:
+        return "recorded"
+    metrics.STATUS_CHANGES.labels(status=status).inc()
+    return "applied"
 
 
 def _is_batch_of(row, ses_message_id):

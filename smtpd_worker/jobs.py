@@ -37,6 +37,7 @@ from rq.registry import StartedJobRegistry
 import models
 import settings
 from smtpd_worker import blobs
+from smtpd_worker import metrics
 from smtpd_worker import queue
 from smtpd_worker import relay
 
@@ -92,6 +93,8 @@ def relay_outbound(outbound_id):
             _with_db(_record_batch, claim, index, len(batches), done[index])
     ses_message_id = done[0]
     _with_db(_record_sent, claim, ses_message_id)
+    metrics.RELAY_ATTEMPTS.labels(outcome="sent").inc()
+    metrics.STATUS_CHANGES.labels(status="sent").inc()
     log.info("sent %s as SES %s (attempt %d)", row.public_id, ses_message_id, claim.attempt, extra=extra)
     return "sent"
 
@@ -195,8 +198,11 @@ def _finish_error(claim, err):
     delay = _with_db(_record_error, claim, err)
     extra = {"outbound_id": claim.row.public_id}
     if delay is None:
+        metrics.RELAY_ATTEMPTS.labels(outcome="failed").inc()
+        metrics.STATUS_CHANGES.labels(status="failed").inc()
         log.warning("failed %s: %s", claim.row.public_id, err, extra=extra)
         return "failed"
+    metrics.RELAY_ATTEMPTS.labels(outcome="retry").inc()
     log.info("retrying %s in %d s: %s", claim.row.public_id, delay, err, extra=extra)
     _schedule(claim.row.id, claim.attempt, delay)
     return "retry"

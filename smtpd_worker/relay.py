@@ -23,6 +23,7 @@ from botocore.exceptions import EndpointConnectionError
 from botocore.exceptions import ReadTimeoutError
 
 import settings
+from smtpd_worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def send_raw(mail_from, recipients, data, tags=None):
     if tags:
         request["EmailTags"] = [{"Name": k, "Value": v} for k, v in tags.items()]
     try:
-        return client().send_email(**request)["MessageId"]
+        with metrics.RELAY_LATENCY.time():
+            return client().send_email(**request)["MessageId"]
     except ClientError as exc:
         raise classify_client_error(exc) from exc
     except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as exc:

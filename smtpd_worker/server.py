@@ -16,6 +16,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from smtpd_worker import metrics
 from smtpd_worker import tls
 from smtpd_worker.session import HANDSHAKE_TIMEOUT
 from smtpd_worker.session import Session
@@ -75,9 +76,12 @@ class SubmissionServer:
 
     def _run(self, session):
         self.sessions.add(session)
+        metrics.SMTP_SESSIONS.labels(listener="starttls" if session.starttls_offered else "tls").inc()
+        metrics.SMTP_ACTIVE.inc()
         try:
             session.handle()
         finally:
+            metrics.SMTP_ACTIVE.dec()
             self.sessions.discard(session)
 
     def stop(self, grace=None):
@@ -151,6 +155,7 @@ def main(config):
 
     runtime.configure(config)
     runtime.setup_logging(config)
+    metrics.start_http_exporter(config["metrics"]["smtp_port"], config["metrics"]["host"])
     use_greenlet_local_connections()
     for key in ("starttls_port", "tls_port"):
         if config["smtp"][key] == 25:  # settings refuse this already; never rely on one guard alone

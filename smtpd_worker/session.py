@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from dataclasses import field
 
+from smtpd_worker import metrics
 from smtpd_worker.backend import BackendUnavailable
 from smtpd_worker.submission import SubmitError
 
@@ -539,6 +540,7 @@ class Session:
         principal = self.backend.authenticate(*credentials)
         if principal is None:
             log.info("failed AUTH from %s as %r", self.peer_ip, credentials[0][:100])
+            metrics.SMTP_AUTH_FAILURES.inc()
             if self.backend.record_auth_failure(self.peer_ip):
                 return self.close_with(AUTH_THROTTLED)
             return self.reply(AUTH_FAILED)

@@ -20,6 +20,7 @@ from rq import SimpleWorker
 
 import runtime
 from smtpd_worker import jobs
+from smtpd_worker import metrics
 from smtpd_worker import periodic
 from smtpd_worker import queue
 
@@ -57,6 +58,7 @@ def main(config, burst=False):
     config = runtime.configure(config)
     runtime.setup_logging(config)
     die_with_parent()
+    metrics.start_http_exporter(config["metrics"]["worker_port"], config["metrics"]["host"])
     relay_queue = queue.relay_queue()
     worker = RelayWorker([relay_queue], connection=queue.connection())
     runner = periodic.PeriodicRunner(config)

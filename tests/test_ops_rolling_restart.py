@@ -5,6 +5,8 @@ import threading
 import time
 from types import SimpleNamespace
 
+import requests
+
 import models
 from tests.fixtures_ops import smtp_send
 from tests.fixtures_smtp import RawClient
@@ -13,6 +15,12 @@ from tests.helpers import wait_until
 
 CLIENTS, PER_CLIENT = 4, 25
 TRANSIENT = (ConnectionError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError)
+
+
+def metric(port, sample):
+    """The value of one sample (name with labels) on a process's /metrics, 0 if absent."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " "))
 
 
 class Fleet:
@@ -82,6 +90,7 @@ def test_rolling_restart_loses_nothing_and_sends_nothing_twice(config, cluster, 
     wait_until(lambda: len(accepted) >= CLIENTS * PER_CLIENT // 4, timeout=60, what="a quarter of the load")
 
     new_smtp = cluster.smtp()
+    accepted_before = metric(new_smtp.metrics_port, 'inboxlayer_messages_accepted_total{via="smtp"}')
     fleet.replace(old_smtp, new_smtp)
     assert cluster.stop(old_smtp, signal.SIGTERM) == 0  # drains and exits cleanly
     assert idle.reply() == "421 4.3.2 Server shutting down, try again later"
@@ -90,7 +99,7 @@ def test_rolling_restart_loses_nothing_and_sends_nothing_twice(config, cluster, 
 
     wait_until(lambda: len(accepted) >= CLIENTS * PER_CLIENT // 2, timeout=60, what="half of the load")
     cluster.stop(old_worker, signal.SIGTERM)
-    cluster.worker()
+    new_worker = cluster.worker()
     for t in threads:
         t.join(120)
     assert not any(t.is_alive() for t in threads)
@@ -114,6 +123,12 @@ def test_rolling_restart_loses_nothing_and_sends_nothing_twice(config, cluster, 
         raise AssertionError(f"not relayed: {stuck}\n{cluster.logs()[-6000:]}") from None
     at_ses = sorted(m["raw_data"].split("Subject: ", 1)[1].split("\r\n", 1)[0] for m in ses_sent())
     assert at_ses == sorted(accepted), "every 250 relayed exactly once"
+
+    # the counters moved while this happened
+    assert metric(new_smtp.metrics_port, 'inboxlayer_messages_accepted_total{via="smtp"}') > accepted_before
+    assert metric(new_smtp.metrics_port, 'inboxlayer_smtp_sessions_total{listener="starttls"}') > 0
+    assert metric(new_worker.metrics_port, 'inboxlayer_relay_attempts_total{outcome="sent"}') > 0
+    assert metric(new_worker.metrics_port, "inboxlayer_relay_seconds_count") > 0
 
     logs = cluster.logs()
     assert account.token not in logs
