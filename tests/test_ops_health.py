@@ -45,3 +45,27 @@ def test_cli_health_checks_services(subprocess_env):
     for name in ("database", "redis", "ses"):
         assert f"{name}" in result.stdout
     assert "FAIL" not in result.stdout
+
+
+def test_trusted_proxy_supplies_client_address(config):
+    from flask import request
+
+    from webapp import create_app
+
+    seen = []
+    config["web"]["trusted_proxies"] = 1
+    app = create_app({**config, "TESTING": True})
+
+    @app.get("/_whoami")
+    def whoami():
+        seen.append(request.remote_addr)
+        return "ok"
+
+    app.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                          environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    config["web"]["trusted_proxies"] = 0
+    direct = create_app({**config, "TESTING": True})
+    direct.add_url_rule("/_whoami", view_func=whoami)
+    direct.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                             environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    assert seen == ["203.0.113.9", "10.0.0.2"]

@@ -41,6 +41,13 @@ def create_app(config=None):
     )
     app.config.update(flask_overrides)
 
+    proxies = config["web"]["trusted_proxies"]
+    if proxies:
+        # Behind a load balancer the client address (login throttling) and scheme come from
+        # X-Forwarded-*; trust exactly as many hops as the operator says are ours.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     csrf.init_app(app)
     login_manager.init_app(app)
 
