@@ -10,6 +10,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 
 import gevent
 from gevent.event import Event
@@ -25,6 +26,7 @@ from smtpd_worker.session import SessionSettings
 log = logging.getLogger(__name__)
 
 SHUTDOWN_POLL = 0.05  # seconds between checks that the last session has finished
+QUIT_GRACE = 1.0  # seconds an idle session may still send QUIT during shutdown before its 421
 
 
 class SubmissionServer:
@@ -90,13 +92,12 @@ class SubmissionServer:
         self.stopping = True
         for listener in self.listeners.values():
             listener.close()
-        for session in list(self.sessions):
-            if session.idle:
-                session.interrupt()
         deadline = gevent.get_hub().loop.now() + grace
         while self.sessions and gevent.get_hub().loop.now() < deadline:
+            now = time.monotonic()
             for session in list(self.sessions):
-                if session.idle:  # finished its DATA since the last look
+                # Idle for a moment: not a client about to QUIT after its 250 (see Session._serve).
+                if session.idle and now - session.idle_since >= QUIT_GRACE:
                     session.interrupt()
             gevent.sleep(SHUTDOWN_POLL)
         if self.sessions:

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -35,6 +36,7 @@ OK = "250 2.0.0 OK"
 SENDER_OK = "250 2.1.0 OK"
 RECIPIENT_OK = "250 2.1.5 OK"
 BYE = "221 2.0.0 Bye"
+QUIT_LINE = re.compile(rb"QUIT\s*$", re.IGNORECASE)
 CANNOT_VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
 HELP = "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
@@ -357,7 +359,7 @@ class Session:
     ``backend``, ``tls_context`` and the ``stopping`` flag."""
 
     __slots__ = ("server", "settings", "backend", "sock", "peer_ip", "tls", "starttls_offered", "reader",
-                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle")
+                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle", "idle_since")
 
     def __init__(self, server, sock, peer, tls, starttls_offered):
         self.server = server
@@ -376,6 +378,7 @@ class Session:
         self.bad_commands = 0
         self.closing = False
         self.idle = False
+        self.idle_since = 0.0
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -430,12 +433,15 @@ class Session:
             return
         self.reply(f"220 {self.settings.hostname} ESMTP Inboxlayer")
         while not self.closing:
-            if self.server.stopping:
-                self.close_with(SHUTTING_DOWN)
-                break
-            self.idle = True
+            self.idle, self.idle_since = True, time.monotonic()
             line = self.reader.readline(AUTH_LINE_LIMIT)
             self.idle = False
+            if self.server.stopping and not QUIT_LINE.match(line if isinstance(line, bytes) else b""):
+                # Shutting down: the QUIT that follows a 250 still gets its 221 (a client that
+                # sees 421 there may think the message was lost and send it again); anything
+                # else is told to come back later.
+                self.close_with(SHUTTING_DOWN)
+                break
             self.dispatch(line)
         self.flush()
 

@@ -76,6 +76,7 @@ class Cluster:
         node = self._spawn("worker", ["inboxlayer", "worker"],
                            deploy_env(self.config, INBOXLAYER_METRICS_WORKER_PORT=metrics_port, **extra))
         node.metrics_port = metrics_port
+        wait_for_port(metrics_port, timeout=30, proc=node.proc)  # served once the worker is configured
         return node
 
     def web(self, **extra):
