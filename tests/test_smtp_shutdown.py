@@ -46,18 +46,23 @@ def test_sigterm_lets_data_finish_and_421s_idle_sessions(smtp_server, account):
     assert smtp_server.proc.wait(timeout=20) == 0
 
 
-def test_sigterm_still_answers_the_quit_after_a_250(smtp_server, account):
-    """A client whose QUIT after its 250 got a 421 might think the message was lost and resend it."""
-    busy = logged_in(smtp_server, account)
+def in_data_at_sigterm(server, account):
+    """A session halfway through DATA when the server gets SIGTERM; returns it and the rest of
+    its message, once the listeners are closed."""
+    busy = logged_in(server, account)
     busy.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
     assert [busy.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
     data = message(account.address)
     busy.send(data[:20])
+    server.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: refuses_connections(server), timeout=10, what="listeners closed")
+    return busy, data[20:] + b".\r\n"
 
-    smtp_server.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: refuses_connections(smtp_server), timeout=10, what="listeners closed")
 
-    busy.send(data[20:] + b".\r\nQUIT\r\n")
+def test_sigterm_still_answers_the_quit_after_a_250(smtp_server, account):
+    """A client whose QUIT after its 250 got a 421 might think the message was lost and resend it."""
+    busy, rest = in_data_at_sigterm(smtp_server, account)
+    busy.send(rest + b"QUIT\r\n")
     assert busy.reply().startswith(codes.QUEUED_PREFIX)
     assert busy.reply() == "221 2.0.0 Bye"
     assert busy.is_closed()
@@ -65,16 +70,8 @@ def test_sigterm_still_answers_the_quit_after_a_250(smtp_server, account):
 
 
 def test_sigterm_refuses_a_new_transaction_after_a_250(smtp_server, account):
-    busy = logged_in(smtp_server, account)
-    busy.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [busy.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
-    data = message(account.address)
-    busy.send(data[:20])
-
-    smtp_server.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: refuses_connections(smtp_server), timeout=10, what="listeners closed")
-
-    busy.send(data[20:] + f".\r\nMAIL FROM:<{account.address}>\r\n".encode())
+    busy, rest = in_data_at_sigterm(smtp_server, account)
+    busy.send(rest + f"MAIL FROM:<{account.address}>\r\n".encode())
     assert busy.reply().startswith(codes.QUEUED_PREFIX)
     assert busy.reply() == codes.SHUTTING_DOWN
     assert busy.is_closed()
