@@ -26,26 +26,6 @@ def refuses_connections(server):
     return False
 
 
-def test_sigterm_lets_data_finish_and_421s_idle_sessions(smtp_server, account):
-    idle = logged_in(smtp_server, account)
-    busy = logged_in(smtp_server, account)
-    busy.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [busy.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
-    data = message(account.address)
-    busy.send(data[:20])
-
-    smtp_server.proc.send_signal(signal.SIGTERM)
-    assert idle.reply() == codes.SHUTTING_DOWN
-    assert idle.is_closed()
-    wait_until(lambda: refuses_connections(smtp_server), timeout=10, what="listeners closed")
-
-    busy.send(data[20:] + b".\r\n")
-    assert busy.reply().startswith(codes.QUEUED_PREFIX)
-    assert busy.reply() == codes.SHUTTING_DOWN
-    assert busy.is_closed()
-    assert smtp_server.proc.wait(timeout=20) == 0
-
-
 def in_data_at_sigterm(server, account):
     """A session halfway through DATA when the server gets SIGTERM; returns it and the rest of
     its message, once the listeners are closed."""
@@ -57,6 +37,19 @@ def in_data_at_sigterm(server, account):
     server.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: refuses_connections(server), timeout=10, what="listeners closed")
     return busy, data[20:] + b".\r\n"
+
+
+def test_sigterm_lets_data_finish_and_421s_idle_sessions(smtp_server, account):
+    idle = logged_in(smtp_server, account)
+    busy, rest = in_data_at_sigterm(smtp_server, account)
+    assert idle.reply() == codes.SHUTTING_DOWN
+    assert idle.is_closed()
+
+    busy.send(rest)
+    assert busy.reply().startswith(codes.QUEUED_PREFIX)
+    assert busy.reply() == codes.SHUTTING_DOWN
+    assert busy.is_closed()
+    assert smtp_server.proc.wait(timeout=20) == 0
 
 
 def test_sigterm_still_answers_the_quit_after_a_250(smtp_server, account):

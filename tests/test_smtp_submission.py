@@ -195,20 +195,21 @@ def test_spoofed_from_header_variants_refused(smtp_client, account):
     assert code == 250
 
 
-def test_custom_domain_not_verified_refused_at_mail(smtp_client, account):
+def custom_domain_inbox(account, status):
+    """bot@example.com on a custom domain of ``account`` in ``status``."""
     with models.db.connection_context():
-        domain = models.Domain.create(user=account.user, name="example.com", status="pending",
-                                      verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+        domain = models.Domain.create(user=account.user, name="example.com", status=status, verification_token="t")
+        return domain, models.create_inbox(account.user, "bot", domain)
+
+
+def test_custom_domain_not_verified_refused_at_mail(smtp_client, account):
+    _, inbox = custom_domain_inbox(account, "pending")
     client = smtp_client(inbox.address, account.token)
     assert client.mail(inbox.address) == (550, codes.domain_not_verified("example.com")[4:].encode())
 
 
 def test_domain_verified_during_session_counts_from_next_mail(smtp_client, account):
-    with models.db.connection_context():
-        domain = models.Domain.create(user=account.user, name="example.com", status="pending",
-                                      verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+    domain, inbox = custom_domain_inbox(account, "pending")
     client = smtp_client(inbox.address, account.token)
     assert client.mail(inbox.address) == (550, codes.domain_not_verified("example.com")[4:].encode())
     with models.db.connection_context():
@@ -217,10 +218,7 @@ def test_domain_verified_during_session_counts_from_next_mail(smtp_client, accou
 
 
 def test_custom_domain_verified_accepted(smtp_client, account):
-    with models.db.connection_context():
-        domain = models.Domain.create(user=account.user, name="example.com", status="verified",
-                                      verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+    _, inbox = custom_domain_inbox(account, "verified")
     client = smtp_client(inbox.address, account.token)
     assert client.mail(inbox.address) == (250, b"2.1.0 OK")
 
