@@ -55,9 +55,7 @@ def pg_url():
     """A database of our own for this test session (parallel sessions don't collide)."""
     _ensure_services()
     name = f"inboxlayer_t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(PG_ADMIN_DSN)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    _admin_sql(f'CREATE DATABASE "{name}"')
     params = dict(p.split("=", 1) for p in PG_ADMIN_DSN.split())
     url = f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
     models.init_database(url)
@@ -65,11 +63,21 @@ def pg_url():
         models.migrate_schema()
     _close_pool()
     yield url
-    admin.cursor().execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (name,))
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
+    _close_pool()
+    # A fresh admin connection: a test may have restarted the server since the session began.
+    _admin_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+               "AND pid <> pg_backend_pid()", (name,))
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def _admin_sql(sql, args=None):
+    admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=10)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql, args)
+    finally:
+        admin.close()
 
 
 @pytest.fixture(scope="session")
