@@ -19,7 +19,6 @@ from peewee import IntegerField
 from peewee import IntegrityError
 from peewee import Model
 from peewee import TextField
-from peewee import fn
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
@@ -50,10 +49,6 @@ def init_database(url, max_connections=20):
                                stale_timeout=300, timeout=10)
     db.initialize(database)
     return database
-
-
-def is_postgres():
-    return "postgres" in type(db.obj).__name__.lower()
 
 
 class BaseModel(Model):
@@ -296,8 +291,8 @@ def reserve_send(user, count, limit):
 
     One conditional UPDATE: Postgres re-checks the WHERE after taking the row lock and SQLite
     serialises writers, so concurrent reservers can never push the counter past the limit.
-    Returns True when reserved. Commits nothing itself; callers run it in their transaction
-    (or in autocommit mode, where it is its own transaction).
+    Returns True when reserved. Commits nothing itself: callers run it in the transaction that
+    stores the message, so a rollback gives the reservation back.
     """
     if count <= 0:
         return True
@@ -309,13 +304,6 @@ def reserve_send(user, count, limit):
                .where(SendUsage.user == user, SendUsage.day == day, SendUsage.count + count <= limit)
                .execute())
     return updated == 1
-
-
-def release_send(user, count, day=None):
-    """Give back a reservation whose message was not accepted after all."""
-    (SendUsage.update(count=fn.MAX(SendUsage.count - count, 0) if not is_postgres()
-                      else fn.GREATEST(SendUsage.count - count, 0))
-     .where(SendUsage.user == user, SendUsage.day == (day or today())).execute())
 
 
 def new_public_id():

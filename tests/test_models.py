@@ -86,10 +86,17 @@ def test_reserve_send_refuses_past_limit(account):
         assert models.reserve_send(account.user, 3, 5) is False
         assert models.reserve_send(account.user, 2, 5) is True
         assert models.sends_today(account.user) == 5
-        models.release_send(account.user, 4)
-        assert models.sends_today(account.user) == 1
-        models.release_send(account.user, 10)
-        assert models.sends_today(account.user) == 0
+
+
+def test_reserve_send_rolled_back_with_its_transaction(account):
+    """submit() reserves inside the transaction that stores the message: a failed commit gives it back."""
+    with models.db.connection_context():
+        assert models.reserve_send(account.user, 2, 5) is True
+        with pytest.raises(RuntimeError), models.db.atomic():
+            assert models.reserve_send(account.user, 3, 5) is True
+            assert models.sends_today(account.user) == 5
+            raise RuntimeError("commit never happens")
+        assert models.sends_today(account.user) == 2
 
 
 def test_reserve_send_50_concurrent_reservers_never_exceed_limit(account):
