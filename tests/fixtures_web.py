@@ -125,7 +125,9 @@ def live_server(app):
 def browser_page(tmp_path):
     """A fresh Playwright page in headless chromium; ``page.shot(name)`` saves a full-page screenshot
     under the test's tmp dir (``page.screenshots``)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15000)  # as long as the actions' timeout: CI machines are loaded
 
     shots = tmp_path / "screenshots"
     shots.mkdir()

@@ -7,6 +7,7 @@ import sys
 from email.message import EmailMessage
 
 import pytest
+from playwright.sync_api import expect
 
 from smtpd_worker import domain_checks
 from tests.dnsserver import publish
@@ -64,8 +65,12 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     page.click("button:has-text('Create key')")
     token = page.locator("#new-token-value").inner_text().strip()
     assert re.fullmatch(r"il_[A-Za-z0-9_-]{43}", token)
+    # The copy button writes to the clipboard asynchronously: expect() waits for its label to
+    # change, and reading the clipboard back proves the key itself was copied.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     page.click("#new-token button.copy")
-    assert page.locator("#new-token button.copy").inner_text() == "Copied"
+    expect(page.locator("#new-token button.copy")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == token
     page.shot("03-api-key-created")
     page.reload()  # a reload is a GET: the full key is gone for good
     assert token not in page.content() and token[:12] in page.content()
@@ -79,7 +84,7 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     assert address == "browser-agent@inboxlayer.dev"
     settings_text = page.locator("#smtp-settings").inner_text()
     assert f"{smtp_server.starttls_port} (STARTTLS, recommended)" in settings_text
-    assert page.locator("#smtp-user").inner_text() == address
+    expect(page.locator("#smtp-user")).to_have_text(address)
     page.shot("04-inbox")
 
     # Send exactly as the inbox page tells the user to: its host, its STARTTLS port, address + key.
@@ -89,36 +94,36 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     run_worker_burst(subprocess_env)
 
     page.click("a.button:has-text('Sent')")
-    assert page.locator("#sent tbody tr").count() == 1
+    expect(page.locator("#sent tbody tr")).to_have_count(1)
     page.shot("05-sent-list")
     page.click("text=Order #1042 shipped")
-    assert page.locator("#message-subject").inner_text() == "Order #1042 shipped"
-    assert "Your order is on its way." in page.locator("#message-text").inner_text()
+    expect(page.locator("#message-subject")).to_have_text("Order #1042 shipped")
+    expect(page.locator("#message-text")).to_contain_text("Your order is on its way.")
     frame = page.frame_locator("iframe.html-part")
-    assert frame.locator("#probe").inner_text() == "static"  # the message's script never ran
+    expect(frame.locator("#probe")).to_have_text("static")  # the message's script never ran
     assert page.locator("iframe.html-part").get_attribute("sandbox") == ""
     page.shot("06-sent-message")
 
     page.click("nav.mainnav >> text=Outbound")
     row = page.locator("#outbound tbody tr").first
-    assert row.locator(".badge").inner_text() == "sent"
+    expect(row.locator(".badge")).to_have_text("sent")
     assert "customer@example.net" in row.inner_text()
     page.shot("07-outbound")
     row.locator("a").first.click()
     timeline = page.locator("#timeline").inner_text()
     assert timeline.index("queued") < timeline.index("sent")
-    assert page.locator("#outbound-status").inner_text() == "sent"
+    expect(page.locator("#outbound-status")).to_have_text("sent")
     page.shot("08-outbound-detail")
 
     page.click("nav.mainnav >> text=Overview")
-    assert page.locator(".usage-head").inner_text().startswith("1 of 500 sends today")
+    expect(page.locator(".usage-head")).to_have_text(re.compile(r"^1 of 500 sends today"))
     page.shot("09-overview-after-send")
 
     page.click("nav.mainnav >> text=API keys")
     page.click("button:has-text('Revoke')")
     assert dialogs == ["Revoke “browser agent”? Agents using it will stop working immediately."]
-    assert "is revoked" in page.locator(".flash-success").inner_text()
-    assert page.locator("#keys .badge").inner_text() == "revoked"
+    expect(page.locator(".flash-success")).to_contain_text("is revoked")
+    expect(page.locator("#keys .badge")).to_have_text("revoked")
     page.shot("10-key-revoked")
 
     with smtplib.SMTP(smtp_server.host, smtp_server.starttls_port, timeout=30) as client:
@@ -152,31 +157,31 @@ def test_browser_custom_domain_pending_verified_failed(live_server, browser_page
     page.shot("11-domain-records")
 
     page.click("#check-now")
-    assert page.locator("#domain-status").inner_text() == "pending"
+    expect(page.locator("#domain-status")).to_have_text("pending")
     assert page.locator("#domain-reason").inner_text().startswith("Not found in DNS yet: TXT _inboxlayer.mail.example.com")
     page.shot("12-domain-pending")
 
     # Publish exactly what the page shows, the way a user copies it into their DNS provider.
     publish(dns_server, [{"type": t, "name": n, "value": v} for t, n, v in shown])
     page.click("#check-now")
-    assert page.locator("#domain-status").inner_text() == "verified"
-    assert "is verified" in page.locator(".flash-success").inner_text()
+    expect(page.locator("#domain-status")).to_have_text("verified")
+    expect(page.locator(".flash-success")).to_contain_text("is verified")
     page.shot("13-domain-verified")
 
     dkim_name = shown[2][1]
     dns_server.set(dkim_name, "CNAME", "attacker.dkim.amazonses.com.")
     page.click("#check-now")
-    assert page.locator("#domain-status").inner_text() == "failed"
+    expect(page.locator("#domain-status")).to_have_text("failed")
     assert page.locator("#domain-reason").inner_text() == (
         f"DKIM record {dkim_name} points to attacker.dkim.amazonses.com, expected {shown[2][2]}")
     page.shot("14-domain-failed")
 
     page.click("nav.mainnav >> text=Inboxes")
     page.shot("15-inboxes-domain-choice")
-    options = page.locator("#domain option").all_inner_texts()
-    assert options == ["inboxlayer.dev", "mail.example.com (failed: cannot send until verified)"]
+    expect(page.locator("#domain option")).to_have_text(
+        ["inboxlayer.dev", "mail.example.com (failed: cannot send until verified)"])
     assert page.console_errors == []
     assert domain_checks.VERIFY_PREFIX in shown[0][2]
     page.click(".account >> text=domains@example.com")
-    assert page.locator("h1").inner_text() == "Account settings"
+    expect(page.locator("h1")).to_have_text("Account settings")
     page.shot("16-account")
