@@ -18,6 +18,7 @@ from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import IntegrityError
 from peewee import Model
+from peewee import PostgresqlDatabase
 from peewee import TextField
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
@@ -304,6 +305,78 @@ def reserve_send(user, count, limit):
                .where(SendUsage.user == user, SendUsage.day == day, SendUsage.count + count <= limit)
                .execute())
     return updated == 1
+
+
+def sender_state(address, token_id):
+    """(plan, domain status or None, sends today) for the inbox ``address`` while token
+    ``token_id`` is live and its account owns the inbox; None otherwise. One query, because SMTP
+    asks it for every message."""
+    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0) FROM inbox i '
+           'JOIN "user" u ON u.id = i.user_id '
+           'JOIN api_token t ON t.user_id = u.id AND t.id = {p} AND t.revoked_at IS NULL '
+           'LEFT JOIN domain d ON d.id = i.domain_id '
+           'LEFT JOIN send_usage s ON s.user_id = u.id AND s.day = {p} '
+           'WHERE i.address = {p}').format(p=db.obj.param)
+    return db.execute_sql(sql, (token_id, today().isoformat(), address)).fetchone()
+
+
+# One statement, so one round trip and (in autocommit) its own transaction: the usage row is
+# locked only while the statement runs. Every insert reads the row before it, so when the quota
+# UPDATE's WHERE fails nothing is inserted and the statement returns no row.
+_RECORD_SUBMISSION_PG = """
+WITH usage AS (
+    INSERT INTO send_usage (user_id, day, count) VALUES (%(user_id)s, %(day)s, %(count)s)
+    ON CONFLICT (user_id, day) DO UPDATE SET count = send_usage.count + EXCLUDED.count
+    WHERE send_usage.count + EXCLUDED.count <= %(limit)s
+    RETURNING 1
+), sent AS (
+    INSERT INTO message (inbox_id, folder, message_id, subject, from_addr, to_addrs, size, blob_key, created_at)
+    SELECT %(inbox_id)s, 'sent', %(message_id)s, %(subject)s, %(from_addr)s, %(to_addrs)s, %(size)s,
+           %(blob_key)s, %(now)s FROM usage
+    RETURNING id
+), outbound AS (
+    INSERT INTO outbound_email (public_id, user_id, inbox_id, message_id, via, mail_from, recipients, status,
+                                attempts, idempotency_key, request_hash, created_at, updated_at)
+    SELECT %(public_id)s, %(user_id)s, %(inbox_id)s, sent.id, %(via)s, %(mail_from)s, %(recipients)s, 'queued',
+           0, %(idempotency_key)s, %(request_hash)s, %(now)s, %(now)s FROM sent
+    RETURNING id
+), event AS (
+    INSERT INTO outbound_event (outbound_id, type, detail, occurred_at)
+    SELECT id, 'queued', %(event_detail)s, %(now)s FROM outbound
+)
+SELECT sent.id, outbound.id FROM sent, outbound
+"""
+
+
+def record_submission(fields, count, limit):
+    """Store a submitted message, all or nothing: the Sent copy (Message), the queued
+    OutboundEmail, its first event, and ``count`` sends reserved within ``limit``.
+
+    ``fields``: user_id, inbox_id, public_id, via, mail_from, recipients (JSON), message_id,
+    subject, from_addr, to_addrs, size, blob_key, event_detail (JSON), idempotency_key,
+    request_hash, now. Returns (message id, outbound id), or None when the reservation would pass
+    ``limit``. A reused idempotency key raises IntegrityError.
+    """
+    if count > limit:
+        return None
+    if isinstance(db.obj, PostgresqlDatabase):
+        return db.execute_sql(_RECORD_SUBMISSION_PG, dict(fields, day=today(), count=count, limit=limit)).fetchone()
+    with db.atomic() as transaction:
+        message_id = Message.insert(
+            inbox=fields["inbox_id"], folder="sent", message_id=fields["message_id"], subject=fields["subject"],
+            from_addr=fields["from_addr"], to_addrs=fields["to_addrs"], size=fields["size"],
+            blob_key=fields["blob_key"], created_at=fields["now"]).execute()
+        outbound_id = OutboundEmail.insert(
+            public_id=fields["public_id"], user=fields["user_id"], inbox=fields["inbox_id"], message=message_id,
+            via=fields["via"], mail_from=fields["mail_from"], recipients=fields["recipients"], status="queued",
+            idempotency_key=fields["idempotency_key"], request_hash=fields["request_hash"],
+            created_at=fields["now"], updated_at=fields["now"]).execute()
+        OutboundEvent.insert(outbound=outbound_id, type="queued", detail=fields["event_detail"],
+                             occurred_at=fields["now"]).execute()
+        if not reserve_send(fields["user_id"], count, limit):
+            transaction.rollback()
+            return None
+        return message_id, outbound_id
 
 
 def new_public_id():

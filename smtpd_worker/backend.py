@@ -40,6 +40,7 @@ class Principal:
     token_id: int = 0
     user: object = None
     inbox: object = None
+    used_today: int = 0  # sends counted today as of the last refresh()
 
 
 # Errors that mean "a service of ours is down", as opposed to a bug.
@@ -98,22 +99,16 @@ class DbBackend:
         """Re-check the principal at the start of a transaction: a token revoked, a plan changed or
         a domain verified since AUTH counts from the next MAIL. None if the token is no longer live
         or its account no longer owns the inbox. It runs for every message, so it is one query for
-        the two values that can change, updated in place."""
+        the values that can change, updated in place (today's usage included, which the RCPT
+        quota check then reads; the reservation at end of DATA is the authoritative check)."""
         try:
             with models.db.connection_context():
-                row = (models.Inbox.select(models.User.plan, models.Domain.status)
-                       .join(models.User)
-                       .join(models.ApiToken, on=(models.ApiToken.user == models.User.id))
-                       .switch(models.Inbox).join(models.Domain, JOIN.LEFT_OUTER)
-                       .where(models.Inbox.address == principal.address,
-                              models.ApiToken.id == principal.token_id,
-                              models.ApiToken.revoked_at.is_null())
-                       .tuples().first())
+                row = models.sender_state(principal.address, principal.token_id)
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
         if row is None:
             return None
-        principal.user.plan, domain_status = row
+        principal.user.plan, domain_status, principal.used_today = row
         if principal.inbox.domain_id is not None:
             principal.inbox.domain.status = domain_status
         return principal
@@ -134,11 +129,7 @@ class DbBackend:
             raise BackendUnavailable(str(exc)) from exc
 
     def check_recipient_quota(self, principal, count):
-        try:
-            with models.db.connection_context():
-                submission.check_quota(principal.user, count)
-        except OUTAGES as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        submission.check_quota(principal.user, count, used=principal.used_today)
 
     def submit(self, principal, mail_from, recipients, spool):
         try:

@@ -117,9 +117,13 @@ def quota_state(user):
     return models.sends_today(user), plan_of(user)["daily_send_limit"]
 
 
-def check_quota(user, recipients):
-    """Raise QuotaExceeded if ``recipients`` more sends would pass today's limit (no reservation)."""
-    used, limit = quota_state(user)
+def check_quota(user, recipients, used=None):
+    """Raise QuotaExceeded if ``recipients`` more sends would pass today's limit (no reservation).
+    ``used``: today's count when the caller has just read it."""
+    if used is None:
+        used, limit = quota_state(user)
+    else:
+        limit = plan_of(user)["daily_send_limit"]
     if used + recipients > limit:
         raise refused(QuotaExceeded(used, limit))
 
@@ -299,23 +303,16 @@ class _Replay(Exception):
 def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, message_id, headers,
             idempotency_key, request_hash):
     limit = plan_of(user)["daily_send_limit"]
+    now = models.utcnow()
+    fields = dict(
+        user_id=user.id, inbox_id=inbox.id, public_id=public_id, via=via, mail_from=mail_from,
+        recipients=json.dumps(list(recipients)), message_id=message_id[:998], size=size, blob_key=blob_key,
+        subject=header_text(headers, "Subject")[:10000], from_addr=header_text(headers, "From")[:2000],
+        to_addrs=", ".join(filter(None, (header_text(headers, "To"), header_text(headers, "Cc"))))[:10000],
+        event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size}),
+        idempotency_key=idempotency_key, request_hash=request_hash, now=now)
     try:
-        with models.db.atomic():
-            message = models.Message.create(
-                inbox=inbox, folder="sent", message_id=message_id[:998], size=size, blob_key=blob_key,
-                subject=header_text(headers, "Subject")[:10000], from_addr=header_text(headers, "From")[:2000],
-                to_addrs=", ".join(filter(None, (header_text(headers, "To"), header_text(headers, "Cc"))))[:10000])
-            outbound = models.OutboundEmail.create(
-                public_id=public_id, user=user, inbox=inbox, message=message, via=via, mail_from=mail_from,
-                recipients=json.dumps(list(recipients)), status="queued",
-                idempotency_key=idempotency_key, request_hash=request_hash)
-            models.OutboundEvent.create(outbound=outbound, type="queued",
-                                        detail=json.dumps({"via": via, "recipients": len(recipients), "size": size}))
-            # Last, so the account's usage row stays locked only from this UPDATE to the COMMIT:
-            # taken first, every concurrent send of the account queued behind three inserts.
-            if not models.reserve_send(user, len(recipients), limit):
-                raise QuotaExceeded(models.sends_today(user), limit)
-            return outbound
+        ids = models.record_submission(fields, len(recipients), limit)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -326,6 +323,14 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         if existing.request_hash != request_hash:
             raise IdempotencyConflict("This Idempotency-Key was used with a different request") from None
         raise _Replay(existing) from None
+    if ids is None:
+        raise QuotaExceeded(models.sends_today(user), limit)
+    sent_id, outbound_id = ids
+    # What the callers read, without a query to fetch back what was just written.
+    return models.OutboundEmail(
+        id=outbound_id, public_id=public_id, user=user, inbox=inbox, message=sent_id, via=via, mail_from=mail_from,
+        recipients=fields["recipients"], status="queued", attempts=0, idempotency_key=idempotency_key,
+        request_hash=request_hash, created_at=now, updated_at=now)
 
 
 def _discard_blob(blob_key):
