@@ -6,6 +6,7 @@ message into memory except ``read_bytes``, which callers use only when they must
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,10 +28,13 @@ class FileBlobStore:
         return self.root / key
 
     def put(self, key, fileobj):
-        """Store ``fileobj`` under ``key`` durably (fsync before rename) and return its size."""
-        target = self._path(key)
+        """Store ``fileobj`` under ``key`` durably and return its size: the data, the name and any
+        new directory are fsynced before this returns, since a 250 follows."""
+        return _off_event_loop(self._put, self._path(key), fileobj)
+
+    def _put(self, target, fileobj):
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(target.parent)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(fileobj, out, CHUNK)
@@ -38,9 +42,20 @@ class FileBlobStore:
                 os.fsync(out.fileno())
                 size = out.tell()
             os.replace(tmp, target)
+            _fsync_dir(target.parent)  # the rename is durable only once the directory is
         except OSError as exc:
             raise BlobError(f"blob store write failed: {exc.strerror or exc}") from exc
         return size
+
+    def _make_dirs(self, directory):
+        if directory.is_dir():
+            return
+        self._make_dirs(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return
+        _fsync_dir(directory.parent)
 
     def open(self, key):
         try:
@@ -57,6 +72,26 @@ class FileBlobStore:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise BlobError(f"blob delete failed: {exc}") from exc
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _off_event_loop(function, *args):
+    """Run blocking file I/O in gevent's thread pool when called from a gevent-patched process
+    (the SMTP server), so one slow disk flush does not stall every other session; inline
+    elsewhere (web, worker, tests)."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("socket"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(function, args)
+    return function(*args)
 
 
 class S3BlobStore:
