@@ -1,4 +1,5 @@
 """Readiness checks shared by `GET /readyz` and `inboxlayer health`: database, Redis, SES."""
+import functools
 import time
 
 import models
@@ -16,14 +17,18 @@ def check_redis():
     return "reachable"
 
 
-def check_ses(config):
+@functools.lru_cache(maxsize=4)
+def _ses_client(region, endpoint_url):
+    # Building a boto3 client costs tens of ms of CPU; orchestrators poll /readyz every few seconds.
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("sesv2", region_name=config["ses"]["region"],
-                          endpoint_url=config["ses"]["endpoint_url"] or None,
-                          config=Config(connect_timeout=3, read_timeout=5, retries={"total_max_attempts": 1}))
-    client.list_email_identities(PageSize=1)
+    return boto3.client("sesv2", region_name=region, endpoint_url=endpoint_url or None,
+                        config=Config(connect_timeout=3, read_timeout=5, retries={"total_max_attempts": 1}))
+
+
+def check_ses(config):
+    _ses_client(config["ses"]["region"], config["ses"]["endpoint_url"]).list_email_identities(PageSize=1)
     return config["ses"]["endpoint_url"] or f"AWS {config['ses']['region']}"
 
 
