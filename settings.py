@@ -55,6 +55,8 @@ def derive(config):
         if config["smtp"][port_key] == 25:
             raise SettingsError(
                 f"smtp.{port_key} = 25: port 25 is reserved for inbound delivery and never accepts submissions")
+    if config["relay"]["lease"] < 1:
+        raise SettingsError(f"relay.lease = {config['relay']['lease']}: a claim must last at least 1 second")
     if config["server"]["default_plan"] not in config["plans"]:
         raise SettingsError(f"server.default_plan = {config['server']['default_plan']!r} is not a key of [plans]")
     return config

@@ -5,7 +5,8 @@ or never; the row decides what happens:
 
 - A worker *claims* a row with one conditional UPDATE (queued/sending, not leased -> sending,
   attempts + 1, ``next_attempt_at`` = lease expiry) and writes an ``attempt`` event in the same
-  transaction, before it calls SES. Two workers can never both hold a row.
+  transaction, before it calls SES. Two workers can never both hold a row. While the attempt
+  runs, a thread renews the lease (``relay.lease``), so only a dead worker's lease lapses.
 - The result is recorded only while the claim is still ours (same attempt number).
 - Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
   users see one final outcome and a list of attempts, not a stream of soft failures.
@@ -69,17 +70,37 @@ def relay_outbound(outbound_id):
     claim = _with_db(_claim, outbound_id)
     if claim is None:
         return "skipped"
+    with LeaseKeeper(claim):  # stopped before any result is written: those set next_attempt_at
+        result = _attempt(claim)
     row = claim.row
     extra = {"outbound_id": row.public_id}
-    try:
-        data = _read_message(claim.blob_key)
-    except blobs.BlobError as exc:
-        return _finish_error(claim, relay.RelayError("BlobUnavailable", str(exc), retryable=True))
-    if SHUTDOWN.is_set():
+    if result is _RELEASE:
         _with_db(_release, claim, "worker shutting down before calling SES")
         _enqueue(row.id)
         log.info("released %s: worker shutting down", row.public_id, extra=extra)
         return "released"
+    if isinstance(result, relay.RelayError):
+        return _finish_error(claim, result)
+    _with_db(_record_sent, claim, result)
+    metrics.RELAY_ATTEMPTS.labels(outcome="sent").inc()
+    metrics.STATUS_CHANGES.labels(status="sent").inc()
+    log.info("sent %s as SES %s (attempt %d)", row.public_id, result, claim.attempt, extra=extra)
+    return "sent"
+
+
+_RELEASE = object()
+
+
+def _attempt(claim):
+    """The SES calls of one claimed attempt: the first batch's SES MessageId, a RelayError, or
+    _RELEASE when the worker is shutting down before anything was sent."""
+    row = claim.row
+    try:
+        data = _read_message(claim.blob_key)
+    except blobs.BlobError as exc:
+        return relay.RelayError("BlobUnavailable", str(exc), retryable=True)
+    if SHUTDOWN.is_set():
+        return _RELEASE
     batches = relay.recipient_batches(json.loads(row.recipients), data)
     done = dict(claim.batches_done)
     for index, batch in enumerate(batches):
@@ -88,15 +109,44 @@ def relay_outbound(outbound_id):
         try:
             done[index] = relay.send_raw(row.mail_from, batch, data, tags={"outbound_id": row.public_id})
         except relay.RelayError as err:
-            return _finish_error(claim, err)
+            return err
         if len(batches) > 1:
             _with_db(_record_batch, claim, index, len(batches), done[index])
-    ses_message_id = done[0]
-    _with_db(_record_sent, claim, ses_message_id)
-    metrics.RELAY_ATTEMPTS.labels(outcome="sent").inc()
-    metrics.STATUS_CHANGES.labels(status="sent").inc()
-    log.info("sent %s as SES %s (attempt %d)", row.public_id, ses_message_id, claim.attempt, extra=extra)
-    return "sent"
+    return done[0]
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a claim's lease every third of ``relay.lease`` while its attempt runs, so a live
+    worker keeps its row however long SES takes, and a dead one (SIGKILL, lost machine) frees it
+    within one lease instead of one job timeout."""
+
+    def __init__(self, claim):
+        super().__init__(name=f"lease-{claim.row.id}", daemon=True)
+        self.claim = claim
+        self.lease = settings.get()["relay"]["lease"]
+        self.stopping = threading.Event()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stopping.set()
+        self.join()
+
+    def run(self):
+        while not self.stopping.wait(self.lease / 3):
+            try:
+                if not _with_db(_renew_lease, self.claim, self.lease):
+                    return  # the row moved on (an SES event settled it): nothing left to hold
+            except Exception as exc:  # the database is down: the lease may lapse; the claim check guards results
+                log.warning("could not renew the lease of row %s: %s", self.claim.row.id, exc)
+
+
+def _renew_lease(claim, lease):
+    e = models.OutboundEmail
+    now = models.utcnow()
+    return e.update(next_attempt_at=now + datetime.timedelta(seconds=lease)).where(_ours(claim)).execute()
 
 
 def _read_message(blob_key):
@@ -116,7 +166,7 @@ def _claim(outbound_id):
     e = models.OutboundEmail
     relay_settings = settings.get()["relay"]
     now = models.utcnow()
-    lease_until = now + datetime.timedelta(seconds=relay_settings["job_timeout"])
+    lease_until = now + datetime.timedelta(seconds=relay_settings["lease"])
     with models.db.atomic():
         # UPDATE first: it takes the write lock at once (SQLite) and is the compare-and-swap.
         claimed = (e.update(status="sending", attempts=e.attempts + 1, next_attempt_at=lease_until, updated_at=now)

@@ -42,7 +42,8 @@ def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses
 
 def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config, start_worker, submit, ses_sent,
                                                                     tmp_path):
-    relay_config["relay"].update(job_timeout=3, reconcile_after=1, reconcile_interval=1)
+    # The job timeout stays long: a dead worker's row must come free after its lease, not the timeout.
+    relay_config["relay"].update(lease=2, job_timeout=300, reconcile_after=1, reconcile_interval=1)
     mark = tmp_path / "calling"
     row = submit()
     doomed = start_worker(**_slow_ses(mark, 30))
@@ -60,6 +61,25 @@ def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config
     assert sent.attempts == 2
     types = [t for t, _ in events_of(row.id)]
     assert types == ["queued", "attempt", "possible_duplicate", "attempt", "sent"]
+
+
+def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, submit, ses_sent, tmp_path):
+    """An SES call longer than several leases: the worker renews its lease, so a second worker's
+    reconciler (running every second, no grace) never takes the row over and sends it again."""
+    relay_config["relay"].update(lease=3, reconcile_after=0, reconcile_interval=1)
+    mark = tmp_path / "calling"
+    row = submit()
+    slow = start_worker(**_slow_ses(mark, 8))
+    wait_until(mark.exists, what="the worker to be inside the SES call")
+    start_worker()  # the would-be usurper
+
+    sent = wait_until(lambda: outbound(row.id).status == "sent" and outbound(row.id), timeout=60,
+                      what="the slow worker to finish its SES call")
+
+    assert [m["id"] for m in ses_sent()] == [sent.ses_message_id]
+    assert sent.attempts == 1
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "sent"]
+    assert mark.read_text().split() == [str(slow.proc.pid)]  # only the first worker ever called SES
 
 
 def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, submit, ses_sent, redis_conn):

@@ -41,6 +41,7 @@ def test_settings_env_overrides_apply_with_types():
     ({"INBOXLAYER_NOSECTION_KEY": "1"}, "unknown setting section 'nosection'"),
     ({"INBOXLAYER_SMTP_STARTTLS_PORT": "25"}, "port 25 is reserved for inbound delivery"),
     ({"PORT": "eighty"}, "PORT='eighty': expected int"),
+    ({"INBOXLAYER_RELAY_LEASE": "0"}, "relay.lease = 0: a claim must last at least 1 second"),
 ])
 def test_settings_bad_env_names_the_key(environ, message):
     with pytest.raises(settings.SettingsError) as info:
