@@ -104,7 +104,7 @@ class Message(BaseModel):
     from_addr = TextField(default="")
     to_addrs = TextField(default="")
     size = BigIntegerField()
-    blob_key = CharField(max_length=255)
+    blob_key = CharField(max_length=255, index=True)
     created_at = DateTimeField(default=utcnow, index=True)
 
 

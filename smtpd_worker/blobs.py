@@ -73,6 +73,20 @@ class FileBlobStore:
         except OSError as exc:
             raise BlobError(f"blob delete failed: {exc}") from exc
 
+    def list(self, prefix):
+        """(key, modified time as a Unix timestamp) of every blob under ``prefix`` (a folder key
+        ending in "/"), unfinished writes (".incoming-*") included."""
+        folder = self._path(prefix.rstrip("/"))
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise BlobError(f"blob store list failed: {exc.strerror or exc}") from exc
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                yield prefix + entry.name, entry.stat(follow_symlinks=False).st_mtime
+
 
 def _fsync_dir(directory):
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -129,7 +143,25 @@ class S3BlobStore:
             return f.read()
 
     def delete(self, key):
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobError(f"blob delete failed: {exc}") from exc
+
+    def list(self, prefix):
+        """(key, modified time as a Unix timestamp) of every object under ``prefix``."""
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobError(f"blob store list failed: {exc}") from exc
 
 
 class _Counting:

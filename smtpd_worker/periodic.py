@@ -22,6 +22,7 @@ def tasks(config):
     return [
         (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
         (config["dns"]["check_interval"], "smtpd_worker.domain_checks:check_pending_domains"),
+        (config["blobs"]["sweep_interval"], "smtpd_worker.sweeper:sweep_orphan_blobs"),
     ]
 
 
