@@ -161,3 +161,30 @@ def test_login_refused_cleanly_when_throttle_store_is_down(web_factory, config):
     response = web_factory().post("/login", {"email": "down@example.com", "password": "the right password"})
     assert response.status_code == 503
     assert "Signing in is temporarily unavailable." in response.get_data(as_text=True)
+
+
+def test_signups_limited_per_client_address(web_factory, config):
+    """Every account gets a sending quota: one client address may not farm accounts."""
+    config["web"]["signups_per_hour"] = 2
+    for n in range(2):
+        web_factory().signup(f"farm{n}@example.com")
+    third = web_factory()
+    refused = third.post("/signup", {"email": "farm2@example.com", "password": "a long enough password",
+                                     "confirm": "a long enough password"}, page="/signup")
+    assert refused.status_code == 429
+    assert "Too many accounts were created from your network recently" in refused.get_data(as_text=True)
+    with models.db.connection_context():
+        assert models.User.get_or_none(models.User.email == "farm2@example.com") is None
+    elsewhere = web_factory()
+    elsewhere.client.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    elsewhere.signup("farm2@example.com")  # another network is not affected
+
+
+def test_failed_signups_do_not_count_toward_the_limit(web_factory, config):
+    config["web"]["signups_per_hour"] = 1
+    web_factory().signup("taken@example.com")
+    config["web"]["signups_per_hour"] = 2
+    duplicate = web_factory().post("/signup", {"email": "taken@example.com", "password": "a long enough password",
+                                               "confirm": "a long enough password"}, page="/signup")
+    assert duplicate.status_code == 422
+    web_factory().signup("second@example.com")  # the refused duplicate used up nothing

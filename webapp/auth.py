@@ -97,6 +97,10 @@ def signup():
         return redirect(url_for("dashboard.index"))
     form = SignupForm()
     if form.validate_on_submit():
+        refusal = _signup_refusal()
+        if refusal:
+            form.form_errors.append(refusal[0])
+            return render_template("auth/signup.html", form=form), refusal[1]
         try:
             with models.db.atomic():
                 user = models.User.create(email=form.email.data,
@@ -105,10 +109,38 @@ def signup():
         except IntegrityError:
             form.email.errors.append("An account with this address already exists. Log in instead.")
         else:
+            _count_signup()
             _start_session(user)
             flash("Welcome to Inboxlayer. Create an API key and an inbox to start sending.", "success")
             return redirect(url_for("dashboard.index"))
     return render_template("auth/signup.html", form=form), 200 if request.method == "GET" or not form.errors else 422
+
+
+SIGNUP_WINDOW = 3600  # seconds over which a client's new accounts are counted
+
+
+def _signup_refusal():
+    """(message, status) when this client address has made too many accounts lately, else None.
+    Every account can send its plan's quota, so free sign-ups are what a spammer would farm."""
+    limit = _settings()["web"]["signups_per_hour"]
+    if not limit:
+        return None
+    try:
+        made = limits.window_count("signup", request.remote_addr)
+    except limits.LimiterUnavailable:
+        log.error("sign-up limiter unavailable; refusing sign-ups until Redis is back")
+        return "Signing up is temporarily unavailable. Please try again in a minute.", 503
+    if made >= limit:
+        return "Too many accounts were created from your network recently. Please try again in an hour.", 429
+    return None
+
+
+def _count_signup():
+    if _settings()["web"]["signups_per_hour"]:
+        try:
+            limits.count_in_window("signup", request.remote_addr, SIGNUP_WINDOW)
+        except limits.LimiterUnavailable:
+            log.error("could not count a sign-up")
 
 
 @bp.route("/login", methods=["GET", "POST"])
