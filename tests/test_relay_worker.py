@@ -118,3 +118,58 @@ def test_worker_sigkill_takes_its_scheduler_process_along(start_worker):
             return f.read().split(") ", 1)[1].startswith("Z")
 
     wait_until(gone, timeout=10, what="the orphaned scheduler process to exit")
+
+
+def test_redis_restart_loses_nothing_and_the_worker_carries_on(relay_config, start_worker, submit, ses_sent,
+                                                              free_tcp_port, tmp_path):
+    """A private redis-server (no persistence, like ours) is stopped and started again under a
+    running worker. A message committed while Redis is down cannot be enqueued; the reconciler
+    of the same worker process enqueues it once Redis is back. Each message is sent once."""
+    import subprocess
+
+    import redis as redis_lib
+
+    import runtime
+
+    redis_url = f"redis://127.0.0.1:{free_tcp_port}/0"
+
+    def start_redis():
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(free_tcp_port),
+                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], check=True,
+                       stdout=subprocess.DEVNULL)
+        wait_until(lambda: _pings(redis_url), what="the private redis-server to answer")
+
+    start_redis()
+    try:
+        relay_config["redis"]["url"] = redis_url
+        relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
+        runtime.configure(relay_config)
+        worker = start_worker(REDIS_URL=redis_url)
+        before = submit()
+        wait_until(lambda: outbound(before.id).status == "sent", what="the first message to be relayed")
+
+        redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
+        during = submit()  # committed; its enqueue fails and is left to the reconciler
+        assert outbound(during.id).status == "queued"
+        start_redis()
+
+        wait_until(lambda: outbound(during.id).status == "sent", timeout=60,
+                   what="the reconciler to enqueue the message committed while Redis was down")
+        assert worker.proc.poll() is None
+        assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(before.id).ses_message_id,
+                                                              outbound(during.id).ses_message_id])
+        assert [t for t, _ in events_of(during.id)] == ["queued", "attempt", "sent"]
+    finally:
+        try:
+            redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
+        except redis_lib.RedisError:
+            pass
+
+
+def _pings(url):
+    import redis as redis_lib
+
+    try:
+        return redis_lib.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis_lib.RedisError:
+        return False
