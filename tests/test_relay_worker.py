@@ -1,8 +1,11 @@
-"""`inboxlayer worker` as a real child process: deploy signals and a SIGKILL mid-job."""
+"""`inboxlayer worker` as a real child process: deploy signals, a SIGKILL mid-job, a Redis restart."""
 import signal
+import subprocess
 
+import redis as redis_lib
 from rq.registry import StartedJobRegistry
 
+import runtime
 from smtpd_worker import queue
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import outbound
@@ -125,12 +128,6 @@ def test_redis_restart_loses_nothing_and_the_worker_carries_on(relay_config, sta
     """A private redis-server (no persistence, like ours) is stopped and started again under a
     running worker. A message committed while Redis is down cannot be enqueued; the reconciler
     of the same worker process enqueues it once Redis is back. Each message is sent once."""
-    import subprocess
-
-    import redis as redis_lib
-
-    import runtime
-
     redis_url = f"redis://127.0.0.1:{free_tcp_port}/0"
 
     def start_redis():
@@ -167,8 +164,6 @@ def test_redis_restart_loses_nothing_and_the_worker_carries_on(relay_config, sta
 
 
 def _pings(url):
-    import redis as redis_lib
-
     try:
         return redis_lib.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis_lib.RedisError:
