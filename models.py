@@ -6,10 +6,13 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 import datetime
 import hashlib
 import hmac
+import re
 import secrets
+import unicodedata
 from pathlib import Path
 
 from peewee import BigIntegerField
+from peewee import BooleanField
 from peewee import CharField
 from peewee import DatabaseProxy
 from peewee import DateField
@@ -76,15 +79,22 @@ class ApiToken(BaseModel):
 
 
 class Domain(BaseModel):
+    """One account's claim on a domain name. Many accounts may claim a name while it is pending;
+    at most one row per name is ``verified`` (partial unique index ``domain_name_verified``)."""
     user = ForeignKeyField(User, backref="domains", on_delete="CASCADE")
-    name = CharField(max_length=253, unique=True)
+    name = CharField(max_length=253, index=True)
     status = CharField(max_length=16, default="pending")
-    verification_token = CharField(max_length=64)
+    verification_token = CharField(max_length=64)  # this claim's own; the TXT record proves the claim
     dkim_tokens = TextField(default="[]")  # JSON list from SES CreateEmailIdentity
     created_at = DateTimeField(default=utcnow)
     verified_at = DateTimeField(null=True)
     last_checked_at = DateTimeField(null=True)
     last_error = TextField(null=True)
+    ses_identity_created = BooleanField(default=False)  # our CreateEmailIdentity made it (not AlreadyExists)
+    failing_since = DateTimeField(null=True)  # verified, but the last re-checks found the records gone
+
+    class Meta:
+        indexes = ((("user", "name"), True),)
 
 
 class Inbox(BaseModel):
@@ -211,6 +221,42 @@ class AddressError(ValueError):
     pass
 
 
+class DisplayNameError(AddressError):
+    """A display name we refuse; the message says why, for a form error, a 422 or the CLI."""
+
+
+MAX_DISPLAY_NAME = 100  # characters, the Inbox.display_name column
+# Unicode bidirectional controls (UAX #9: embeddings, overrides, isolates, marks; Arabic letter mark):
+# invisible, yet they reorder what a reader sees ("Trojan Source", CVE-2021-42574).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Literal text shaped like an RFC 2047 encoded-word is decoded by every mail reader (RFC 2047 6.2).
+ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?.*?\?=", re.S)
+
+
+def clean_display_name(value):
+    """The display name as stored, or DisplayNameError: the one rule for every front-end
+    (dashboard form, REST API, CLI; ``create_inbox`` applies it again).
+
+    One line of at most MAX_DISPLAY_NAME characters after runs of spaces and tabs are folded to
+    one space; no control characters, line or paragraph separators, lone surrogates or bidi
+    controls; no RFC 2047 encoded-words (the name is encoded when the From: header is written).
+    """
+    value = value or ""
+    for char in value:
+        if char in BIDI_CONTROLS:
+            raise DisplayNameError(f"must not contain bidirectional control characters (U+{ord(char):04X}), "
+                                   "which change how the name reads")
+        if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            raise DisplayNameError("must be one line without control characters")
+    value = " ".join(value.split())
+    if len(value) > MAX_DISPLAY_NAME:
+        raise DisplayNameError(f"must be at most {MAX_DISPLAY_NAME} characters")
+    if ENCODED_WORD.search(value):
+        raise DisplayNameError("must not contain RFC 2047 encoded-words (=?charset?q?...?=): write the name "
+                               "itself, it is encoded as needed")
+    return value
+
+
 def normalize_address(address):
     """Lower-case ``local@domain`` after basic checks; raises AddressError with a reason."""
     address = (address or "").strip()
@@ -263,7 +309,7 @@ def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev",
         raise AddressError("that domain is not yours")
     address = f"{local_part}@{domain.name if domain else default_domain}"
     return Inbox.create(user=user, local_part=local_part, domain=domain, address=address,
-                        display_name=(display_name or "").strip()[:100])
+                        display_name=clean_display_name(display_name))
 
 
 def inbox_can_send(inbox):
