@@ -222,7 +222,12 @@ class AddressError(ValueError):
 
 
 class DisplayNameError(AddressError):
-    """A display name we refuse; the message says why, for a form error, a 422 or the CLI."""
+    """A display name we refuse. ``reason`` ("must ...") is for a form field or a 422 naming the
+    field; str() names the display name, for callers that only catch AddressError."""
+
+    def __init__(self, reason):
+        super().__init__(f"the display name {reason}")
+        self.reason = reason
 
 
 MAX_DISPLAY_NAME = 100  # characters, the Inbox.display_name column
@@ -242,6 +247,8 @@ def clean_display_name(value):
     controls; no RFC 2047 encoded-words (the name is encoded when the From: header is written).
     """
     value = value or ""
+    if len(value) > 10 * MAX_DISPLAY_NAME:  # bound the scan below; folding never shrinks it this much
+        raise DisplayNameError(f"must be at most {MAX_DISPLAY_NAME} characters")
     for char in value:
         if char in BIDI_CONTROLS:
             raise DisplayNameError(f"must not contain bidirectional control characters (U+{ord(char):04X}), "

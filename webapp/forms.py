@@ -74,7 +74,7 @@ class InboxForm(FlaskForm):
     local_part = StringField("Name", validators=[DataRequired("Choose the part before the @."),
                                                  Length(max=64, message="Use at most 64 characters.")])
     domain = SelectField("Domain", coerce=int, validate_choice=True)
-    display_name = StringField("Display name", validators=[Length(max=100, message="Use at most 100 characters.")])
+    display_name = StringField("Display name", render_kw={"maxlength": models.MAX_DISPLAY_NAME})
 
     def validate_local_part(self, field):
         value = field.data.strip().lower()
@@ -83,9 +83,11 @@ class InboxForm(FlaskForm):
         field.data = value
 
     def validate_display_name(self, field):
-        field.data = " ".join((field.data or "").split())
-        if not field.data.isprintable() or any(c in field.data for c in '<>"'):
-            raise ValidationError("Use printable characters, without < > or quotes.")
+        # The same rule as the API and the CLI (models.clean_display_name), so none accepts what another refuses.
+        try:
+            field.data = models.clean_display_name(field.data)
+        except models.DisplayNameError as exc:
+            raise ValidationError(exc.reason[0].upper() + exc.reason[1:] + ".") from None
 
 
 class DomainForm(FlaskForm):

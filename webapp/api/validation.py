@@ -15,6 +15,7 @@ from email.headerregistry import Address
 import email_validator
 from flask import request
 
+import models
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 
@@ -252,5 +253,9 @@ def inbox_request(body):
     reject_unknown(body, INBOX_FIELDS)
     name = text("name", body.get("name"), 64, single_line=True, required=True)
     domain = text("domain", body.get("domain"), 253, single_line=True)
-    display_name = text("display_name", body.get("display_name"), MAX_DISPLAY_NAME, single_line=True) or ""
+    display_name = text("display_name", body.get("display_name"))
+    try:  # the one display-name rule, shared with the dashboard and the CLI
+        display_name = models.clean_display_name(display_name)
+    except models.DisplayNameError as exc:
+        raise Invalid("display_name", exc.reason) from None
     return name, domain, display_name
