@@ -369,9 +369,13 @@ def reconcile_stale(now=None):
 
 
 def _job_alive(outbound_id, status):
-    """True when the row's job still waits in the queue (a backlog, not a loss), or a worker just
-    took a row that was queued a moment ago. A 'started' job on a row whose lease expired is a
-    dead worker's: not alive."""
+    """True when the row's job still waits in the queue (a backlog, not a loss), or a live worker
+    has taken it and not claimed the row yet.
+
+    A 'started' job on a 'sending' row whose lease expired is a dead worker's: not alive. On a
+    'queued' row it is alive only while the worker RQ gave it to still beats (its liveness key
+    lapses one lease after a SIGKILL); RQ itself would hold a dead SimpleWorker's job 'started'
+    for the whole job timeout."""
     job_id = queue.relay_job_id(outbound_id)
     try:
         job = Job.fetch(job_id, connection=queue.connection())
@@ -379,7 +383,7 @@ def _job_alive(outbound_id, status):
         return False
     job_status = job.get_status()
     if job_status == JobStatus.STARTED:
-        return status == "queued"
+        return status == "queued" and queue.worker_alive(job.worker_name)
     if job_status != JobStatus.QUEUED:
         return False
     return queue.connection().lpos(queue.relay_queue().key, job_id) is not None

@@ -45,6 +45,22 @@ def relay_job_id(outbound_id):
     return f"{_prefix}-relay-{outbound_id}"
 
 
+def worker_liveness_key(worker_name):
+    """Redis key a running relay worker keeps alive (see worker.Liveness); it lapses one
+    ``relay.lease`` after the worker's last beat, so a SIGKILLed worker is known dead that soon."""
+    return key("worker-alive", worker_name)
+
+
+def worker_alive(worker_name):
+    """True while the RQ worker named ``worker_name`` beats. Raises QueueUnavailable if Redis is down."""
+    if not worker_name:
+        return False
+    try:
+        return bool(connection().exists(worker_liveness_key(worker_name)))
+    except redis.RedisError as exc:
+        raise QueueUnavailable(str(exc)) from exc
+
+
 def enqueue_relay(outbound_id):
     """Enqueue the relay job for an OutboundEmail. Raises QueueUnavailable if Redis is down.
 

@@ -15,10 +15,13 @@ import ctypes.util
 import logging
 import os
 import signal
+import threading
 
+import redis
 from rq import SimpleWorker
 
 import runtime
+import settings
 from smtpd_worker import jobs
 from smtpd_worker import metrics
 from smtpd_worker import periodic
@@ -28,9 +31,61 @@ log = logging.getLogger(__name__)
 
 
 class RelayWorker(SimpleWorker):
+    """RQ's SimpleWorker plus our own liveness beat (see Liveness) and the SIGTERM hand-back."""
+
+    liveness = None
+
+    def register_birth(self):
+        super().register_birth()
+        self.liveness = Liveness(self.connection, self.name, settings.get()["relay"]["lease"])
+        self.liveness.start()
+
+    def register_death(self):
+        if self.liveness is not None:
+            self.liveness.stop()
+        super().register_death()
+
     def request_stop(self, signum, frame):
         jobs.SHUTDOWN.set()
         super().request_stop(signum, frame)
+
+
+class Liveness(threading.Thread):
+    """Keeps ``queue.worker_liveness_key(name)`` alive: set with an expiry of one ``relay.lease``,
+    renewed every third of it, deleted on a clean exit.
+
+    RQ marks a job ``started`` (with this worker's name) before our job function claims its row.
+    If the worker dies in between, the row is still ``queued`` and RQ's own heartbeat of a
+    SimpleWorker lasts job_timeout + 60 s, so the reconciler asks this key instead: once it has
+    lapsed, the started job is a dead worker's and the row is re-enqueued within
+    ``lease + reconcile_after + reconcile_interval``. The first beat is written before the worker
+    takes any job.
+    """
+
+    def __init__(self, connection, worker_name, lease):
+        super().__init__(name="liveness", daemon=True)
+        self.connection, self.key, self.lease = connection, queue.worker_liveness_key(worker_name), lease
+        self.stopping = threading.Event()
+        self.beat()
+
+    def beat(self):
+        try:
+            self.connection.set(self.key, str(os.getpid()), px=max(1, int(self.lease * 1000)))
+        except redis.RedisError as exc:  # the reconciler may re-enqueue our job meanwhile; the claim guards it
+            log.warning("could not renew worker liveness %s: %s", self.key, exc)
+
+    def run(self):
+        while not self.stopping.wait(self.lease / 3):
+            self.beat()
+
+    def stop(self):
+        self.stopping.set()
+        if self.is_alive():
+            self.join()
+        try:
+            self.connection.delete(self.key)
+        except redis.RedisError as exc:
+            log.warning("could not delete worker liveness %s: %s", self.key, exc)
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal sent to this process when its parent dies

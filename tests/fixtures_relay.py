@@ -6,6 +6,7 @@ hooks on the real client, in the process that runs the job: in the test process 
 ``relay.client()``, in a worker subprocess through the RELAY_FAULT_PLAN variable, which names
 ``tests.fixtures_relay:fault_plan``.
 """
+import contextlib
 import io
 import json
 import os
@@ -131,6 +132,30 @@ def outcomes(outbound_ids):
         for e in ev.select().where(ev.outbound.in_(list(outbound_ids)), ev.type.in_(("sent", "failed"))):
             found[e.outbound_id].append(e.type)
     return found
+
+
+@contextlib.contextmanager
+def row_locked(database_url, outbound_id):
+    """Hold a write lock on one OutboundEmail row from a connection of our own (not the pool), so
+    a worker's claim UPDATE waits on it: the worker has taken the job and not claimed the row.
+    Postgres: SELECT ... FOR UPDATE; SQLite: BEGIN IMMEDIATE (the database's write lock)."""
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(database_url[len("sqlite:///"):], isolation_level=None, timeout=30)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg2
+
+        conn = psycopg2.connect(database_url, connect_timeout=10)
+        with conn.cursor() as cur:  # psycopg2 opens the transaction itself
+            cur.execute("SELECT id FROM outbound_email WHERE id = %s FOR UPDATE", (outbound_id,))
+            assert cur.fetchone() == (outbound_id,)
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 def relay_until(outbound_id, statuses=("sent",), timeout=20):
@@ -338,6 +363,8 @@ def sns(app, ses_endpoint):
     """The webhook on a real WSGI server, moto's SNS subscribed to it through the edge."""
     server, url = serve_wsgi(app)
     harness = SnsHarness(url, ses_endpoint)
+    # The webhook accepts only listed topics (an empty list accepts none): list this test's topic.
+    app.config["INBOXLAYER"]["ses"]["sns_topic_arns"] = [harness.topic_arn]
     yield harness
     harness.close()
     server.shutdown()

@@ -1,14 +1,21 @@
 """`inboxlayer worker` as a real child process: deploy signals, a SIGKILL mid-job, a Redis restart."""
+import datetime
 import signal
 import subprocess
+import time
 
 import redis as redis_lib
+from rq.job import Job
+from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 
+import models
 import runtime
+from smtpd_worker import jobs
 from smtpd_worker import queue
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import outbound
+from tests.fixtures_relay import row_locked
 from tests.helpers import wait_until
 
 
@@ -64,6 +71,53 @@ def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config
     assert sent.attempts == 2
     types = [t for t, _ in events_of(row.id)]
     assert types == ["queued", "attempt", "possible_duplicate", "attempt", "sent"]
+
+
+def test_worker_sigkill_after_taking_job_before_claim_next_worker_relays_within_bound(relay_config, start_worker,
+                                                                                      submit, ses_sent, redis_conn):
+    """Issue 10 item 9: RQ marked the job started (with the worker's name) and the worker was
+    SIGKILLed before its claim committed, so the row is still ``queued``. RQ keeps a dead
+    SimpleWorker's job 'started' for job_timeout + 60 s; the row must be re-enqueued within the
+    documented bound (lease + reconcile_after + reconcile_interval) instead, and sent once.
+
+    The test holds a lock on the row so the doomed worker's claim UPDATE waits: that is the
+    interleaving, produced by the database itself rather than a hook in the worker."""
+    relay_settings = relay_config["relay"]
+    relay_settings.update(lease=3, job_timeout=300, reconcile_after=1, reconcile_interval=1)
+    bound = relay_settings["lease"] + relay_settings["reconcile_after"] + relay_settings["reconcile_interval"]
+    slack = 8  # seconds: the periodic runner's 1 s tick, dequeue, claim and the SES call on a busy 2-CPU box
+    row = submit()
+    job_id = queue.relay_job_id(row.id)
+
+    with row_locked(relay_config["database"]["url"], row.id):
+        doomed = start_worker()
+        taken = wait_until(lambda: _started(job_id), what="the doomed worker to take the job")
+        assert queue.worker_alive(taken.worker_name)
+        # While that worker lives, its started job on a queued row is left alone, however old the row.
+        assert jobs.reconcile_stale(now=models.utcnow() + datetime.timedelta(seconds=600)) == 0
+        heir = start_worker()
+        wait_until(lambda: len(list(redis_conn.scan_iter(queue.worker_liveness_key("*")))) == 2,
+                   what="the second worker to beat")
+
+        doomed.signal(signal.SIGKILL)
+        died = time.monotonic()
+        doomed.wait(10)
+    assert outbound(row.id).status == "queued"
+
+    sent = wait_until(lambda: outbound(row.id).status == "sent" and outbound(row.id), timeout=bound + slack,
+                      what=f"the second worker to relay the message within {bound} s (+{slack} s slack)")
+
+    assert time.monotonic() - died < bound + slack
+    assert [m["id"] for m in ses_sent()] == [sent.ses_message_id]
+    assert sent.attempts == 1
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "sent"]
+    [attempt] = [d for t, d in events_of(row.id) if t == "attempt"]
+    assert attempt["worker"].endswith(f":{heir.proc.pid}")
+
+
+def _started(job_id):
+    job = Job.fetch(job_id, connection=queue.connection())
+    return job if job.get_status() == JobStatus.STARTED and job.worker_name else None
 
 
 def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, submit, ses_sent, tmp_path):
