@@ -160,7 +160,8 @@ def test_sent_html_part_is_sandboxed(web):
     assert " sandbox " in iframe and "allow-" not in iframe
     assert "<script>parent" not in page
     part = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}/html")
-    assert part.headers["Content-Security-Policy"] == "sandbox; default-src 'none'; img-src data:; frame-ancestors 'self'"
+    assert part.headers["Content-Security-Policy"] == (
+        "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; frame-ancestors 'self'")
     assert part.headers["X-Frame-Options"] == "SAMEORIGIN"
     assert b"<p>Hi</p>" in part.data
 
@@ -243,6 +244,47 @@ def test_outbound_detail_shows_event_timeline_with_diagnostic(web):
     assert '<dd id="outbound-status">bounced</dd>' in page
 
 
+def test_outbound_list_and_detail_show_subject(web):
+    inbox_id = web.create_inbox("subjects")
+    titled = submit(web, inbox_id, subject="Quarterly <report> für Q3")
+    untitled = submit(web, inbox_id, subject="")
+    orphan = submit(web, inbox_id, subject="Gone")
+    with models.db.connection_context():  # the Sent copy is a nullable link (ON DELETE SET NULL)
+        models.OutboundEmail.update(message=None).where(models.OutboundEmail.id == orphan.id).execute()
+    listing = web.get("/outbound/").get_data(as_text=True)
+    rows = {row.split("</code>")[0].rsplit(">", 1)[1]: row for row in listing.split("<tr>")[2:]}
+    assert '<td class="clip subject">Quarterly &lt;report&gt; für Q3</td>' in rows[titled.public_id]
+    assert '<td class="clip subject"><span class="muted">(no subject)</span></td>' in rows[untitled.public_id]
+    assert '<td class="clip subject"><span class="muted">(no stored copy)</span></td>' in rows[orphan.public_id]
+    detail = web.get(f"/outbound/{titled.public_id}").get_data(as_text=True)
+    assert '<dd id="outbound-subject">Quarterly &lt;report&gt; für Q3</dd>' in detail
+
+
+@pytest.mark.parametrize("status, shown", [
+    ("queued", "not yet (SES has not accepted it)"),
+    ("sending", "not yet (SES has not accepted it)"),
+    ("failed", "none (failed before SES accepted it)"),
+])
+def test_outbound_detail_ses_message_id_says_why_it_is_missing(web, status, shown):
+    inbox_id = web.create_inbox("no-ses-id")
+    outbound = submit(web, inbox_id)
+    with models.db.connection_context():
+        models.OutboundEmail.update(status=status, last_error="MessageRejected: Email address is not verified.") \
+            .where(models.OutboundEmail.id == outbound.id).execute()
+    page = web.get(f"/outbound/{outbound.public_id}").get_data(as_text=True)
+    assert f'<dd id="outbound-ses-id"><span class="muted">{shown}</span></dd>' in page
+
+
+def test_outbound_detail_shows_ses_message_id_once_sent(web):
+    inbox_id = web.create_inbox("ses-id")
+    outbound = submit(web, inbox_id)
+    with models.db.connection_context():
+        models.OutboundEmail.update(status="sent", ses_message_id="0100018c-abc").where(
+            models.OutboundEmail.id == outbound.id).execute()
+    page = web.get(f"/outbound/{outbound.public_id}").get_data(as_text=True)
+    assert '<dd id="outbound-ses-id"><code>0100018c-abc</code></dd>' in page
+
+
 # -- usage ------------------------------------------------------------------------------------------
 
 def test_dashboard_counts_keys_inboxes_domains(web):
@@ -268,6 +310,23 @@ def submit_raw(web, inbox_id, raw):
     with models.db.connection_context():
         return submission.submit(user_row(web), inbox, inbox.address, ["someone@example.net"],
                                  io.BytesIO(raw.replace(b"\n", b"\r\n")), "smtp")
+
+
+def test_sent_attachment_filename_bidi_controls_are_shown(web):
+    # What a right-to-left override does to a name: "invoice\u202efdp.exe" reads "invoiceexe.pdf".
+    inbox_id = web.create_inbox("bidi")
+    msg = EmailMessage()
+    msg["From"] = inbox_row(inbox_id).address
+    msg["To"] = "someone@example.net"
+    msg["Subject"] = "Invoice"
+    msg.set_content("See attached.\n")
+    msg.add_attachment(b"MZ", maintype="application", subtype="octet-stream", filename="invoice\u202efdp.exe")
+    msg.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="\u2067\u05d3\u05d5\u05d7\u2069.pdf")
+    outbound = submit_raw(web, inbox_id, msg.as_bytes().replace(b"\r\n", b"\n"))
+    page = web.get(f"/inboxes/{inbox_id}/sent/{outbound.message_id}").get_data(as_text=True)
+    assert '<bdi class="filename">invoice[U+202E]fdp.exe</bdi>' in page
+    assert '<bdi class="filename">[U+2067]\u05d3\u05d5\u05d7[U+2069].pdf</bdi>' in page
+    assert not set(page) & models.BIDI_CONTROLS
 
 
 @pytest.mark.parametrize("body", [

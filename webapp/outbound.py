@@ -9,6 +9,7 @@ from flask import render_template
 from flask import request
 from flask_login import current_user
 from flask_login import login_required
+from peewee import JOIN
 
 import models
 from webapp.sent import page_number
@@ -50,7 +51,9 @@ def index():
     user = current_user.user
     inboxes = {i.id: i for i in models.Inbox.select().where(models.Inbox.user == user).order_by(models.Inbox.address)}
     filters, errors = _parse_filters(request.args, inboxes)
-    query = models.OutboundEmail.select().where(models.OutboundEmail.user == user)
+    # The Sent copy comes along (one query, not one per row) for the subject column.
+    query = (models.OutboundEmail.select(models.OutboundEmail, models.Message)
+             .join(models.Message, JOIN.LEFT_OUTER).where(models.OutboundEmail.user == user))
     if "inbox" in filters:
         query = query.where(models.OutboundEmail.inbox == filters["inbox"])
     if "status" in filters:
@@ -105,8 +108,10 @@ def event_detail(event):
 def show(public_id):
     if not PUBLIC_ID.fullmatch(public_id):
         abort(404)
-    outbound = models.OutboundEmail.get_or_none(models.OutboundEmail.public_id == public_id,
-                                                models.OutboundEmail.user == current_user.user)
+    outbound = (models.OutboundEmail.select(models.OutboundEmail, models.Message)
+                .join(models.Message, JOIN.LEFT_OUTER)
+                .where(models.OutboundEmail.public_id == public_id, models.OutboundEmail.user == current_user.user)
+                .get_or_none())
     if outbound is None:
         abort(404)
     events = list(models.OutboundEvent.select().where(models.OutboundEvent.outbound == outbound)

@@ -19,8 +19,18 @@ bp = Blueprint("sent", __name__, url_prefix=f"/inboxes/<int(max={MAX_ID}):inbox_
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25  # messages per page
-# The HTML part runs in an opaque origin with no scripts, forms, plugins or network (data: images only).
-HTML_PART_CSP = "sandbox; default-src 'none'; img-src data:; frame-ancestors 'self'"
+# The HTML part runs in an opaque origin with no scripts, forms, plugins or network. Real mail is
+# styled inline (style attributes, <style>), so inline CSS is allowed; what CSS could fetch stays
+# blocked (no remote stylesheets, @import, fonts or url() images: only data: images and fonts).
+HTML_PART_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
+                 "frame-ancestors 'self'")
+
+
+@bp.app_template_filter("bidi_visible")
+def bidi_visible(text):
+    """``text`` with every bidi control shown as ``[U+202E]`` and so on: an attachment named
+    "invoice<U+202E>fdp.exe" must not display as "invoiceexe.pdf"."""
+    return "".join(f"[U+{ord(c):04X}]" if c in models.BIDI_CONTROLS else c for c in text or "")
 
 
 def page_number():
