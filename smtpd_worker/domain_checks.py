@@ -1,15 +1,31 @@
-"""Custom sending domains: the SES identity, the DNS records users publish, and their verification.
+"""Custom sending domains: claims, the SES identity, the DNS records users publish, their checks.
 
-A domain becomes ``verified`` when DNS shows the ``_inboxlayer`` TXT token and the three Easy DKIM
-CNAMEs and SES does not report DKIM as failed. Missing records keep it ``pending``; a record that
-is present with the wrong value makes it ``failed`` with a reason naming the record. SPF and DMARC
-are shown as recommendations and never block verification (many domains already have their own).
+A row of ``Domain`` is one account's *claim* on a name, with its own verification token. Several
+accounts may hold pending claims on one name; DNS proof decides: the first claim whose token is in
+TXT ``_inboxlayer.<name>`` (with the three Easy DKIM CNAMEs) becomes ``verified`` (a partial unique
+index keeps it to one verified row per name) and the other never-verified claims are deleted with
+their inboxes (which could never send). A verified name cannot be added by another account until it
+loses verification. Names we send from ourselves (``server.default_domain``, its parents and
+subdomains, ``dns.reserved_domains``) and public suffixes cannot be added; each plan caps its
+domains (``max_domains``) and a claim never verified within ``dns.pending_expiry`` is deleted.
+
+A row records whether its CreateEmailIdentity made the SES identity (``ses_identity_created``;
+AlreadyExists = someone else's, e.g. the operator's). Deleting the last row of a name deletes the
+identity only if one of its rows created it; the flag passes to a remaining row otherwise.
+
+Checks: missing records keep a claim ``pending``; a record present with the wrong value makes it
+``failed`` with a reason naming the record. SPF and DMARC are recommendations and never block. A
+DNS outage changes no status. Verified domains are re-checked every ``dns.recheck_interval``; one
+that fails its re-checks for ``dns.recheck_grace`` goes ``failed`` (its inboxes stop sending). The
+periodic pass (``check_domains``) checks due domains concurrently within ``dns.check_budget``.
 """
 import datetime
 import json
 import logging
 import secrets
 import string
+import threading
+import time
 
 import boto3
 import dns.exception
@@ -17,6 +33,8 @@ import dns.resolver
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError
+from peewee import IntegrityError
+from publicsuffixlist import PublicSuffixList
 
 import models
 import settings
@@ -27,11 +45,20 @@ VERIFY_LABEL = "_inboxlayer"
 VERIFY_PREFIX = "inboxlayer-verification="
 DKIM_TARGET = "dkim.amazonses.com"
 SPF_VALUE = "v=spf1 include:amazonses.com ~all"
-DNS_TIMEOUT = 3.0  # seconds per lookup, so "Check now" answers within a page load
 SES_TIMEOUT = 10  # seconds per SES identity call
 # SES DKIM statuses that mean the identity cannot sign (sesv2 DkimAttributes.Status).
 SES_DKIM_FAILED = {"FAILED", "TEMPORARY_FAILURE"}
 TRANSIENT_DNS_ERRORS = (dns.resolver.NoNameservers, dns.exception.Timeout)
+DUE_SLACK = 0.1  # of dns.check_interval: a domain checked on the previous pass is due on this one
+PUBLIC_SUFFIXES = PublicSuffixList()  # the list shipped with the package: no download at run time
+
+
+class DomainRefused(Exception):
+    """A domain cannot be added; the message is user-facing, ``status`` the HTTP status to answer."""
+
+    def __init__(self, message, status=422):
+        super().__init__(message)
+        self.status = status
 
 
 class DomainSetupError(Exception):
@@ -48,20 +75,27 @@ def ses_client():
 
 
 def create_identity(name):
-    """Create the SES domain identity with Easy DKIM; return its three DKIM tokens.
+    """Create the SES domain identity with Easy DKIM; return (its three DKIM tokens, created).
 
-    Asking for a 2048-bit key (NextSigningKeyLength) still selects Easy DKIM. An identity that
-    already exists in SES (left over from a deleted domain) is reused rather than refused.
+    ``created`` is False when the identity already existed (another claim's, or one the operator
+    set up): it is reused, and this claim must never delete it. Asking for a 2048-bit key
+    (NextSigningKeyLength) still selects Easy DKIM.
     """
     client = ses_client()
     try:
-        try:
-            response = client.create_email_identity(
-                EmailIdentity=name, DkimSigningAttributes={"NextSigningKeyLength": "RSA_2048_BIT"})
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "AlreadyExistsException":
-                raise
-            response = client.get_email_identity(EmailIdentity=name)
+        # Look first: moto's CreateEmailIdentity overwrites an existing identity instead of raising
+        # AlreadyExistsException as SES does. Two adds racing past the look are told apart by SES's
+        # AlreadyExists; under moto both count as creators, which only delays the delete until
+        # neither row is left (see delete_domain).
+        response, created = _existing_identity(client, name), False
+        if response is None:
+            try:
+                response, created = client.create_email_identity(
+                    EmailIdentity=name, DkimSigningAttributes={"NextSigningKeyLength": "RSA_2048_BIT"}), True
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "AlreadyExistsException":
+                    raise
+                response = client.get_email_identity(EmailIdentity=name)
     except (ClientError, BotoCoreError) as exc:
         log.warning("SES identity setup failed for %s: %s", name, exc)
         raise DomainSetupError("Amazon SES could not set up this domain right now; please try again "
@@ -72,11 +106,22 @@ def create_identity(name):
         # so we mint tokens of the same shape to keep the DNS flow identical in dev and tests.
         log.info("SES returned %d DKIM tokens for %s; using local tokens (stand-in)", len(tokens), name)
         tokens = [_dkim_token() for _ in range(3)]
-    return tokens
+    return tokens, created
+
+
+def _existing_identity(client, name):
+    """GetEmailIdentity's answer, or None when SES has no identity of that name."""
+    try:
+        return client.get_email_identity(EmailIdentity=name)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NotFoundException":
+            return None
+        raise
 
 
 def delete_identity(name):
-    """Remove the SES identity; failures are logged, not raised (the domain row is gone anyway)."""
+    """Remove the SES identity; failures are logged, not raised (the domain row is gone anyway).
+    Callers go through ``delete_domain``, which decides whether the identity is ours to delete."""
     try:
         ses_client().delete_email_identity(EmailIdentity=name)
     except (ClientError, BotoCoreError) as exc:
@@ -88,7 +133,12 @@ def ses_dkim_problem(name):
     the stand-in never finishes verification, and real SES re-checks on its own schedule)."""
     try:
         identity = ses_client().get_email_identity(EmailIdentity=name)
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NotFoundException":
+            return f"Amazon SES has no identity for {name}; delete the domain and add it again"
+        log.warning("SES identity lookup failed for %s: %s", name, exc)
+        return None
+    except BotoCoreError as exc:
         log.warning("SES identity lookup failed for %s: %s", name, exc)
         return None
     status = (identity.get("DkimAttributes") or {}).get("Status")
@@ -143,8 +193,7 @@ def make_resolver():
         host, port = _split_host_port(configured)
         resolver.nameservers = [host]
         resolver.port = port
-    resolver.lifetime = DNS_TIMEOUT
-    resolver.timeout = DNS_TIMEOUT
+    resolver.lifetime = resolver.timeout = settings.get()["dns"]["timeout"]
     return resolver
 
 
@@ -158,12 +207,22 @@ def _split_host_port(value):
     return value, 53
 
 
-def _lookup(resolver, name, rdtype):
-    """The record texts at ``name``; [] when the name or type does not exist."""
+def _lookup(resolver, name, rdtype, deadline=None):
+    """The record texts at ``name``; [] when the name or type does not exist. With ``deadline``
+    (time.monotonic()), the lookup gives up by then with BudgetSpent."""
+    lifetime = resolver.lifetime
+    if deadline is not None:
+        lifetime = min(lifetime, deadline - time.monotonic())
+        if lifetime <= 0:
+            raise BudgetSpent("the check's time budget is spent")
     try:
-        answer = resolver.resolve(name, rdtype, raise_on_no_answer=False)
+        answer = resolver.resolve(name, rdtype, raise_on_no_answer=False, lifetime=lifetime)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
+    except dns.exception.Timeout:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BudgetSpent("the check's time budget is spent") from None
+        raise
     if answer.rrset is None:
         return []
     if rdtype == "TXT":
@@ -171,13 +230,14 @@ def _lookup(resolver, name, rdtype):
     return [r.to_text().rstrip(".").lower() for r in answer.rrset]
 
 
-def evaluate(domain, resolver):
-    """(status, reason) from DNS alone. Raises TRANSIENT_DNS_ERRORS when DNS cannot answer."""
+def evaluate(domain, resolver, deadline=None):
+    """(status, reason) from DNS alone. Raises TRANSIENT_DNS_ERRORS when DNS cannot answer
+    and BudgetSpent once ``deadline`` passes."""
     missing, wrong = [], []
     for record in expected_records(domain):
         if not record["required"]:
             continue
-        found = _lookup(resolver, record["name"], record["type"])
+        found = _lookup(resolver, record["name"], record["type"], deadline)
         expected = record["value"] if record["type"] == "TXT" else record["value"].lower()
         if expected in found:
             continue
@@ -198,54 +258,288 @@ def evaluate(domain, resolver):
     return "verified", None
 
 
+# -- claims: add, delete, expire ----------------------------------------------------------------------
+
+def blocked_reason(name, config):
+    """Why ``name`` may not be added by any account, or None.
+
+    Our own names are refused with their parents and subdomains: a tenant holding ``inboxlayer.dev``'s
+    parent or a ``x.inboxlayer.dev`` would share (or, through SES's subdomain rule, borrow) the
+    identity every default inbox sends from. Public suffixes (``com``, ``co.uk``, ``github.io``) are
+    nobody's to prove.
+    """
+    default = config["server"]["default_domain"].strip().lower().rstrip(".")
+    reserved = [n.strip().lower().rstrip(".") for n in config["dns"]["reserved_domains"] if n.strip()]
+    for ours in [default] + reserved:
+        if name == ours or name.endswith("." + ours):
+            if ours == default:
+                return f"{default} is ours; inboxes on it need no domain setup."
+            return f"{ours} is reserved by this Inboxlayer service."
+        if ours.endswith("." + name):
+            return f"{name} is a parent domain of {ours}, which is ours."
+    if PUBLIC_SUFFIXES.is_public(name):
+        return (f"{name} is a public suffix (like com or co.uk) that no one account owns; add a domain "
+                f"registered under it.")
+    return None
+
+
+def add_domain(user, name, config=None):
+    """Add ``user``'s claim on ``name`` and set up the SES identity; returns the pending Domain.
+
+    Raises DomainRefused (422: invalid, ours, a public suffix, already this account's, verified by
+    another account, over the plan's ``max_domains``; 503: SES unreachable, nothing is kept). A
+    pending claim of another account does not stop this one: DNS proof decides (see the module).
+    """
+    config = config or settings.get()
+    try:
+        name = models.normalize_domain(name)
+    except models.AddressError:
+        raise DomainRefused("That is not a valid domain name (e.g. mail.example.com).") from None
+    reason = blocked_reason(name, config)
+    if reason:
+        raise DomainRefused(reason)
+    limit = settings.plan_limits(config, user.plan)["max_domains"]
+    Domain = models.Domain
+    try:
+        with models.db.atomic():
+            # A no-op write to the account row: concurrent adds of one account queue here, so the
+            # count below cannot be raced past the cap (Postgres row lock; SQLite's one writer).
+            models.User.update(plan=models.User.plan).where(models.User.id == user.id).execute()
+            if Domain.select().where(Domain.user == user, Domain.name == name).exists():
+                raise DomainRefused("You have already added this domain.")
+            if Domain.select().where(Domain.name == name, Domain.status == "verified").exists():
+                raise DomainRefused("This domain is already verified by another Inboxlayer account.")
+            if Domain.select().where(Domain.user == user).count() >= limit:
+                raise DomainRefused(f"Your plan allows {limit} domain{'s' if limit != 1 else ''}; delete one "
+                                    f"you no longer use before adding another.")
+            domain = Domain.create(user=user, name=name, status="pending",
+                                   verification_token=new_verification_token())
+    except IntegrityError:  # the (user, name) unique index: a concurrent add of the same name
+        raise DomainRefused("You have already added this domain.") from None
+    try:
+        tokens, created = create_identity(name)
+    except DomainSetupError as exc:
+        delete_domain(domain)
+        raise DomainRefused(str(exc), 503) from exc
+    changes = {"dkim_tokens": json.dumps(tokens)}
+    if created:
+        changes["ses_identity_created"] = True  # never set back to False: the flag may have been passed to us
+    with models.db.atomic():
+        updated = Domain.update(**changes).where(Domain.id == domain.id).execute()
+    if not updated:  # the claim vanished meanwhile (deleted, or another account verified the name)
+        if created:
+            _release_identity(name)
+        raise DomainRefused("This domain was just verified by another Inboxlayer account.")
+    return Domain.get_by_id(domain.id)
+
+
+def delete_domain(domain):
+    """Delete one claim (its inboxes go with it). The SES identity is deleted only if one of the
+    name's rows created it and no row of the name remains; otherwise a remaining row inherits it."""
+    Domain = models.Domain
+    with models.db.atomic():
+        row = Domain.get_or_none(Domain.id == domain.id)
+        if row is None:
+            return False
+        row.delete_instance()
+    if row.ses_identity_created:
+        _release_identity(row.name)
+    return True
+
+
+def _release_identity(name):
+    """The row that held our SES identity of ``name`` is gone: pass the flag to a remaining row of
+    the name, or delete the identity when none remains."""
+    Domain = models.Domain
+    with models.db.atomic():
+        heir = (Domain.select(Domain.id).where(Domain.name == name)
+                .order_by((Domain.status == "verified").desc(), Domain.id).first())
+        if heir is not None:
+            Domain.update(ses_identity_created=True).where(Domain.id == heir.id).execute()
+    if heir is None:
+        delete_identity(name)
+
+
+def expire_pending(now=None):
+    """Delete claims never verified within ``dns.pending_expiry`` (with their inboxes, which could
+    never send): a name cannot be held forever by a claim that never proves it. Returns how many."""
+    now = now or models.utcnow()
+    cutoff = now - datetime.timedelta(seconds=settings.get()["dns"]["pending_expiry"])
+    Domain = models.Domain
+    expired = list(Domain.select().where(Domain.verified_at.is_null(), Domain.status != "verified",
+                                         Domain.created_at <= cutoff))
+    for domain in expired:
+        if delete_domain(domain):
+            log.info("domain %s of user %s expired unverified", domain.name, domain.user_id)
+    return len(expired)
+
+
 # -- checks -----------------------------------------------------------------------------------------
 
-def check_domain(domain_id):
+class BudgetSpent(dns.exception.Timeout):
+    """The periodic pass's time budget ran out before this domain's lookups finished."""
+
+
+def check_domain(domain_id, deadline=None):
     """Check one domain's DNS (and SES's DKIM status) and record the outcome. Returns the Domain,
-    or None if it no longer exists. A DNS outage records the error but never changes the status."""
+    or None if it no longer exists. A DNS outage records the error but never changes the status.
+    With ``deadline`` (time.monotonic()), raises BudgetSpent, recording nothing, once it passes."""
     with models.db.connection_context():
         domain = models.Domain.get_or_none(models.Domain.id == domain_id)
         if domain is None:
             return None
+        transient = False
         try:
-            status, reason = evaluate(domain, make_resolver())
+            status, reason = evaluate(domain, make_resolver(), deadline)
+        except BudgetSpent:
+            raise
         except TRANSIENT_DNS_ERRORS as exc:
-            status, reason = domain.status, f"DNS lookup failed, will retry: {exc.__class__.__name__}"
+            transient, status, reason = True, domain.status, f"DNS lookup failed, will retry: {exc.__class__.__name__}"
         except ValueError as exc:  # a malformed dns.resolver setting: the operator's to fix, not the user's
             log.error("dns.resolver setting is invalid: %s", exc)
-            status, reason = domain.status, "DNS lookup failed, will retry: resolver misconfigured"
+            transient, status, reason = True, domain.status, "DNS lookup failed, will retry: resolver misconfigured"
         else:
             if status == "verified":
                 problem = ses_dkim_problem(domain.name)
                 if problem:
                     status, reason = "failed", problem
-        now = models.utcnow()
-        changes = {"status": status, "last_error": reason, "last_checked_at": now}
-        if status == "verified" and domain.status != "verified":
+        return _record(domain, status, reason, transient)
+
+
+def _record(domain, status, reason, transient):
+    """Write one check's outcome: the re-check grace of a verified domain, and the takeover when
+    a claim proves DNS first."""
+    Domain = models.Domain
+    now = models.utcnow()
+    changes = {"last_error": reason, "last_checked_at": now}
+    proving = False
+    if transient:
+        pass
+    elif domain.status == "verified" and status != "verified":
+        since = domain.failing_since or now
+        grace = settings.get()["dns"]["recheck_grace"]
+        if (now - since).total_seconds() < grace:
+            until = since + datetime.timedelta(seconds=grace)
+            changes.update(failing_since=since, last_error=(
+                f"Re-check failed: {reason}. Inboxes on this domain stop sending at {until:%Y-%m-%d %H:%M} UTC "
+                f"unless the records are back"))
+        else:
+            changes.update(status="failed", failing_since=None)
+    elif status == "verified":
+        changes.update(status="verified", failing_since=None)
+        if domain.status != "verified":
             changes["verified_at"] = now
-        with models.db.atomic():
-            models.Domain.update(**changes).where(models.Domain.id == domain.id).execute()
-        if status != domain.status:
-            log.info("domain %s: %s -> %s%s", domain.name, domain.status, status, f" ({reason})" if reason else "")
-        return models.Domain.get_by_id(domain.id)
-
-
-def check_pending_domains(older_than=None):
-    """Check every pending or failed domain not checked within ``dns.check_interval`` seconds.
-    Returns how many were checked. One domain's error does not stop the others."""
-    if older_than is None:
-        # A little under the interval, so a domain checked on the previous periodic run is due on this one.
-        older_than = settings.get()["dns"]["check_interval"] * 0.9
-    cutoff = models.utcnow() - datetime.timedelta(seconds=older_than)
-    with models.db.connection_context():
-        ids = [d.id for d in models.Domain.select(models.Domain.id).where(
-            models.Domain.status.in_(("pending", "failed")),
-            (models.Domain.last_checked_at.is_null()) | (models.Domain.last_checked_at <= cutoff))]
-    checked = 0
-    for domain_id in ids:
-        try:
-            check_domain(domain_id)
-            checked += 1
-        except Exception:  # the periodic boundary: log and go on with the next domain
-            log.exception("domain check failed for domain %s", domain_id)
+            proving = True
+    else:
+        changes["status"] = status
+    with models.db.atomic():
+        if proving:
+            _lock_name(domain.name)
+            try:
+                with models.db.atomic():
+                    won = Domain.update(**changes).where(Domain.id == domain.id).execute()
+            except IntegrityError:  # the partial unique index: another account's claim is verified
+                won = 0
+                Domain.update(last_checked_at=now, last_error=(
+                    f"Another Inboxlayer account has verified {domain.name}; this claim can be verified only "
+                    f"after that one is deleted or loses verification")).where(Domain.id == domain.id).execute()
+            if won:
+                _drop_losing_claims(domain)
+        else:
+            Domain.update(**changes).where(Domain.id == domain.id).execute()
+    checked = Domain.get_or_none(Domain.id == domain.id)
+    if checked is not None and checked.status != domain.status:
+        log.info("domain %s: %s -> %s%s", domain.name, domain.status, checked.status,
+                 f" ({checked.last_error})" if checked.last_error else "")
     return checked
+
+
+def _lock_name(name):
+    """Lock every claim on ``name`` in id order (Postgres), so two claims proving at once cannot
+    deadlock; SQLite has one writer at a time already."""
+    if isinstance(models.db.obj, models.PostgresqlDatabase):
+        list(models.Domain.select(models.Domain.id).where(models.Domain.name == name)
+             .order_by(models.Domain.id).for_update())
+
+
+def _drop_losing_claims(winner):
+    """``winner`` just proved DNS: other accounts' never-verified claims on the name are deleted (their
+    inboxes could never send); claims that were verified once are kept as failed (their Sent mail
+    stays). Our SES identity flag passes to the winner if a deleted claim held it."""
+    Domain = models.Domain
+    losers = list(Domain.select().where(Domain.name == winner.name, Domain.id != winner.id,
+                                        Domain.status != "verified"))
+    dropped = [d for d in losers if d.verified_at is None]
+    kept = [d for d in losers if d.verified_at is not None]
+    if dropped:
+        if any(d.ses_identity_created for d in dropped):
+            Domain.update(ses_identity_created=True).where(Domain.id == winner.id).execute()
+        Domain.delete().where(Domain.id.in_([d.id for d in dropped])).execute()
+    if kept:
+        Domain.update(status="failed", failing_since=None, last_error=(
+            f"{winner.name} was verified by another Inboxlayer account")).where(
+            Domain.id.in_([d.id for d in kept])).execute()
+    for loser in losers:
+        log.info("domain %s: claim of user %s %s (verified by user %s)", winner.name, loser.user_id,
+                 "dropped" if loser.verified_at is None else "failed", winner.user_id)
+
+
+def due_domain_ids(now=None):
+    """Ids of domains due for a check, least recently checked first: pending and failed ones (and
+    verified ones failing their re-check) every ``dns.check_interval``, verified ones every
+    ``dns.recheck_interval``."""
+    dns_settings = settings.get()["dns"]
+    now = now or models.utcnow()
+    slack = DUE_SLACK * dns_settings["check_interval"]
+    often = now - datetime.timedelta(seconds=dns_settings["check_interval"] - slack)
+    rarely = now - datetime.timedelta(seconds=dns_settings["recheck_interval"] - slack)
+    Domain = models.Domain
+    unsettled = (Domain.status != "verified") | Domain.failing_since.is_null(False)
+    query = (Domain.select(Domain.id)
+             .where(Domain.last_checked_at.is_null()
+                    | (unsettled & (Domain.last_checked_at <= often))
+                    | (Domain.last_checked_at <= rarely))
+             .order_by(Domain.last_checked_at.asc(nulls="first"), Domain.id))
+    return [d.id for d in query]
+
+
+def check_domains():
+    """The periodic pass: expire stale claims, then check every due domain, ``dns.check_concurrency``
+    at a time, within ``dns.check_budget`` seconds (never more than 0.8 of ``dns.check_interval``,
+    so the pass ends before its cluster lock does). Domains not reached wait for the next pass,
+    which starts with them. Returns how many were checked. One domain's error does not stop the others.
+    """
+    dns_settings = settings.get()["dns"]
+    budget = min(dns_settings["check_budget"], 0.8 * dns_settings["check_interval"])
+    deadline = time.monotonic() + budget
+    with models.db.connection_context():
+        expire_pending()
+        ids = due_domain_ids()
+    remaining = iter(ids)
+    lock = threading.Lock()
+    checked = []
+
+    def work():
+        while time.monotonic() < deadline:
+            with lock:
+                domain_id = next(remaining, None)
+            if domain_id is None:
+                return
+            try:
+                if check_domain(domain_id, deadline) is not None:
+                    checked.append(domain_id)
+            except BudgetSpent:
+                return
+            except Exception:  # the periodic boundary: log and go on with the next domain
+                log.exception("domain check failed for domain %s", domain_id)
+
+    workers = [threading.Thread(target=work, name="domain check", daemon=True)
+               for _ in range(max(1, min(dns_settings["check_concurrency"], len(ids))))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if len(checked) < len(ids):
+        log.warning("domain checks: %d of %d due domains checked within the %.0f s budget", len(checked),
+                    len(ids), budget)
+    return len(checked)

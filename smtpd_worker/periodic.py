@@ -1,7 +1,9 @@
 """Periodic tasks run by every worker process; a Redis lock makes each run once per interval
 across all workers on all machines.
 
-Adding a task is one line in ``tasks()``: (interval in seconds, name, callable).
+Adding a task is one line in ``tasks()``: (interval in seconds, name, callable). Each task runs on
+its own thread, so a slow one (domain checks waiting on a silent nameserver) never delays another
+(the reconciler that recovers stuck mail).
 """
 import importlib
 import logging
@@ -21,7 +23,7 @@ def tasks(config):
     relay = config["relay"]
     return [
         (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
-        (config["dns"]["check_interval"], "smtpd_worker.domain_checks:check_pending_domains"),
+        (config["dns"]["check_interval"], "smtpd_worker.domain_checks:check_domains"),
         (config["blobs"]["sweep_interval"], "smtpd_worker.sweeper:sweep_orphan_blobs"),
     ]
 
@@ -63,17 +65,27 @@ def _take_lock(path, interval):
         return False
 
 
-class PeriodicRunner(threading.Thread):
-    """A daemon thread beside the RQ worker's job loop."""
+class PeriodicRunner:
+    """One daemon thread per task beside the RQ worker's job loop.
+
+    ``schedule`` holds every task's entry (``run_due(runner.schedule)`` runs one pass of all of
+    them, as ``worker --burst`` does); ``start()`` gives each entry a thread of its own.
+    """
 
     def __init__(self, config):
-        super().__init__(name="periodic", daemon=True)
         self.schedule = [[interval, path, 0.0] for interval, path in tasks(config)]
         self.stopping = threading.Event()
+        self.threads = []
 
-    def run(self):
+    def start(self):
+        for entry in self.schedule:
+            thread = threading.Thread(target=self._run, args=(entry,), name=f"periodic {entry[1]}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _run(self, entry):
         while not self.stopping.is_set():
-            run_due(self.schedule)
+            run_due([entry])
             self.stopping.wait(TICK)
 
     def stop(self):

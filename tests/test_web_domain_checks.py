@@ -1,4 +1,5 @@
 """Custom-domain verification against a real DNS server on loopback and the moto SES stand-in."""
+import datetime
 import json
 
 import boto3
@@ -11,24 +12,24 @@ from tests.dnsserver import txt
 
 
 def add_domain(user, name="mail.example.com"):
-    tokens = domain_checks.create_identity(name)
-    with models.db.connection_context(), models.db.atomic():
-        return models.Domain.create(user=user, name=name, verification_token=domain_checks.new_verification_token(),
-                                    dkim_tokens=json.dumps(tokens))
+    with models.db.connection_context():
+        return domain_checks.add_domain(user, name)
 
 
 def test_create_identity_registers_domain_with_ses(config, ses_endpoint):
-    tokens = domain_checks.create_identity("mail.example.com")
+    tokens, created = domain_checks.create_identity("mail.example.com")
     identity = boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").get_email_identity(
         EmailIdentity="mail.example.com")
     assert identity["IdentityType"] == "DOMAIN"
+    assert created is True
     assert len(tokens) == 3 and len(set(tokens)) == 3
     assert all(len(t) == 32 and t.isalnum() and t == t.lower() for t in tokens)
 
 
 def test_create_identity_existing_identity_is_reused(config):
     domain_checks.create_identity("mail.example.com")
-    assert len(domain_checks.create_identity("mail.example.com")) == 3
+    tokens, created = domain_checks.create_identity("mail.example.com")
+    assert (len(tokens), created) == (3, False)
 
 
 def test_expected_records_list_txt_dkim_spf_dmarc(config, account):
@@ -128,23 +129,26 @@ def test_check_domain_bad_resolver_setting_keeps_status(config, account):
     assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: resolver misconfigured")
 
 
-def test_check_pending_domains_checks_pending_and_failed_only(config, account, dns_server):
+def test_check_domains_checks_unchecked_pending_and_failed(config, account, dns_server):
     pending = add_domain(account.user, "a.example.com")
-    verified = add_domain(account.user, "b.example.com")
+    failed = add_domain(account.user, "b.example.com")
     publish(dns_server, domain_checks.expected_records(pending))
     with models.db.connection_context():
-        models.Domain.update(status="verified").where(models.Domain.id == verified.id).execute()
-    assert domain_checks.check_pending_domains() == 1
+        models.Domain.update(status="failed").where(models.Domain.id == failed.id).execute()
+    assert domain_checks.check_domains() == 2
     with models.db.connection_context():
         assert models.Domain.get_by_id(pending.id).status == "verified"
-        assert models.Domain.get_by_id(verified.id).last_checked_at is None
+        assert models.Domain.get_by_id(failed.id).status == "pending"  # records missing, no wrong one
 
 
-def test_check_pending_domains_skips_recently_checked(config, account, dns_server):
+def test_check_domains_skips_recently_checked(config, account, dns_server):
     domain = add_domain(account.user)
-    assert domain_checks.check_pending_domains() == 1
-    assert domain_checks.check_pending_domains() == 0  # checked moments ago, within dns.check_interval
-    assert domain_checks.check_pending_domains(older_than=0) == 1
+    assert domain_checks.check_domains() == 1
+    assert domain_checks.check_domains() == 0  # checked moments ago, within dns.check_interval
+    with models.db.connection_context():
+        models.Domain.update(last_checked_at=models.utcnow() - datetime.timedelta(
+            seconds=config["dns"]["check_interval"])).where(models.Domain.id == domain.id).execute()
+    assert domain_checks.check_domains() == 1
     with models.db.connection_context():
         assert models.Domain.get_by_id(domain.id).status == "pending"
 
@@ -166,7 +170,7 @@ def test_split_host_port_resolver_setting(value, expected):
 def test_periodic_tasks_include_domain_checks(config, account, dns_server):
     from smtpd_worker import periodic
 
-    path = "smtpd_worker.domain_checks:check_pending_domains"
+    path = "smtpd_worker.domain_checks:check_domains"
     assert (config["dns"]["check_interval"], path) in periodic.tasks(config)
     domain = add_domain(account.user)
     publish(dns_server, domain_checks.expected_records(domain))

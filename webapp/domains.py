@@ -1,6 +1,7 @@
-"""Custom sending domains: add (creates the SES identity), show the DNS records, check, delete."""
-import json
+"""Custom sending domains: add a claim (sets up the SES identity), show the DNS records, check, delete.
 
+The rules (who may claim a name, caps, which SES identity a delete may remove) live in
+``smtpd_worker.domain_checks``; these views render its answers."""
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -10,7 +11,6 @@ from flask import render_template
 from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
-from peewee import IntegrityError
 
 import models
 from webapp.forms import MAX_ID
@@ -50,29 +50,12 @@ def create():
     form = DomainForm()
     if not form.validate_on_submit():
         return _render_index(form, 422)
-    name = form.name.data
-    default_domain = current_app.config["INBOXLAYER"]["server"]["default_domain"]
-    if name == default_domain or name.endswith("." + default_domain):
-        form.name.errors.append(f"{default_domain} is ours; inboxes on it need no domain setup.")
-        return _render_index(form, 422)
-    if models.Domain.select().where(models.Domain.name == name).exists():
-        # A friendly early answer; the unique index below is what actually guarantees it.
-        form.name.errors.append("This domain is already registered with Inboxlayer.")
-        return _render_index(form, 422)
     try:
-        tokens = domain_checks.create_identity(name)
-    except domain_checks.DomainSetupError as exc:
+        domain = domain_checks.add_domain(current_user.user, form.name.data, current_app.config["INBOXLAYER"])
+    except domain_checks.DomainRefused as exc:
         form.name.errors.append(str(exc))
-        return _render_index(form, 503)
-    try:
-        with models.db.atomic():
-            domain = models.Domain.create(user=current_user.user, name=name, status="pending",
-                                          verification_token=domain_checks.new_verification_token(),
-                                          dkim_tokens=json.dumps(tokens))
-    except IntegrityError:
-        form.name.errors.append("This domain is already registered with Inboxlayer.")
-        return _render_index(form, 422)
-    flash(f"{name} added. Publish the DNS records below, then press “Check now”.", "success")
+        return _render_index(form, exc.status)
+    flash(f"{domain.name} added. Publish the DNS records below, then press “Check now”.", "success")
     return redirect(url_for("domains.show", domain_id=domain.id))
 
 
@@ -97,6 +80,9 @@ def check(domain_id):
         flash("This domain was just checked several times; please wait a minute before checking again.", "info")
         return redirect(url_for("domains.show", domain_id=domain.id))
     checked = domain_checks.check_domain(domain.id)
+    if checked is None:  # dropped meanwhile: another account proved DNS for the name first
+        flash(f"{domain.name} was verified by another Inboxlayer account; your claim was removed.", "error")
+        return redirect(url_for("domains.index"))
     if checked.status == "verified":
         flash(f"{checked.name} is verified. Inboxes on it can send.", "success")
     elif checked.status == "failed":
@@ -114,8 +100,6 @@ def delete(domain_id):
         flash(f"Delete the inboxes on {domain.name} first; deleting the domain would delete their Sent mail.",
               "error")
         return redirect(url_for("domains.show", domain_id=domain.id))
-    with models.db.atomic():
-        domain.delete_instance()
-    domain_checks.delete_identity(domain.name)
+    domain_checks.delete_domain(domain)
     flash(f"{domain.name} deleted.", "success")
     return redirect(url_for("domains.index"))
