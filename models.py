@@ -13,6 +13,7 @@ from pathlib import Path
 
 from peewee import BigIntegerField
 from peewee import BooleanField
+from peewee import Case
 from peewee import CharField
 from peewee import DatabaseProxy
 from peewee import DateField
@@ -358,6 +359,17 @@ def reserve_send(user, count, limit):
                .where(SendUsage.user == user, SendUsage.day == day, SendUsage.count + count <= limit)
                .execute())
     return updated == 1
+
+
+def refund_send(user, day, count):
+    """Give ``count`` sends back to the usage of ``day`` (the day they were charged), never
+    below zero. Commits nothing: the caller runs it in the transaction that fails the message,
+    so the give-back happens with that status change, once. Returns the rows changed (0 when
+    nothing was charged that day)."""
+    if count <= 0:
+        return 0
+    return (SendUsage.update(count=Case(None, [(SendUsage.count >= count, SendUsage.count - count)], 0))
+            .where(SendUsage.user == user, SendUsage.day == day).execute())
 
 
 def sender_state(address, token_id):

@@ -11,7 +11,9 @@ or never; the row decides what happens:
 - Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
   users see one final outcome and a list of attempts, not a stream of soft failures.
 - ``reconcile_stale`` re-enqueues rows whose lease or retry time passed ``relay.reconcile_after``
-  ago without progress (enqueue lost, Redis flushed, worker SIGKILLed).
+  ago without progress (enqueue lost, Redis flushed, worker SIGKILLed before or after its claim).
+- A row failed without SES having accepted any part of it gives its sends back to the quota, in
+  the transaction that fails it (``_give_back_quota``).
 
 At-least-once window: if SES accepted a message and the worker died before recording it, the row
 still ends with an ``attempt`` event and no result. The next claim sees that, records a
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "sending")
 RELAY_EVENT_TYPES = ("attempt", "batch_sent", "sent", "retry", "failed", "released")
+# Events that say nothing about SES having the message (a ``retry`` is looked at: see _refused).
+NO_SEND_EVENT_TYPES = ("queued", "attempt", "released", "failed")
+# Errors raised before any byte of the request reached SES: nothing can have been accepted.
+# (A read timeout or a dropped connection may hide an accepted message.)
+NEVER_REACHED_SES = ("EndpointConnectionError", "ConnectTimeoutError", "BlobUnavailable")
 DB_TRIES = 6  # a job rides out a database restart of a few seconds instead of failing
 RECONCILE_BATCH = 500  # rows per reconciler pass
 SCHEDULER_SLACK = 1  # seconds added to a retry's scheduled time (see _schedule)
@@ -275,8 +282,44 @@ def _record_error(claim, err):
         updated = (e.update(status="failed", last_error=reason, completed_at=now, updated_at=now,
                             next_attempt_at=None).where(_ours(claim)).execute())
         if updated:
-            _event(claim.row, "failed", {**err.as_detail(), "attempt": claim.attempt, "message": reason})
+            detail = {**err.as_detail(), "attempt": claim.attempt, "message": reason}
+            refund = _give_back_quota(claim.row, err)
+            if refund:
+                detail["quota_refunded"] = refund
+            _event(claim.row, "failed", detail)
         return None
+
+
+def _give_back_quota(row, err):
+    """The row has just been failed, in this transaction: if SES certainly has no part of the
+    message, give its sends back to the day they were charged (its created_at, UTC). Only the
+    claim holder fails a row, and only once, so the give-back happens once with the status
+    change. Returns the event detail of the refund, or None."""
+    if not _certainly_unsent(row.id, err.as_detail()):
+        return None
+    sends = len(json.loads(row.recipients))
+    day = row.created_at.date()
+    if not models.refund_send(row.user_id, day, sends):
+        return None
+    return {"sends": sends, "day": day.isoformat()}
+
+
+def _certainly_unsent(outbound_id, final_error):
+    """True when no SES call can have accepted any batch: the final error and every earlier
+    retry were refusals (see _refused), no batch was accepted, no attempt was interrupted
+    (``possible_duplicate``) and no SES event arrived. Anything else may have reached someone."""
+    if not _refused(final_error):
+        return False
+    ev = models.OutboundEvent
+    for event in ev.select(ev.type, ev.detail).where(ev.outbound == outbound_id, ev.type.not_in(NO_SEND_EVENT_TYPES)):
+        if event.type != "retry" or not _refused(json.loads(event.detail)):
+            return False
+    return True
+
+
+def _refused(error_detail):
+    """SES answered the call with an error (it has an HTTP status), or the call never left us."""
+    return error_detail.get("status") is not None or error_detail.get("code") in NEVER_REACHED_SES
 
 
 def _release(claim, reason):

@@ -8,7 +8,8 @@ database pool and the SIGTERM handling in one process we control. Retries are sc
 
 SIGTERM (a deploy; SIGKILL follows ~30 s later): RQ stops taking jobs; a job that has not called
 SES yet hands its row back and re-enqueues it, a job inside the SES call finishes and records the
-result. If SIGKILL still lands mid-job, the row's lease expires and the reconciler re-enqueues it.
+result. If SIGKILL still lands mid-job, the row's lease expires (or, before the row was claimed,
+this worker's liveness key does) and the reconciler re-enqueues it.
 """
 import ctypes
 import ctypes.util

@@ -4,6 +4,7 @@ import io
 import threading
 
 import models
+import settings
 from smtpd_worker import jobs
 from smtpd_worker import periodic
 from smtpd_worker import queue
@@ -271,3 +272,120 @@ def test_relay_outbound_batch_throttled_retries_only_unsent_batches(relay_config
     assert sorted(len(m["destinations"]) - 1 for m in ses_sent()) == [11, 49]
     types = [t for t, _ in events_of(row.id)]
     assert types == ["queued", "attempt", "batch_sent", "retry", "attempt", "batch_sent", "sent"]
+
+
+# -- quota give-back: a message that reached nobody does not count against the day -----------
+
+def _sender_inbox(account, domain_name, verified_at_ses):
+    """An inbox on a custom domain verified in our database; at SES (moto) only if asked."""
+    with models.db.connection_context():
+        domain = models.Domain.create(user=account.user, name=domain_name, status="verified",
+                                      verification_token="t")
+        inbox = models.create_inbox(account.user, "bot", domain)
+    if verified_at_ses:
+        _ses_admin().create_email_identity(EmailIdentity=domain_name)
+    return inbox
+
+
+def _ses_admin():
+    import boto3
+
+    ses = settings.get()["ses"]
+    return boto3.client("sesv2", endpoint_url=ses["endpoint_url"], region_name=ses["region"])
+
+
+def _sends_charged(user, day):
+    with models.db.connection_context():
+        usage = models.SendUsage.get_or_none(models.SendUsage.user == user, models.SendUsage.day == day)
+        return usage.count if usage else 0
+
+
+def _failed_detail(outbound_id):
+    [detail] = [d for t, d in events_of(outbound_id) if t == "failed"]
+    return detail
+
+
+def test_relay_outbound_rejected_sender_gives_quota_back_once(relay_config, account, submit, ses_sent):
+    kept = submit()  # a message that goes out keeps its charge
+    inbox = _sender_inbox(account, "unverified.example", verified_at_ses=False)
+    row = submission.submit(account.user, inbox, inbox.address, ["a@example.com", "b@example.com"],
+                            io.BytesIO(make_message(inbox.address)), via="api")
+    day = outbound(row.id).created_at.date()
+    assert _sends_charged(account.user, day) == 3
+
+    relay_until(kept.id)
+    failed = relay_until(row.id, statuses=("failed",))
+
+    assert failed.last_error.startswith("MessageRejected: ")
+    assert _sends_charged(account.user, day) == 1
+    assert _failed_detail(row.id)["quota_refunded"] == {"sends": 2, "day": day.isoformat()}
+    assert jobs.relay_outbound(row.id) == "skipped"  # the job run again gives nothing back twice
+    run_worker_burst()
+    assert _sends_charged(account.user, day) == 1
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "failed"]
+    assert len(ses_sent()) == 1
+
+
+def test_relay_outbound_partly_sent_then_rejected_keeps_quota(relay_config, account, ses_sent):
+    # SES accepts the first batch; then the sender's identity is deleted at SES (moto), so the
+    # second batch gets SES's genuine MessageRejected. Some recipients have the message: no refund.
+    inbox = _sender_inbox(account, "partial.example", verified_at_ses=True)
+
+    def unverify_after_first_send(**kwargs):
+        if len(ses_sent()) == 1:
+            _ses_admin().delete_email_identity(EmailIdentity="partial.example")
+
+    relay.client().meta.events.register("after-call.sesv2.SendEmail", unverify_after_first_send)
+    recipients = [f"r{n}@example.com" for n in range(60)]
+    row = submission.submit(account.user, inbox, inbox.address, recipients,
+                            io.BytesIO(make_message(inbox.address, to="list@example.com")), via="api")
+    day = outbound(row.id).created_at.date()
+
+    failed = relay_until(row.id, statuses=("failed",))
+
+    assert failed.last_error == "MessageRejected: Did not have authority to send from email bot@partial.example"
+    assert [len(m["destinations"]) - 1 for m in ses_sent()] == [49]  # moto adds the To: address
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "batch_sent", "failed"]
+    assert "quota_refunded" not in _failed_detail(row.id)
+    assert _sends_charged(account.user, day) == 60
+
+
+def test_relay_outbound_throttled_past_max_attempts_gives_quota_back(relay_config, account, submit, ses_sent):
+    relay_config["relay"]["max_attempts"] = 2
+    relay.client().meta.events.register("before-send.sesv2.SendEmail",
+                                         lambda request, **kw: throttle_response(request))
+    row = submit(recipients=("a@example.com", "b@example.com", "c@example.com"))
+    day = outbound(row.id).created_at.date()
+
+    relay_until(row.id, statuses=("failed",), timeout=30)
+
+    assert ses_sent() == []
+    assert _sends_charged(account.user, day) == 0
+    assert _failed_detail(row.id)["quota_refunded"] == {"sends": 3, "day": day.isoformat()}
+
+
+def test_relay_outbound_read_timeout_then_rejected_keeps_quota(relay_config, account, ses_sent):
+    # A read timeout may hide a message SES accepted, so a later refusal proves nothing about it.
+    # The timeout is raised by a botocore hook on the real client (moto never times out).
+    from botocore.exceptions import ReadTimeoutError
+
+    calls = []
+
+    def time_out_first_call(request, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ReadTimeoutError(endpoint_url=request.url)
+        return None
+
+    relay.client().meta.events.register("before-send.sesv2.SendEmail", time_out_first_call)
+    inbox = _sender_inbox(account, "unverified.example", verified_at_ses=False)
+    row = submission.submit(account.user, inbox, inbox.address, ["a@example.com"],
+                            io.BytesIO(make_message(inbox.address)), via="api")
+    day = outbound(row.id).created_at.date()
+
+    failed = relay_until(row.id, statuses=("failed",), timeout=30)
+
+    assert failed.attempts == 2
+    assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "retry", "attempt", "failed"]
+    assert "quota_refunded" not in _failed_detail(row.id)
+    assert _sends_charged(account.user, day) == 1
