@@ -36,11 +36,12 @@ def test_worker_relays_queued_message(start_worker, submit, ses_sent):
     assert worker.proc.poll() is None
 
 
-def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses_sent, tmp_path):
+def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses_sent, tmp_path, redis_conn):
     mark = tmp_path / "calling"
     row = submit()
     worker = start_worker(**_slow_ses(mark, 2))
     wait_until(mark.exists, what="the worker to be inside the SES call")
+    assert len(list(redis_conn.scan_iter(queue.worker_liveness_key("*")))) == 1
 
     worker.signal(signal.SIGTERM)
 
@@ -48,6 +49,7 @@ def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses
     assert outbound(row.id).status == "sent"
     assert len(ses_sent()) == 1
     assert StartedJobRegistry(queue.relay_queue_name(), connection=queue.connection()).get_job_ids() == []
+    assert list(redis_conn.scan_iter(queue.worker_liveness_key("*"))) == []  # a clean exit says so at once
 
 
 def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config, start_worker, submit, ses_sent,
