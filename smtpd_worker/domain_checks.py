@@ -431,7 +431,8 @@ def _record(domain, status, reason, transient):
             changes["verified_at"] = now
             proving = True
     else:
-        changes["status"] = status
+        # A domain verified once and now missing records has lost them: failed, not pending again.
+        changes["status"] = "failed" if status == "pending" and domain.verified_at is not None else status
     with models.db.atomic():
         if proving:
             _lock_name(domain.name)
