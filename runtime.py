@@ -5,7 +5,9 @@ with their own config dict.
 """
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import models
 import settings
@@ -15,10 +17,34 @@ from smtpd_worker import queue
 
 def configure(config=None):
     config = settings.use(config or settings.get())
+    private_state(config)
     models.init_database(config["database"]["url"], config["database"]["max_connections"])
     queue.configure(config)
     blobs.configure(config)
     return config
+
+
+def private_state(config):
+    """Local state is its owner's alone: a new data_dir is created 0700 and the SQLite database 0600
+    (SQLite gives its -wal and -shm files the database's mode). An existing SQLite file we own that
+    others can read is tightened; an existing data_dir is left as the operator made it."""
+    data_dir = Path(config["server"]["data_dir"])
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    url = config["database"]["url"]
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                info = file.stat()
+                if info.st_uid == os.getuid() and info.st_mode & 0o077:
+                    file.chmod(0o600)
+            except FileNotFoundError:
+                pass
 
 
 class JsonFormatter(logging.Formatter):

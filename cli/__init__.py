@@ -2,6 +2,7 @@
 import sys
 
 import typer
+from rich.markup import escape
 
 from cli import db
 from cli import inboxes
@@ -30,9 +31,12 @@ app.add_typer(outbound.app, name="outbound")
 
 def main():
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False hands back typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except CliError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.code)
     except typer.Abort:
         err_console.print("aborted")

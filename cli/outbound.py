@@ -7,6 +7,7 @@ import time
 import urllib.parse
 
 import typer
+from rich.table import Column
 from rich.table import Table
 
 from cli.client import ApiClient
@@ -115,7 +116,11 @@ def list_outbound(status_filter: str = typer.Option(None, "--status", help=f"One
     if json_out:
         print_json(page)
         return
-    table = Table("id", "status", "from", "to", "subject", "created")
+    # Ids and addresses are for pasting into other commands: never cut them with an ellipsis.
+    id_width = max((len(row["id"]) for row in page["data"]), default=2)
+    table = Table(Column("id", no_wrap=True, min_width=id_width), Column("status", no_wrap=True),
+                  Column("from", overflow="fold"), Column("to", overflow="fold"), "subject",
+                  Column("created", overflow="fold"))
     for row in page["data"]:
         recipients = row["recipients"]
         to = recipients[0] + (f" +{len(recipients) - 1}" if len(recipients) > 1 else "")

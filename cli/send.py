@@ -12,6 +12,7 @@ import smtplib
 import ssl
 import tempfile
 import urllib.parse
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -38,7 +39,9 @@ from cli.outbound import wait_for
 PROGRESS_THRESHOLD = 1024 * 1024  # bytes of request body above which an upload shows a progress bar
 B64_CHUNK = 3 * 64 * 1024  # bytes read per base64 step (a multiple of 3: no padding mid-stream)
 SMTP_TIMEOUT = 120  # seconds
-DEFAULT_SMTP_PORT = 587
+SETTINGS_TIMEOUT = 15  # seconds for GET /v1/smtp before falling back to the defaults
+DEFAULT_SMTP_PORT = 587  # submission (RFC 6409), when neither options nor the server say otherwise
+IMPLICIT_TLS_PORT = 465  # submissions (RFC 8314)
 QUEUED_AS = re.compile(r"queued as (ob_[0-9a-f]+)")
 
 
@@ -73,11 +76,13 @@ def send(sender: str = typer.Option(..., "--from", help="The inbox to send from 
                                                  help="With --wait: 'sent' (SES accepted) or 'delivered' "
                                                       "(a delivery, bounce or complaint event arrived)."),
          timeout: float = typer.Option(300, help="With --wait: seconds before giving up (exit 3)."),
-         smtp_host: str = typer.Option(None, help="SMTP server for --via smtp (default: from login, else "
-                                                  "the API host)."),
-         smtp_port: int = typer.Option(None, help=f"SMTP port for --via smtp (default {DEFAULT_SMTP_PORT}; "
-                                                  "465 = implicit TLS)."),
-         smtp_cafile: Path = typer.Option(None, help="CA bundle to trust for the SMTP server's certificate."),
+         smtp_host: str = typer.Option(None, help="SMTP server for --via smtp (default: from login, else what "
+                                                  "the server publishes at /v1/smtp)."),
+         smtp_port: int = typer.Option(None, help="SMTP port for --via smtp (default: from login, else the "
+                                                  "server's STARTTLS port; its TLS port and 465 = implicit TLS)."),
+         smtp_cafile: Path = typer.Option(None, help="CA bundle to trust for the SMTP server's certificate "
+                                                     "(default: system CAs plus the dev certificate the "
+                                                     "server publishes)."),
          json_out: bool = JsonOption, api_url: str = ApiUrlOption, token: str = TokenOption):
     """Send a message and print its OutboundEmail id."""
     body = _request_body(to, cc, bcc, subject, text, text_file, html_file, reply_to, header)
@@ -207,24 +212,66 @@ class _ProgressReader:
 
 # -- via SMTP -------------------------------------------------------------------------------------
 
-def _send_smtp(credentials, sender, body, attachments, host, port, cafile):
-    """Submit over SMTP (STARTTLS, or implicit TLS on 465) with the token as password; return
-    the id from the server's `250 2.0.0 OK queued as ob_...`."""
-    message, recipients = _build_mime(sender, body, attachments)
-    host = host or credentials.smtp_host or urllib.parse.urlsplit(credentials.api_url).hostname
-    port = port or credentials.smtp_port or DEFAULT_SMTP_PORT
+@dataclass
+class SmtpTarget:
+    host: str
+    port: int
+    implicit_tls: bool
+    context: ssl.SSLContext
+
+
+def smtp_target(credentials, host=None, port=None, cafile=None):
+    """Where and how to submit. Options first, then what `login` stored, then what the server
+    publishes at GET /v1/smtp (host, ports, and its self-signed certificate in development), then
+    the API's host and port 587. Implicit TLS on port 465 and on the server's published TLS port."""
+    host = host or credentials.smtp_host
+    port = port or credentials.smtp_port
+    published = {}
+    if not (host and port and cafile):
+        try:
+            published = ApiClient(credentials, timeout=SETTINGS_TIMEOUT).get("/v1/smtp")
+        except CliError:
+            published = {}  # an older server, or the API is down: fall back to the defaults
+    published = _published_settings(published)
+    host = host or published.get("host") or urllib.parse.urlsplit(credentials.api_url).hostname
+    port = port or published.get("starttls_port") or published.get("tls_port") or DEFAULT_SMTP_PORT
+    implicit_tls = port == IMPLICIT_TLS_PORT or (port == published.get("tls_port")
+                                                 and port != published.get("starttls_port"))
     try:
         context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
     except (OSError, ssl.SSLError) as exc:
         raise CliError(f"--smtp-cafile {cafile}: {exc}", 2) from None
+    if published.get("certificate") and not cafile:
+        try:
+            context.load_verify_locations(cadata=published["certificate"])
+        except (ssl.SSLError, ValueError) as exc:
+            raise CliError(f"the certificate the server publishes at /v1/smtp is unusable: {exc}") from None
+    return SmtpTarget(host=host, port=int(port), implicit_tls=implicit_tls, context=context)
+
+
+def _published_settings(data):
+    """Keep only well-typed fields of a /v1/smtp answer (the server may be older or not ours)."""
+    if not isinstance(data, dict):
+        return {}
+    kinds = {"host": str, "starttls_port": int, "tls_port": int, "certificate": str}
+    return {key: data[key] for key, kind in kinds.items()
+            if isinstance(data.get(key), kind) and not isinstance(data.get(key), bool) and data[key]}
+
+
+def _send_smtp(credentials, sender, body, attachments, host, port, cafile):
+    """Submit over SMTP (STARTTLS, or implicit TLS on the TLS port) with the token as password;
+    return the id from the server's `250 2.0.0 OK queued as ob_...`."""
+    message, recipients = _build_mime(sender, body, attachments)
+    target = smtp_target(credentials, host, port, cafile)
+    host, port, context = target.host, target.port, target.context
     try:
-        if port == 465:
+        if target.implicit_tls:
             smtp = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT, context=context)
         else:
             smtp = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT)
         with smtp:
             smtp.ehlo()
-            if port != 465:
+            if not target.implicit_tls:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             smtp.login(sender, credentials.token)

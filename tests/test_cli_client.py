@@ -281,3 +281,112 @@ def test_cli_send_reads_bodies_from_stdin_and_files(run_cli, api_server, account
         parsed = email.message_from_bytes(blobs.store().read_bytes(row.message.blob_key), policy=email.policy.default)
     assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "piped text\n"
     assert parsed.get_body(("html",)).get_content().replace("\r\n", "\n") == "<p>Grüße aus der Datei</p>\n"
+
+
+def test_cli_refuses_plain_http_to_a_remote_host(run_cli, account):
+    for url in ("http://api.example.com", "http://203.0.113.5:8000/"):
+        result = run_cli("outbound", "list", env={"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": url})
+        host = url.split("//")[1].split(":")[0].rstrip("/")
+        assert one_error_line(result).startswith(f"error: refusing to send the API token over plain http to {host}: ")
+        assert result.returncode == 2
+    # Loopback in any spelling is this machine: allowed (and here unreachable, so the error is about that).
+    for url in ("http://localhost:9", "http://127.0.0.2:9", "http://[::1]:9"):
+        line = one_error_line(run_cli("outbound", "list", env={"INBOXLAYER_TOKEN": account.token,
+                                                               "INBOXLAYER_API_URL": url}))
+        assert line.startswith(f"error: cannot reach the API at {url}: ")
+
+
+def test_cli_does_not_follow_redirects_with_the_token(run_cli, account):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.server.server_port, self.path, self.headers.get("Authorization")))
+            if self.server is first:
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{second.server_port}/elsewhere")
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"data": [], "has_more": false, "next_cursor": null}')
+
+        def log_message(self, *args):
+            pass
+
+    first = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    second = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (first, second)]
+    for thread in threads:
+        thread.start()
+    try:
+        result = run_cli("outbound", "list", env={"INBOXLAYER_TOKEN": account.token,
+                                                  "INBOXLAYER_API_URL": f"http://127.0.0.1:{first.server_port}"})
+    finally:
+        for server in (first, second):
+            server.shutdown()
+            server.server_close()
+    assert one_error_line(result) == (
+        f"error: the API at http://127.0.0.1:{first.server_port} redirected GET /v1/outbound?limit=20 to "
+        f"http://127.0.0.1:{second.server_port}/elsewhere (HTTP 302); not following it with the token: "
+        "if that is the API, use its address as --api-url")
+    assert seen == [(first.server_port, "/v1/outbound?limit=20", f"Bearer {account.token}")]  # never the second
+
+
+def test_cli_outbound_list_never_cuts_ids_at_80_columns(run_cli, api_server, api, account):
+    sent = [api.post(f"/v1/inboxes/{account.address}/send",
+                     json=send_body(to=["a-rather-long-recipient-address@example.com"],
+                                    subject="A subject long enough to need wrapping in a narrow terminal")).json()
+            for _ in range(2)]
+    env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": api_server, "COLUMNS": "80"}
+    table = run_cli("outbound", "list", env=env)
+    assert table.returncode == 0, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    for row in sent:
+        assert row["id"] in table.stdout  # whole, on one line: can be pasted into `inboxlayer status`
+    status = run_cli("status", sent[0]["id"], env=env)
+    assert status.returncode == 0, status.stderr
+    assert sent[0]["id"] in status.stdout
+
+
+def test_api_smtp_settings_publish_host_ports_and_dev_certificate(api, config):
+    from smtpd_worker import tls
+
+    response = api.get("/v1/smtp")
+    assert response.status_code == 200
+    body = response.json()
+    cert_path, _ = tls.certificate_paths(config)
+    assert body == {"host": config["smtp"]["public_host"], "starttls_port": config["smtp"]["starttls_port"],
+                    "tls_port": config["smtp"]["tls_port"], "auth_mechanisms": ["PLAIN", "LOGIN"],
+                    "username": "The inbox address", "max_message_size": 26214400, "max_recipients": 100,
+                    "certificate": open(cert_path).read()}
+    assert body["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    # With a CA-issued certificate configured there is nothing extra to trust.
+    config["smtp"]["cert_file"], config["smtp"]["key_file"] = tls.certificate_paths(config)
+    config["smtp"]["tls_port"] = 0
+    body = api.get("/v1/smtp").json()
+    assert body["certificate"] is None
+    assert body["tls_port"] is None
+    assert api.__class__(api.base_url).get("/v1/smtp").status_code == 401  # a token is needed
+
+
+def test_cli_send_via_smtp_configures_itself_from_the_server(run_cli, api_server, account, smtp_server, config):
+    # The server publishes this test server's host, ports and self-signed certificate; the CLI gets
+    # nothing but the API URL and the token.
+    config["smtp"]["public_host"] = smtp_server.host
+    config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = smtp_server.starttls_port, smtp_server.tls_port
+    env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": api_server}
+    result = run_cli("send", "--via", "smtp", "--from", account.address, "--to", "bob@example.com", "--text", "x",
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    with models.db.connection_context():
+        assert models.OutboundEmail.get(models.OutboundEmail.public_id == result.stdout.strip()).via == "smtp"
+    # The published TLS port means implicit TLS.
+    implicit = run_cli("send", "--via", "smtp", "--smtp-port", smtp_server.tls_port, "--from", account.address,
+                       "--to", "bob@example.com", "--text", "x", env=env)
+    assert implicit.returncode == 0, implicit.stderr
+    assert implicit.stdout.startswith("ob_")

@@ -69,3 +69,48 @@ def test_trusted_proxy_supplies_client_address(config):
     direct.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
                              environ_base={"REMOTE_ADDR": "10.0.0.2"})
     assert seen == ["203.0.113.9", "10.0.0.2"]
+
+
+def test_cli_health_exits_nonzero_when_a_check_fails(subprocess_env, free_tcp_port):
+    env = {**subprocess_env, "INBOXLAYER_SES_ENDPOINT_URL": f"http://127.0.0.1:{free_tcp_port}"}  # nobody there
+    result = subprocess.run([sys.executable, "-m", "cli", "health"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (ses_line,) = [line for line in result.stdout.splitlines() if line.startswith("ses")]
+    assert "FAIL" in ses_line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+PUBLIC_CLIENT = {"REMOTE_ADDR": "203.0.113.7"}
+
+
+def test_readyz_shows_details_only_to_operators(app, config, free_tcp_port):
+    config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_tcp_port}"  # a failing check has exception text
+    config["web"]["ops_token"] = "ops-secret"
+    client = app.test_client()
+    public = client.get("/readyz", environ_base=PUBLIC_CLIENT)
+    assert public.status_code == 503
+    assert public.get_json() == {"status": "unavailable", "checks": {
+        "database": {"ok": True}, "redis": {"ok": True}, "ses": {"ok": False}}}
+    for headers, environ in (({"Authorization": "Bearer ops-secret"}, PUBLIC_CLIENT),
+                             ({}, {"REMOTE_ADDR": "127.0.0.1"}), ({}, {"REMOTE_ADDR": "::1"})):
+        operator = client.get("/readyz", headers=headers, environ_base=environ)
+        assert operator.status_code == 503
+        assert "EndpointConnectionError" in operator.get_json()["checks"]["ses"]["detail"]
+    # A wrong token, or loopback reached through a proxy nobody declared, is the public view.
+    for headers, environ in (({"Authorization": "Bearer wrong"}, PUBLIC_CLIENT),
+                             ({"X-Forwarded-For": "198.51.100.2"}, {"REMOTE_ADDR": "127.0.0.1"})):
+        assert "detail" not in client.get("/readyz", headers=headers, environ_base=environ).get_json()["checks"]["ses"]
+
+
+def test_metrics_only_for_operators(app, config):
+    client = app.test_client()
+    refused = client.get("/metrics", environ_base=PUBLIC_CLIENT)
+    assert refused.status_code == 403
+    assert refused.get_json()["error"]["code"] == "forbidden"
+    # No token configured: no bearer token opens it, whatever it is.
+    assert client.get("/metrics", headers={"Authorization": "Bearer "}, environ_base=PUBLIC_CLIENT).status_code == 403
+    config["web"]["ops_token"] = "ops-secret"
+    assert client.get("/metrics", headers={"Authorization": "Bearer ops-secret"},
+                      environ_base=PUBLIC_CLIENT).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200

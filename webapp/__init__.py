@@ -2,7 +2,6 @@
 import secrets
 
 from flask import Flask
-from flask import jsonify
 from flask import request
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
@@ -77,36 +76,15 @@ def create_app(config=None):
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
-    @app.get("/healthz")
-    def healthz():
-        return jsonify(status="ok")
-
-    @app.get("/readyz")
-    def readyz():
-        from smtpd_worker import health
-
-        results = health.run_all(config)
-        ready = all(ok for ok, _ in results.values())
-        body = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
-        return jsonify(status="ready" if ready else "unavailable", checks=body), 200 if ready else 503
-
-    @app.get("/metrics")
-    def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST
-        from prometheus_client import generate_latest
-
-        from smtpd_worker import metrics as _registered  # noqa: F401 - defines the collectors
-
-        return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
-
     from webapp import api
     from webapp import api_keys
     from webapp import auth
     from webapp import dashboard
     from webapp import domains
+    from webapp import ops
     from webapp import webhooks
 
-    for module in (auth, dashboard, api_keys, domains, webhooks):
+    for module in (auth, dashboard, api_keys, domains, webhooks, ops):
         app.register_blueprint(module.bp)
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)

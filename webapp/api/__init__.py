@@ -16,6 +16,7 @@ from webapp.api import messages
 from webapp.api import openapi
 from webapp.api import outbound
 from webapp.api import sending
+from webapp.api import smtp_settings
 from webapp.api.auth import authenticate
 from webapp.api.errors import error_response
 
@@ -27,6 +28,7 @@ ROUTES = [
     # (rule, view, methods)
     ("/openapi.json", openapi.serve, ["GET"]),
     ("/account", inboxes.account, ["GET"]),
+    ("/smtp", smtp_settings.show, ["GET"]),
     ("/inboxes", inboxes.list_inboxes, ["GET"]),
     ("/inboxes", inboxes.create_inbox, ["POST"]),
     ("/inboxes/<address>/send", sending.send, ["POST"]),

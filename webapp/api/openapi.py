@@ -111,6 +111,26 @@ SCHEMAS = {
             "token": {"type": "object", "properties": {"name": STRING, "prefix": STRING}},
         },
     },
+    "SmtpSettings": {
+        "type": "object",
+        "required": ["host", "starttls_port", "tls_port", "auth_mechanisms", "username", "max_message_size",
+                     "max_recipients", "certificate"],
+        "properties": {
+            "host": {"type": "string", "example": "smtp.inboxlayer.dev", "description": "Server name to dial."},
+            "starttls_port": _nullable({"type": "integer", "example": 587,
+                                        "description": "Submission with STARTTLS (recommended); null = off."}),
+            "tls_port": _nullable({"type": "integer", "example": 465,
+                                   "description": "Submission with implicit TLS; null = off."}),
+            "auth_mechanisms": {"type": "array", "items": STRING},
+            "username": {"type": "string", "description": "What to log in with (the inbox address); the "
+                                                          "password is an API token."},
+            "max_message_size": {"type": "integer", "description": "Bytes (SIZE in EHLO)."},
+            "max_recipients": {"type": "integer"},
+            "certificate": _nullable({"type": "string", "description": "PEM of the server's self-signed "
+                                      "development certificate, to trust for this server only; null when "
+                                      "the server has a CA-issued certificate."}),
+        },
+    },
     "Message": {
         "type": "object", "required": ["id", "folder", "message_id", "subject", "from", "to", "size", "created_at"],
         "properties": {"id": {"type": "integer"}, "folder": {"type": "string", "enum": ["sent", "inbox"]},
@@ -222,6 +242,8 @@ PATHS = {
     "/v1/openapi.json": {"get": _op("This document", _ok("The OpenAPI document", schema={"type": "object"}),
                                     (), public=True)},
     "/v1/account": {"get": _op("The token's account: plan, quota and rate", _ok("Account", "Account"), ())},
+    "/v1/smtp": {"get": _op("How to reach SMTP submission: host, ports, limits, dev certificate",
+                            _ok("SMTP settings", "SmtpSettings"), ())},
     "/v1/inboxes": {
         "get": _op("List inboxes", _ok("Inboxes, newest first", "InboxList"), (422,), [LIMIT, CURSOR]),
         "post": _op("Create an inbox", _ok("Created", "Inbox", "201"), (409, 422), body="InboxCreate"),
