@@ -17,7 +17,9 @@ def domain_not_verified(domain):
     return f"550 5.7.1 Domain {domain} is not verified"
 
 
-SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit (25 MB)"
+# The table's words, plus what "25 MB" counts (the message as sent, after base64).
+SIZE_EXCEEDED = ("552 5.3.4 Message size exceeds fixed limit (25 MB), counted as sent: "
+                 "base64 leaves about 18 MB for attachments")
 
 
 def quota_exceeded(used, limit):
@@ -30,6 +32,14 @@ TEMPORARY_ERROR = "451 4.3.0 Temporary server error, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 QUEUED_PREFIX = "250 2.0.0 OK queued as ob_"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
+
+# -- connection-level limits (docs/smtp.md, "Replies") ----------------------------------------------
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
+PRE_AUTH_TIMEOUT = "421 4.4.2 Authentication not completed in time, closing connection"
+LINE_TIMEOUT = "421 4.4.2 Command line not completed in time, closing connection"
+DATA_TOO_SLOW = "421 4.4.2 Message data arriving too slowly, closing connection"
+TOO_MANY_TRANSFERS = "451 4.7.1 Too many messages in transfer for this account at once, try again later"
+CREDENTIALS_REVOKED = "554 5.7.8 Authentication credentials no longer valid, message not accepted"
 
 # -- protocol replies (docs/smtp.md) ----------------------------------------------------------------
 READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
