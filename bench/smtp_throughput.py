@@ -267,7 +267,10 @@ class Bench:
                    # Limits out of the way: this measures the pipeline, not the plan.
                    INBOXLAYER_PLANS_FREE_DAILY_SEND_LIMIT="100000000",
                    INBOXLAYER_PLANS_FREE_SEND_RATE_PER_SECOND="100000000",
-                   INBOXLAYER_PLANS_FREE_SEND_BURST="100000000")
+                   INBOXLAYER_PLANS_FREE_SEND_BURST="100000000",
+                   # One load generator on one address, one account: 200 and 1,000 connections
+                   # and 200 DATA uploads at once are the scenarios, not abuse.
+                   INBOXLAYER_SMTP_MAX_CONNECTIONS_PER_IP="0", INBOXLAYER_SMTP_MAX_DATA_PER_ACCOUNT="0")
         env.update(extra)
         return env
 

@@ -42,6 +42,12 @@ class Principal:
     inbox: object = None
     used_today: int = 0  # sends counted today as of the last refresh()
 
+    @property
+    def account(self):
+        """What per-account limits count by: the user's id, or the address when there is no
+        user row (DiscardBackend, where each address is its own account)."""
+        return self.user.id if self.user is not None else self.address
+
 
 # Errors that mean "a service of ours is down", as opposed to a bug.
 # (A pool with every connection busy past its wait timeout counts too: try again later.)
@@ -96,9 +102,10 @@ class DbBackend:
         return Principal(address=inbox.address, token_id=row.id, user=row.user, inbox=inbox)
 
     def refresh(self, principal):
-        """Re-check the principal at the start of a transaction: a token revoked, a plan changed or
-        a domain verified since AUTH counts from the next MAIL. None if the token is no longer live
-        or its account no longer owns the inbox. It runs for every message, so it is one query for
+        """Re-check the principal at the start of a transaction (MAIL) and again at the end of
+        DATA, before the commit: a token revoked, a plan changed or a domain verified since AUTH
+        counts from then on, for a transaction in progress too. None if the token is no longer
+        live or its account no longer owns the inbox. It runs for every message, so it is one query for
         the values that can change, updated in place (today's usage included, which the RCPT
         quota check then reads; the reservation at end of DATA is the authoritative check)."""
         try:
@@ -171,7 +178,8 @@ class DiscardBackend:
         return Principal(address=address)
 
     def refresh(self, principal):
-        return principal
+        """Like DbBackend.refresh: None once the user is gone (``users`` is the live list)."""
+        return principal if principal.address in self.users else None
 
     def authorize_sender(self, principal, address):
         if not address or models.sender_key(address) != principal.address:

@@ -5,10 +5,17 @@
 discard server for protocol tests via ``discard_main``). On SIGTERM the listeners stop
 accepting, idle sessions get ``421`` and sessions in the middle of a command (DATA included) get
 up to ``smtp.shutdown_grace`` seconds to finish before they are cut.
+
+Slot exhaustion: each client address (an IPv6 client by its /64) may hold at most
+``smtp.max_connections_per_ip`` connections, TLS handshakes included; the next is told
+``421 4.7.0`` and closed before it costs a session. The deadlines that stop a connected client
+from holding its slots by trickling bytes live in session.py.
 """
 import argparse
+import ipaddress
 import logging
 import signal
+import socket
 import sys
 import time
 
@@ -20,6 +27,7 @@ from gevent.server import StreamServer
 from smtpd_worker import metrics
 from smtpd_worker import tls
 from smtpd_worker.session import HANDSHAKE_TIMEOUT
+from smtpd_worker.session import TOO_MANY_CONNECTIONS
 from smtpd_worker.session import Session
 from smtpd_worker.session import SessionSettings
 
@@ -27,6 +35,23 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_POLL = 0.05  # seconds between checks that the last session has finished
 QUIT_GRACE = 1.0  # seconds an idle session may still send QUIT during shutdown before its 421
+REFUSAL_POOL = 100  # greenlets that may be telling over-the-cap clients on the TLS port 421 at once
+REFUSAL_TIMEOUT = 5  # seconds such a client gets for its TLS handshake before it is just closed
+
+
+def client_key(ip):
+    """What the per-address limits count by: an IPv4 address itself (also when IPv4-mapped), an
+    IPv6 address by its /64, the block one end site gets, so one machine cannot dodge the cap
+    with millions of addresses."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 class SubmissionServer:
@@ -34,13 +59,17 @@ class SubmissionServer:
     0 = any free port (read the bound ports from ``addresses``)."""
 
     def __init__(self, settings, backend, tls_context, host, starttls_port, tls_port, max_connections,
-                 shutdown_grace):
+                 shutdown_grace, max_connections_per_ip=0):
         self.settings = settings
         self.backend = backend
         self.tls_context = tls_context
         self.shutdown_grace = shutdown_grace
+        self.max_connections_per_ip = max_connections_per_ip
         self.stopping = False
         self.sessions = set()
+        self.connections = {}  # client_key -> connections open now (handshakes included)
+        self.transfers = {}  # account -> DATA uploads in progress (Session.smtp_DATA)
+        self.refusals = Pool(REFUSAL_POOL)
         self.listeners = {}
         for kind, port, implicit in (("starttls", starttls_port, False), ("tls", tls_port, True)):
             if port is None:
@@ -56,25 +85,97 @@ class SubmissionServer:
         for listener in self.listeners.values():
             listener.start()
 
-    def wrap_tls(self, sock):
-        """TLS handshake on an accepted socket (port 465 at once, port 587 after STARTTLS)."""
-        sock.settimeout(min(HANDSHAKE_TIMEOUT, self.settings.idle_timeout))
+    def wrap_tls(self, sock, deadline=None, limit=HANDSHAKE_TIMEOUT):
+        """TLS handshake on an accepted socket (port 465 at once, port 587 after STARTTLS),
+        finished within ``limit`` seconds and by ``deadline`` (time.monotonic(); the pre-AUTH
+        deadline) or a TimeoutError. Absolute: gevent's ssl restarts its timeout on every
+        read, so a client trickling its handshake would otherwise never run out of time."""
+        seconds = min(limit, self.settings.idle_timeout)
+        if deadline is not None:
+            seconds = min(seconds, deadline - time.monotonic())
+        if seconds <= 0:
+            raise socket.timeout("no time left for a TLS handshake")
+        sock.settimeout(seconds)
         tls_sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        tls_sock.do_handshake()
+        with gevent.Timeout(seconds, socket.timeout("TLS handshake not completed in time")):
+            tls_sock.do_handshake()
         tls_sock.settimeout(self.settings.idle_timeout)
         return tls_sock
 
     def _handle_starttls(self, sock, peer):
-        self._run(Session(self, sock, peer, tls=False, starttls_offered=True))
+        connected_at = time.monotonic()
+        client = client_key(peer[0])
+        if not self._admit(client):
+            self._refuse(sock)
+            return
+        try:
+            self._run(Session(self, sock, peer, tls=False, starttls_offered=True, connected_at=connected_at,
+                              client=client))
+        finally:
+            self._leave(client)
 
     def _handle_implicit_tls(self, sock, peer):
+        connected_at = time.monotonic()
+        client = client_key(peer[0])
+        if not self._admit(client):
+            # The 421 has to wait for a handshake: do that off the listener's pool, so clients
+            # over their cap never take a session slot, and drop them when too many are waiting.
+            # (The listener closes ``sock`` when this handler returns: the refusal gets a dup.)
+            if not self.refusals.full():
+                self.refusals.spawn(self._refuse_after_handshake, sock.dup(), peer)
+            return
         try:
-            sock = self.wrap_tls(sock)
-        except OSError as exc:  # port scanners, plain-text clients, wrong TLS versions
-            log.debug("TLS handshake with %s failed: %s", peer[0], exc)
+            try:
+                sock = self.wrap_tls(sock, self._pre_auth_deadline(connected_at))
+            except OSError as exc:  # port scanners, plain-text clients, wrong TLS versions
+                log.debug("TLS handshake with %s failed: %s", peer[0], exc)
+                sock.close()
+                return
+            self._run(Session(self, sock, peer, tls=True, starttls_offered=False, connected_at=connected_at,
+                              client=client))
+        finally:
+            self._leave(client)
+
+    def _pre_auth_deadline(self, connected_at):
+        seconds = self.settings.pre_auth_deadline
+        return connected_at + seconds if seconds else None
+
+    # -- connections per client address ----------------------------------------------------------
+
+    def _admit(self, client):
+        """Count a new connection from ``client``; False (and not counted) when it is over the cap."""
+        count = self.connections.get(client, 0)
+        if self.max_connections_per_ip and count >= self.max_connections_per_ip:
+            log.info("refused a connection from %s: %d open", client, count)
+            return False
+        self.connections[client] = count + 1
+        return True
+
+    def _leave(self, client):
+        count = self.connections.pop(client) - 1
+        if count:
+            self.connections[client] = count
+
+    @staticmethod
+    def _refuse(sock):
+        """421 and close, in clear text (port 587's greeting is clear text)."""
+        try:
+            sock.settimeout(REFUSAL_TIMEOUT)  # a fresh socket's send buffer takes one line at once
+            sock.sendall((TOO_MANY_CONNECTIONS + "\r\n").encode())
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _refuse_after_handshake(self, sock, peer):
+        try:
+            sock = self.wrap_tls(sock, limit=REFUSAL_TIMEOUT)
+        except OSError as exc:
+            log.debug("TLS handshake with refused %s failed: %s", peer[0], exc)
             sock.close()
             return
-        self._run(Session(self, sock, peer, tls=True, starttls_offered=False))
+        self._refuse(sock)
 
     def _run(self, session):
         self.sessions.add(session)
@@ -104,6 +205,7 @@ class SubmissionServer:
             log.warning("cutting %d session(s) still busy after %ss", len(self.sessions), grace)
         for listener in self.listeners.values():
             listener.pool.kill(timeout=5)
+        self.refusals.kill(timeout=1)
 
 
 def build(config, backend, host=None, starttls_port=None, tls_port=None):
@@ -116,7 +218,7 @@ def build(config, backend, host=None, starttls_port=None, tls_port=None):
         tls_port = smtp["tls_port"] or None
     return SubmissionServer(SessionSettings.from_config(config), backend, tls.server_context(config),
                             host or smtp["host"], starttls_port, tls_port, smtp["max_connections"],
-                            smtp["shutdown_grace"])
+                            smtp["shutdown_grace"], smtp["max_connections_per_ip"])
 
 
 def serve(server):

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 65536  # bytes asked of the socket per read; TLS hands back at most one 16 KiB record
 AUTH_LINE_LIMIT = 12288  # octets of an AUTH command or response line, RFC 4954 section 4
 SPOOL_IN_MEMORY = 256 * 1024  # bytes of DATA held in RAM before the spool moves to a temp file
-HANDSHAKE_TIMEOUT = 30  # seconds a client gets to finish a TLS handshake
+HANDSHAKE_TIMEOUT = 30  # seconds a client gets to finish a TLS handshake, however it trickles it
+LAST_REPLY_TIMEOUT = 5  # seconds the parting 421 may take to send before the socket is just closed
 
 # -- replies (RFC 5321 codes with RFC 3463 enhanced codes; the DESIGN table's wording) -------------
 READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
@@ -41,11 +42,16 @@ CANNOT_VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt d
 HELP = "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 AUTH_THROTTLED = "421 4.7.0 Too many failed authentication attempts"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
+PRE_AUTH_TIMEOUT = "421 4.4.2 Authentication not completed in time, closing connection"
+LINE_TIMEOUT = "421 4.4.2 Command line not completed in time, closing connection"
+DATA_TOO_SLOW = "421 4.4.2 Message data arriving too slowly, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Server shutting down, try again later"
 TOO_MANY_COMMANDS = "421 4.7.0 Too many commands, closing connection"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TEMPORARY_ERROR = "451 4.3.0 Temporary server error, try again later"
+TOO_MANY_TRANSFERS = "451 4.7.1 Too many messages in transfer for this account at once, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 UNRECOGNIZED = "500 5.5.2 Command not recognized"
@@ -75,9 +81,16 @@ TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 SENDER_NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated inbox"
-SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit (25 MB)"
+# RFC 1870: the limit counts the message as sent, so base64 leaves about 18 MB for attachments.
+SIZE_EXCEEDED = ("552 5.3.4 Message size exceeds fixed limit (25 MB), counted as sent: "
+                 "base64 leaves about 18 MB for attachments")
 NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires SMTPUTF8"
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
+# End of DATA after the token was revoked (or the inbox changed hands) mid-transaction. Not 535:
+# RFC 4954 gives that to the AUTH command, and RFC 5321 4.3.2 lets DATA end only in 250, 451, 452,
+# 552, 554, 450 or 550. Permanent, because retrying with the same credentials cannot succeed; the
+# next MAIL gets 530 5.7.0 (RFC 4954 section 6: authentication is no longer in force).
+CREDENTIALS_REVOKED = "554 5.7.8 Authentication credentials no longer valid, message not accepted"
 NUL_IN_DATA = "554 5.6.0 Message contains NUL characters"
 UNKNOWN_PARAMETER = "555 5.5.4 Unsupported MAIL or RCPT parameter"
 
@@ -90,6 +103,15 @@ ERROR_CODES = ("500", "501", "502", "503", "504", "555")  # replies that spend t
 
 class ConnectionLost(Exception):
     """The client went away (EOF or a reset)."""
+
+
+class DeadlinePassed(Exception):
+    """A phase of the session (pre-AUTH, one command line, a DATA upload) ran past its deadline;
+    ``reply`` is the 421 that says which."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.reply = reply
 
 
 class ShutdownInterrupt(BaseException):
@@ -109,21 +131,62 @@ class Reader:
     after a command (or after DATA) is the next command. ``before_block`` runs before every recv,
     which is where pending replies are flushed (RFC 2920: reply to a whole pipelined group).
     Lines are taken from the buffer by offset, so a burst of pipelined commands is not copied
-    once per command."""
+    once per command.
 
-    __slots__ = ("sock", "buf", "pos", "before_block")
+    Time limits, when ``idle_timeout`` is given (the socket's timeout is then the reader's to set):
+    every recv may wait at most ``idle_timeout`` for a byte; a phase deadline (``set_deadline``:
+    pre-AUTH, or a DATA upload that must keep a minimum rate) and the per-line deadline (a line
+    must be complete ``line_timeout`` seconds after its first byte) are absolute, so a client
+    cannot stretch them by trickling one byte at a time. Past one, ``DeadlinePassed`` carries its
+    421; a plain silence raises the socket's TimeoutError (the idle 421).
+    """
 
-    def __init__(self, sock, before_block):
+    __slots__ = ("sock", "buf", "pos", "before_block", "idle_timeout", "line_timeout", "deadline",
+                 "deadline_reply", "per_byte")
+
+    def __init__(self, sock, before_block, idle_timeout=None, line_timeout=None):
         self.sock = sock
         self.buf = b""
         self.pos = 0
         self.before_block = before_block
+        self.idle_timeout = idle_timeout
+        self.line_timeout = line_timeout
+        self.deadline = None  # time.monotonic() by which the current phase must end, or None
+        self.deadline_reply = None
+        self.per_byte = 0.0  # seconds each received byte adds to the deadline (DATA's minimum rate)
 
-    def _recv(self):
-        self.before_block()
-        data = self.sock.recv(RECV_SIZE)
+    def set_deadline(self, deadline, reply=None, per_byte=0.0):
+        self.deadline, self.deadline_reply, self.per_byte = deadline, reply, per_byte
+
+    def _recv(self, line_deadline=None):
+        if self.idle_timeout is None:  # no time limits managed here (unit tests of the parsers)
+            self.before_block()
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                raise ConnectionLost()
+            return data
+        deadline, reply = self.deadline, self.deadline_reply
+        if line_deadline is not None and (deadline is None or line_deadline < deadline):
+            deadline, reply = line_deadline, LINE_TIMEOUT
+        timeout, by_deadline = self.idle_timeout, False
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlinePassed(reply)
+            if left < timeout:
+                timeout, by_deadline = left, True
+        self.sock.settimeout(timeout)  # the flush below is bounded by it too
+        try:
+            self.before_block()
+            data = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            if by_deadline:
+                raise DeadlinePassed(reply) from None
+            raise
         if not data:
             raise ConnectionLost()
+        if self.per_byte:
+            self.deadline += len(data) * self.per_byte
         return data
 
     def _rest(self):
@@ -144,13 +207,17 @@ class Reader:
         self.buf, self.pos = b"", 0
 
     def readline(self, limit):
-        """The next line including its LF, or TOO_LONG after reading past its end."""
+        """The next line including its LF, or TOO_LONG after reading past its end. Once the
+        line has begun it must end within ``line_timeout`` seconds, over-long or not."""
         end = self.buf.find(b"\n", self.pos)
         if 0 <= end < self.pos + limit:
             line = self.buf[self.pos:end + 1]
             self.pos = end + 1
             return line
         buf = self._rest()
+        line_deadline = None
+        if buf and self.line_timeout:  # begun in an earlier read: count from now
+            line_deadline = time.monotonic() + self.line_timeout
         while True:
             end = buf.find(b"\n")
             if end >= 0:
@@ -158,13 +225,15 @@ class Reader:
                 return buf[:end + 1] if end < limit else TOO_LONG
             if len(buf) >= limit:
                 break
-            buf += self._recv()
+            buf += self._recv(line_deadline)
+            if line_deadline is None and self.line_timeout:
+                line_deadline = time.monotonic() + self.line_timeout
         while True:  # drain the rest of an over-long line without keeping it
             end = buf.find(b"\n")
             if end >= 0:
                 self.buf = buf[end + 1:]
                 return TOO_LONG
-            buf = self._recv()
+            buf = self._recv(line_deadline)
 
 
 # -- DATA ------------------------------------------------------------------------------------------
@@ -336,6 +405,10 @@ class SessionSettings:
     idle_timeout: float
     max_commands: int
     max_bad_commands: int
+    pre_auth_deadline: float = 0  # seconds from connect to a successful AUTH; 0 = none
+    command_deadline: float = 0  # seconds a command line may take once begun; 0 = none
+    data_min_rate: int = 0  # bytes per second a DATA upload must average; 0 = none
+    max_data_per_account: int = 0  # DATA uploads in progress per account in this process; 0 = no cap
 
     @classmethod
     def from_config(cls, config):
@@ -343,7 +416,9 @@ class SessionSettings:
         return cls(hostname=smtp["public_host"], max_message_size=smtp["max_message_size"],
                    max_recipients=smtp["max_recipients"], max_line_length=smtp["max_line_length"],
                    max_data_line_length=smtp["max_data_line_length"], idle_timeout=smtp["idle_timeout"],
-                   max_commands=smtp["max_commands"], max_bad_commands=smtp["max_bad_commands"])
+                   max_commands=smtp["max_commands"], max_bad_commands=smtp["max_bad_commands"],
+                   pre_auth_deadline=smtp["pre_auth_deadline"], command_deadline=smtp["command_deadline"],
+                   data_min_rate=smtp["data_min_rate"], max_data_per_account=smtp["max_data_per_account"])
 
 
 @dataclass
@@ -356,20 +431,25 @@ class Envelope:
 
 class Session:
     """One client connection, from greeting to close. ``server`` provides ``settings``,
-    ``backend``, ``tls_context`` and the ``stopping`` flag."""
+    ``backend``, ``tls_context``, the ``stopping`` flag and ``transfers`` (DATA uploads in
+    progress per account). ``connected_at`` (time.monotonic() at accept) starts the pre-AUTH
+    deadline; ``client`` is what the per-address limits count by (server.client_key)."""
 
-    __slots__ = ("server", "settings", "backend", "sock", "peer_ip", "tls", "starttls_offered", "reader",
-                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle", "idle_since")
+    __slots__ = ("server", "settings", "backend", "sock", "peer_ip", "client", "tls", "starttls_offered", "reader",
+                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle", "idle_since",
+                 "connected_at")
 
-    def __init__(self, server, sock, peer, tls, starttls_offered):
+    def __init__(self, server, sock, peer, tls, starttls_offered, connected_at=None, client=None):
         self.server = server
         self.settings = server.settings
         self.backend = server.backend
         self.sock = sock
         self.peer_ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.client = client or self.peer_ip
         self.tls = tls
         self.starttls_offered = starttls_offered
-        self.reader = Reader(sock, self.flush)
+        self.connected_at = time.monotonic() if connected_at is None else connected_at
+        self.reader = Reader(sock, self.flush, self.settings.idle_timeout, self.settings.command_deadline or None)
         self.out = []
         self.ehlo_name = None
         self.principal = None
@@ -410,6 +490,9 @@ class Session:
             pass
         except ShutdownInterrupt:
             self._send_last(SHUTTING_DOWN)
+        except DeadlinePassed as exc:
+            log.info("closing %s: %s", self.peer_ip, exc.reply[10:])
+            self._send_last(exc.reply)
         except TimeoutError:
             self._send_last(IDLE_TIMEOUT)
         except OSError as exc:  # resets, TLS errors: the client's problem, not ours
@@ -423,14 +506,16 @@ class Session:
     def _send_last(self, text):
         self.out.append(text + "\r\n")
         try:
+            self.sock.settimeout(LAST_REPLY_TIMEOUT)  # a client that reads nothing does not keep us
             self.flush()
         except OSError:
             pass
 
     def _serve(self):
-        if self.backend.auth_throttled(self.peer_ip):
+        if self.backend.auth_throttled(self.client):
             self._send_last(AUTH_THROTTLED)
             return
+        self._require_auth_by(self.connected_at)
         self.reply(f"220 {self.settings.hostname} ESMTP Inboxlayer")
         while not self.closing:
             self.idle, self.idle_since = True, time.monotonic()
@@ -476,12 +561,27 @@ class Session:
         except BackendUnavailable as exc:
             log.warning("backend unavailable during %s from %s: %s", verb, self.peer_ip, exc)
             self.reply(TEMPORARY_ERROR)
-        except (ConnectionLost, OSError):
+        except (ConnectionLost, DeadlinePassed, OSError):
             raise
         except Exception:  # one command failed unexpectedly: log it, answer 451, keep serving
             log.exception("%s from %s failed", verb, self.peer_ip)
             self.envelope = None
             self.reply(TEMPORARY_ERROR)
+
+    def _require_auth_by(self, start):
+        """Arm the pre-AUTH deadline: AUTH must succeed within ``pre_auth_deadline`` of ``start``
+        (the connect, or the moment a revoked token lost its authentication)."""
+        if self.settings.pre_auth_deadline:
+            self.reader.set_deadline(start + self.settings.pre_auth_deadline, PRE_AUTH_TIMEOUT)
+
+    def _authenticated(self, principal):
+        self.principal = principal
+        self.reader.set_deadline(None)
+
+    def _lose_authentication(self):
+        """The token was revoked (or the inbox changed hands) since AUTH."""
+        self.principal = None
+        self._require_auth_by(time.monotonic())
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -516,7 +616,7 @@ class Session:
         # RFC 3207 section 4.2: anything pipelined after STARTTLS arrived in clear; drop it.
         self.reader.discard()
         try:
-            self.sock = self.server.wrap_tls(self.sock)
+            self.sock = self.server.wrap_tls(self.sock, self.reader.deadline)
         except OSError as exc:  # a failed or stalled handshake: nothing more can be said in clear
             log.debug("STARTTLS handshake with %s failed: %s", self.peer_ip, exc)
             raise ConnectionLost() from exc
@@ -538,7 +638,7 @@ class Session:
         read_credentials = AUTH_MECHANISMS.get(mechanism.upper())
         if read_credentials is None:
             return self.reply(UNKNOWN_MECHANISM)
-        if self.backend.auth_throttled(self.peer_ip):
+        if self.backend.auth_throttled(self.client):
             return self.close_with(AUTH_THROTTLED)
         credentials = read_credentials(self, initial.strip(" "))
         if credentials is None:
@@ -547,10 +647,10 @@ class Session:
         if principal is None:
             log.info("failed AUTH from %s as %r", self.peer_ip, credentials[0][:100])
             metrics.SMTP_AUTH_FAILURES.inc()
-            if self.backend.record_auth_failure(self.peer_ip):
+            if self.backend.record_auth_failure(self.client):
                 return self.close_with(AUTH_THROTTLED)
             return self.reply(AUTH_FAILED)
-        self.principal = principal
+        self._authenticated(principal)
         self.reply(AUTH_OK)
 
     def _auth_plain(self, initial):
@@ -628,7 +728,7 @@ class Session:
             return self.reply(SENDER_NOT_OWNED)
         principal = self.backend.refresh(self.principal)
         if principal is None:  # the token was revoked since AUTH
-            self.principal = None
+            self._lose_authentication()
             return self.reply(AUTH_REQUIRED)
         self.principal = principal
         self.backend.authorize_sender(principal, address)
@@ -669,15 +769,50 @@ class Session:
             return self.reply(NO_RECIPIENTS)
         if arg:
             return self.reply(SYNTAX_NO_ARGS)
+        account = self.principal.account
+        transfers = self.server.transfers
+        cap = self.settings.max_data_per_account
+        if cap and transfers.get(account, 0) >= cap:
+            return self.reply(TOO_MANY_TRANSFERS)
         envelope, self.envelope = self.envelope, None
         self.reply(START_DATA)
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-            refusal = receive_data(self.reader, spool, self.settings.max_message_size,
-                                   self.settings.max_data_line_length)
-            if refusal is not None:
-                return self.reply(refusal)
-            public_id = self.backend.submit(self.principal, envelope.mail_from, envelope.rcpt_tos, spool)
-        self.reply(f"250 2.0.0 OK queued as {public_id}")
+        transfers[account] = transfers.get(account, 0) + 1
+        try:
+            public_id = self._receive_and_submit(envelope)
+        finally:
+            left = transfers.pop(account) - 1
+            if left:
+                transfers[account] = left
+        if public_id is not None:
+            self.reply(f"250 2.0.0 OK queued as {public_id}")
+
+    def _receive_and_submit(self, envelope):
+        """Spool the data (at ``data_min_rate`` or better) and submit it; the queued id, or None
+        after replying with the refusal."""
+        rate = self.settings.data_min_rate
+        if rate:  # a start allowance of one command's time, then every byte buys 1/rate seconds
+            self.reader.set_deadline(time.monotonic() + (self.settings.command_deadline or self.settings.idle_timeout),
+                                     DATA_TOO_SLOW, 1.0 / rate)
+        try:
+            with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+                refusal = receive_data(self.reader, spool, self.settings.max_message_size,
+                                       self.settings.max_data_line_length)
+                if refusal is not None:
+                    self.reply(refusal)
+                    return None
+                # Revocation takes effect on a transaction in progress too: no 250 for a token
+                # revoked (or an inbox given up) while its data was arriving.
+                principal = self.backend.refresh(self.principal)
+                if principal is None:
+                    log.info("token of %s revoked during DATA from %s", self.principal.address, self.peer_ip)
+                    self._lose_authentication()
+                    self.reply(CREDENTIALS_REVOKED)
+                    return None
+                self.principal = principal
+                return self.backend.submit(principal, envelope.mail_from, envelope.rcpt_tos, spool)
+        finally:
+            if rate and self.principal is not None:
+                self.reader.set_deadline(None)
 
     def smtp_RSET(self, arg):
         if arg:
