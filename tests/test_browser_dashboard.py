@@ -108,11 +108,13 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     row = page.locator("#outbound tbody tr").first
     expect(row.locator(".badge")).to_have_text("sent")
     assert "customer@example.net" in row.inner_text()
+    expect(row.locator("td.subject")).to_have_text("Order #1042 shipped")
     page.shot("07-outbound")
     row.locator("a").first.click()
     timeline = page.locator("#timeline").inner_text()
     assert timeline.index("queued") < timeline.index("sent")
     expect(page.locator("#outbound-status")).to_have_text("sent")
+    expect(page.locator("#outbound-subject")).to_have_text("Order #1042 shipped")
     page.shot("08-outbound-detail")
 
     page.click("nav.mainnav >> text=Overview")
