@@ -326,3 +326,24 @@ def test_dev_certificate_from_an_older_version_is_replaced(tmp_path):
     context.load_cert_chain(cert_path, key_path)  # the pair still matches
     assert tls.ensure_dev_certificate(directory, "localhost") == (cert_path, key_path)
     assert x509.load_pem_x509_certificate(Path(cert_path).read_bytes()).serial_number == renewed.serial_number
+
+
+def test_runtime_keeps_local_state_private_under_any_umask(tmp_path):
+    # Any process (web, smtpd, worker, CLI), not only `inboxlayer dev`, whatever the shell's umask.
+    import runtime
+    import settings
+
+    data_dir = tmp_path / "state" / "var"
+    old_umask = os.umask(0o022)
+    try:
+        config = settings.load_config(environ={"INBOXLAYER_SERVER_DATA_DIR": str(data_dir),
+                                               "REDIS_URL": "redis://127.0.0.1:6379/0"})
+        runtime.configure(config)
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        database = data_dir / "inboxlayer.db"
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600
+        database.chmod(0o644)  # made by an older version
+        runtime.configure(config)
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
