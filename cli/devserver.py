@@ -4,6 +4,7 @@ Starts the SES stand-in (moto server), finds or starts Redis, applies the schema
 `inboxlayer web`, `smtpd` and `worker` as child processes and stops them all on Ctrl-C/SIGTERM.
 """
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -11,7 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from rich.markup import escape
 
 from cli.common import console
 from cli.common import fail
@@ -190,7 +195,7 @@ def run(config):
         for key in ("starttls_port", "tls_port"):
             if config["smtp"][key]:
                 wait_for_port(_dial(config["smtp"]["host"]), config["smtp"][key], "smtpd", smtp)
-        _banner(config, redis_source, ses_note)
+        _banner(config, redis_source, ses_note, _readiness(config), _health_command(config, env))
         while all(proc.poll() is None for _, proc in children.procs):
             time.sleep(0.5)
         dead = [f"{name} (exit code {proc.returncode})" for name, proc in children.procs if proc.poll() is not None]
@@ -227,7 +232,39 @@ def _prepare_ses(env, config):
     client.create_email_identity(EmailIdentity=config["server"]["default_domain"])
 
 
-def _banner(config, redis_source, ses_note):
+def _readiness(config):
+    """What the stack's own GET /readyz says (from loopback, so with details), as one banner line."""
+    url = f"http://{_dial(config['web']['host'])}:{config['web']['port']}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return f"[yellow]no: /readyz answered HTTP {exc.code}[/]"
+    except (OSError, ValueError) as exc:
+        return f"[yellow]unknown: /readyz did not answer ({exc})[/]"
+    checks = body.get("checks", {})
+    failed = [f"{name}: {check.get('detail', 'failed')}" for name, check in checks.items() if not check.get("ok")]
+    if failed:
+        return f"[yellow]no ({escape('; '.join(failed))})[/]"
+    return f"yes ({', '.join(checks)})"
+
+
+def _health_command(config, env):
+    """`inboxlayer health` as another terminal must run it to check this stack (same SES and Redis)."""
+    overrides = []
+    if env.get("INBOXLAYER_SES_ENDPOINT_URL") and not config["ses"]["endpoint_url"]:
+        overrides.append(f"INBOXLAYER_SES_ENDPOINT_URL={env['INBOXLAYER_SES_ENDPOINT_URL']}")
+    if env["REDIS_URL"] != config["redis"]["url"]:
+        overrides.append(f"REDIS_URL={env['REDIS_URL']}")
+    if overrides and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        overrides.append("AWS_ACCESS_KEY_ID=dev AWS_SECRET_ACCESS_KEY=dev")  # the stand-in takes any
+    return " ".join(overrides + [".venv/bin/inboxlayer health"])
+
+
+def _banner(config, redis_source, ses_note, ready, health_command):
     web = config["web"]["public_url"]
     smtp = config["smtp"]
     host = smtp["public_host"]  # what the dashboard and GET /v1/smtp say, and a name in the dev certificate
@@ -244,6 +281,7 @@ def _banner(config, redis_source, ses_note):
   Redis       {redis_source}
   SES         {ses_note}
   Data        {config['database']['url']}
+  Ready       {ready}   (check again: {health_command})
 
 Send a first message from another terminal (in this directory):
   .venv/bin/inboxlayer users create you@example.com --password-stdin <<< 'a-long-password'

@@ -164,9 +164,16 @@ def test_dev_stack_is_ready_when_it_says_it_is_running(dev_stack):
     assert {name: check["ok"] for name, check in body["checks"].items()} == \
         {"database": True, "redis": True, "ses": True}
     assert not (dev_stack.data_dir.parent / "decoy-moto-started").exists()  # the venv's moto, not PATH's
-    health = dev_stack.cli("health", env={"REDIS_URL": "redis://127.0.0.1:6379/0",
-                                          "INBOXLAYER_SES_ENDPOINT_URL": dev_stack.ses_endpoint})
+    assert "Ready       yes (database, redis, ses)" in dev_stack.output
+    # The banner's command for checking the stack from another terminal works as printed.
+    command = re.search(r"\(check again: (.*inboxlayer health)\)", dev_stack.output).group(1)
+    *assignments, program, verb = command.split()
+    assert (program, verb) == (".venv/bin/inboxlayer", "health")
+    assert f"INBOXLAYER_SES_ENDPOINT_URL={dev_stack.ses_endpoint}" in assignments
+    health = subprocess.run([str(ROOT / program), verb], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**dev_stack.env, **dict(a.split("=", 1) for a in assignments)})
     assert health.returncode == 0, health.stdout + health.stderr
+    assert "FAIL" not in health.stdout
 
 
 def test_dev_stack_send_via_smtp_needs_only_api_url_and_token(dev_stack, tmp_path):
