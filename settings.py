@@ -59,7 +59,38 @@ def derive(config):
         raise SettingsError(f"relay.lease = {config['relay']['lease']}: a claim must last at least 1 second")
     if config["server"]["default_plan"] not in config["plans"]:
         raise SettingsError(f"server.default_plan = {config['server']['default_plan']!r} is not a key of [plans]")
+    server = config["server"]
+    if server["environment"] not in ENVIRONMENTS:
+        raise SettingsError(f"server.environment = {server['environment']!r}: expected production or development "
+                            "(or empty: production when ses.endpoint_url is empty)")
+    # Talking to real AWS is production unless the operator says otherwise; the dev stack and the
+    # tests point SES at the moto stand-in.
+    server["environment"] = server["environment"] or ("development" if config["ses"]["endpoint_url"] else "production")
     return config
+
+
+ENVIRONMENTS = ("", "production", "development")
+
+
+def web_production_problems(config):
+    """What stops the web process from starting in production, one line each (empty = none)."""
+    if config["server"]["environment"] != "production":
+        return []
+    problems = []
+    if not config["web"]["secret_key"]:
+        problems.append("web.secret_key is empty: set INBOXLAYER_WEB_SECRET_KEY (e.g. `openssl rand -hex 32`); "
+                        "without it each web worker signs sessions with its own key and logins break")
+    if not config["ses"]["sns_topic_arns"]:
+        problems.append("ses.sns_topic_arns is empty: set INBOXLAYER_SES_SNS_TOPIC_ARNS to the SNS topic(s) your "
+                        "SES configuration set publishes to; the SES webhook refuses every other topic")
+    return problems
+
+
+def check_web_production(config):
+    """Raise SettingsError (one line naming every problem) unless web may start with ``config``."""
+    problems = web_production_problems(config)
+    if problems:
+        raise SettingsError("; ".join(problems))
 
 
 def _read_toml(path):

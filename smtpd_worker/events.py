@@ -6,7 +6,10 @@ Verification (never switched off):
   serve a test certificate; a production allowlist names SNS hosts and so never allows http.
 - The signature over SNS's canonical string is checked with that certificate's key: SHA1 for
   SignatureVersion 1, SHA256 for 2.
-- ``TopicArn`` must be in ``ses.sns_topic_arns`` when that list is set.
+- ``TopicArn`` must be in ``ses.sns_topic_arns``, checked first: a notification or subscription
+  from any other topic (anyone can create one and subscribe us) is refused before a certificate is
+  fetched or a SubscribeURL visited. An empty list accepts nothing (and web refuses to start in
+  production with it, see settings.web_production_problems).
 - ``Timestamp`` must be within ``MAX_AGE`` of now (a captured notification cannot be replayed
   later), and each SNS ``MessageId`` is applied once (``OutboundEvent.dedupe_key``).
 
@@ -20,6 +23,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import re
 import threading
 from urllib.parse import urlsplit
 
@@ -46,6 +50,7 @@ NOTIFICATION_FIELDS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn
 CONFIRMATION_FIELDS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
 MESSAGE_TYPES = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
 HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
+EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")  # Delivery, Bounce, DeliveryDelay, ...: a name, not text
 
 # How far along a message is; an event moves a row only to a higher rank.
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "failed": 4, "bounced": 4, "complained": 5}
@@ -83,7 +88,9 @@ def parse(body):
 def verify(envelope, now=None):
     """Raise Rejected unless ``envelope`` is a fresh, genuinely signed message from an allowed topic."""
     ses = settings.get()["ses"]
-    if ses["sns_topic_arns"] and envelope["TopicArn"] not in ses["sns_topic_arns"]:
+    if envelope["TopicArn"] not in ses["sns_topic_arns"]:
+        if not ses["sns_topic_arns"]:
+            log.error("SNS notification from %.300s refused: ses.sns_topic_arns is empty", envelope["TopicArn"])
         raise Rejected(403, "topic not accepted here")
     check_timestamp(envelope["Timestamp"], now)
     hash_class = HASHES.get(envelope["SignatureVersion"])
@@ -193,9 +200,13 @@ def ses_event(envelope):
         event = json.loads(envelope["Message"])
     except ValueError:
         raise Rejected(400, "Message is not an SES event") from None
-    kind = event.get("eventType") or event.get("notificationType") if isinstance(event, dict) else None
-    if not isinstance(kind, str) or not isinstance(event.get("mail"), dict):
+    if not isinstance(event, dict):
         raise Rejected(400, "Message is not an SES event")
+    kind = event.get("eventType") or event.get("notificationType")
+    if not isinstance(kind, str) or not EVENT_TYPE.fullmatch(kind):
+        raise Rejected(400, "Message is not an SES event: eventType is missing, empty or not a name")
+    if not isinstance(event.get("mail"), dict):
+        raise Rejected(400, "Message is not an SES event: no mail object")
     return kind, event
 
 

@@ -261,3 +261,72 @@ def test_sns_unknown_signature_version_gets_400(sent_row, sns):
     response = sns.post(json.dumps(envelope))
 
     assert (response.status_code, response.json()) == (400, {"error": "unsupported SignatureVersion '3'"})
+
+
+# -- topic allowlist (issue 10 item 4): a topic not listed is refused before anything is fetched ---
+
+OTHER_TOPIC = "arn:aws:sns:us-east-1:123456789012:someone-elses-topic"
+
+
+@pytest.fixture
+def cert_recorder(sns):
+    """A loopback host that serves the harness's test certificate and records every request."""
+    from tests.fixtures_relay import serve_wsgi
+
+    hits = []
+
+    def app(environ, start_response):
+        hits.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "application/x-pem-file")])
+        return [sns.cert_pem]
+
+    server, url = serve_wsgi(app)
+    yield url, hits
+    server.shutdown()
+
+
+@pytest.mark.parametrize("allowed", [[], [OTHER_TOPIC]], ids=["empty-list", "other-topic"])
+def test_sns_notification_from_unlisted_topic_is_refused_before_fetching_certificate(
+        relay_config, sent_row, sns, cert_recorder, allowed):
+    relay_config["ses"]["sns_topic_arns"] = allowed
+    url, hits = cert_recorder
+    envelope = sns.signed(ses_event("Bounce", sent_row, **BOUNCE), SigningCertURL=f"{url}/cert.pem")
+
+    response = sns.post(json.dumps(envelope))
+
+    assert (response.status_code, response.json()) == (403, {"error": "topic not accepted here"})
+    assert hits == []
+    assert outbound(sent_row.id).status == "sent"
+
+
+@pytest.mark.parametrize("allowed", [[], [OTHER_TOPIC]], ids=["empty-list", "other-topic"])
+def test_sns_subscription_from_unlisted_topic_is_not_confirmed(relay_config, sns, allowed):
+    relay_config["ses"]["sns_topic_arns"] = allowed
+    envelope = sns.signed("You have chosen to subscribe", type_="SubscriptionConfirmation", Token="tok-3",
+                          SubscribeURL=f"{sns.url}/confirm?Action=ConfirmSubscription&Token=tok-3")
+
+    response = sns.post(json.dumps(envelope))
+
+    assert (response.status_code, response.json()) == (403, {"error": "topic not accepted here"})
+    assert sns.confirmations == []
+
+
+def test_sns_listed_topic_through_moto_still_applies(relay_config, sent_row, sns):
+    assert relay_config["ses"]["sns_topic_arns"] == [sns.topic_arn]  # the fixture lists exactly its topic
+
+    response = sns.publish(ses_event("Delivery", sent_row))
+
+    assert (response.status_code, response.json()) == (200, {"status": "applied"})
+
+
+@pytest.mark.parametrize("event_type", ["", None, 5, "Bounce; DROP", "x" * 65])
+def test_sns_event_with_empty_or_bad_event_type_gets_400(sent_row, sns, event_type):
+    event = ses_event("Bounce", sent_row, **BOUNCE)
+    event["eventType"] = event_type
+    event["notificationType"] = ""  # nothing to fall back on (was a 500: kind[0] of "")
+
+    response = sns.post(json.dumps(sns.signed(event)))
+
+    assert (response.status_code, response.json()) == (
+        400, {"error": "Message is not an SES event: eventType is missing, empty or not a name"})
+    assert outbound(sent_row.id).status == "sent"

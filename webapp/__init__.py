@@ -23,6 +23,7 @@ def create_app(config=None):
     flask_overrides = {k: config.pop(k) for k in list(config) if k.isupper()}
     runtime.configure(config)
 
+    settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     app = Flask(__name__)
     secret = config["web"]["secret_key"] or secrets.token_hex(32)
     https = config["web"]["public_url"].startswith("https://")

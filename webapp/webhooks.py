@@ -5,6 +5,7 @@ from flask import Blueprint
 from flask import jsonify
 from flask import request
 from peewee import PeeweeException
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from smtpd_worker import events
 
@@ -17,10 +18,16 @@ MAX_BODY = 1024 * 1024  # bytes; SNS messages are at most 256 KB
 
 @bp.post("/ses")
 def ses():
-    if (request.content_length or 0) > MAX_BODY:
-        return jsonify(error="notification too large"), 413
-    body = request.get_data(cache=False)[:MAX_BODY + 1]
-    if len(body) > MAX_BODY:
+    # Unauthenticated: bound the read itself. A Content-Length over the limit is refused before
+    # reading; a chunked body is read no further than one byte past the limit.
+    body = None
+    if (request.content_length or 0) <= MAX_BODY:
+        request.max_content_length = MAX_BODY + 1
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            pass
+    if body is None or len(body) > MAX_BODY:
         return jsonify(error="notification too large"), 413
     try:
         status, message = events.handle(body)

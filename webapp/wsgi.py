@@ -11,4 +11,11 @@ import runtime  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 runtime.setup_logging(runtime.settings.get())
-app = create_app()
+try:
+    app = create_app()
+except runtime.settings.SettingsError as exc:
+    # gunicorn prints an AppImportError as one line and stops, instead of respawning workers that
+    # fail the same way (e.g. no INBOXLAYER_WEB_SECRET_KEY in production).
+    from gunicorn.errors import AppImportError
+
+    raise AppImportError(f"configuration error: {exc}") from None
