@@ -67,6 +67,7 @@ class User(BaseModel):
     password_hash = CharField(max_length=255)
     plan = CharField(max_length=32, default="free")
     created_at = DateTimeField(default=utcnow)
+    session_epoch = IntegerField(default=0)  # dashboard sessions of an older generation are ended (logout)
 
 
 class ApiToken(BaseModel):
@@ -301,20 +302,59 @@ def sender_key(address):
 LOCAL_PART_ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 
 
-def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev", display_name=""):
+# Role addresses on the shared default domain belong to its operator, never to a tenant: RFC 2142's
+# mailbox names, the names a CA may mail to validate a domain (CA/B Baseline Requirements 3.2.2.4.4:
+# admin, administrator, webmaster, hostmaster, postmaster) and what bounces and receipts come from.
+RESERVED_LOCAL_PARTS = frozenset({
+    "abuse", "noc", "security", "info", "marketing", "sales", "support", "hostmaster", "postmaster",
+    "usenet", "news", "webmaster", "www", "uucp", "ftp",  # RFC 2142
+    "admin", "administrator",  # CA/B BR 3.2.2.4.4 (with hostmaster, postmaster, webmaster)
+    "noreply", "no-reply", "no_reply", "no.reply", "billing", "mailer-daemon", "root",
+})
+
+
+class ReservedAddress(AddressError):
+    """The name is a role address of the shared domain (postmaster@, abuse@, ...)."""
+
+
+class InboxLimitReached(Exception):
+    """The account already has its plan's ``max_inboxes``."""
+
+
+def is_reserved_local_part(local_part):
+    """True for a role name, compared lower-case and without a ``+tag``."""
+    return (local_part or "").strip().lower().split("+", 1)[0] in RESERVED_LOCAL_PARTS
+
+
+def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev", display_name="",
+                 max_inboxes=0, allow_reserved=False):
     """Create an inbox ``local_part@(domain or default_domain)``; AddressError on bad input.
 
-    Raises IntegrityError (from the unique index, not a racy pre-check) if the address is taken.
+    The one place the inbox rules live (dashboard, API and CLI all call it): a role name on the
+    default domain is ReservedAddress unless ``allow_reserved`` (the operator's CLI); an account
+    holding ``max_inboxes`` (its plan's; 0 = no limit) gets InboxLimitReached. Raises IntegrityError
+    (from the unique index, not a racy pre-check) if the address is taken. Call inside a transaction.
     """
     local_part = (local_part or "").strip().lower()
     if not local_part or len(local_part) > 64:
         raise AddressError("the inbox name must be 1 to 64 characters")
+    if domain is None and not allow_reserved and is_reserved_local_part(local_part):
+        raise ReservedAddress(f"{local_part}@{default_domain} is a reserved role address (postmaster, abuse, "
+                              "admin, support and the like belong to the operator of the shared domain); "
+                              "choose another name")
     if not set(local_part) <= LOCAL_PART_ALLOWED or local_part[0] in ".-" or local_part[-1] in ".-" \
             or ".." in local_part:
         raise AddressError("the inbox name may use letters, digits, '.', '-' and '_' "
                            "(not first or last, no '..')")
     if domain is not None and domain.user_id != user.id:
         raise AddressError("that domain is not yours")
+    if max_inboxes:
+        # Lock the account row first (a write: Postgres row lock, SQLite's write lock) so that two
+        # concurrent creates count one after the other and the cap holds.
+        User.update(plan=User.plan).where(User.id == user.id).execute()
+        if Inbox.select().where(Inbox.user == user.id).count() >= max_inboxes:
+            raise InboxLimitReached(f"this account has reached its plan's limit of {max_inboxes} inboxes; "
+                                    "delete one or upgrade the plan")
     address = f"{local_part}@{domain.name if domain else default_domain}"
     return Inbox.create(user=user, local_part=local_part, domain=domain, address=address,
                         display_name=clean_display_name(display_name))

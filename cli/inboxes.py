@@ -4,6 +4,7 @@ from peewee import IntegrityError
 from rich.table import Table
 
 import models
+import settings
 from cli.common import JsonOption
 from cli.common import console
 from cli.common import database
@@ -24,6 +25,9 @@ def inbox_json(inbox):
 def create(address: str = typer.Argument(..., help="name@inboxlayer.dev or name@your-verified-domain"),
            owner: str = typer.Option(..., "--owner", help="Owner's email."),
            display_name: str = typer.Option("", help="Display name for the From: header."),
+           allow_reserved: bool = typer.Option(False, "--allow-reserved",
+                                               help="Let the operator take a role address of the default "
+                                                    "domain (postmaster@, abuse@, ...)."),
            json_out: bool = JsonOption):
     """Create an inbox on the default domain or on one of the owner's domains."""
     with database() as config:
@@ -40,7 +44,13 @@ def create(address: str = typer.Argument(..., help="name@inboxlayer.dev or name@
                 fail(f"{domain_name} is neither {config['server']['default_domain']} nor a domain of {user.email}")
         try:
             with models.db.atomic():
-                inbox = models.create_inbox(user, local, domain, config["server"]["default_domain"], display_name)
+                inbox = models.create_inbox(user, local, domain, config["server"]["default_domain"], display_name,
+                                            max_inboxes=settings.plan_limits(config, user.plan)["max_inboxes"],
+                                            allow_reserved=allow_reserved)
+        except models.InboxLimitReached as exc:
+            fail(f"{user.email}: {exc}")
+        except models.ReservedAddress as exc:
+            fail(f"{exc} (an operator may take it with --allow-reserved)")
         except models.AddressError as exc:
             fail(f"invalid address {address!r}: {exc}")
         except IntegrityError:

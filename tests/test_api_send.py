@@ -284,7 +284,9 @@ def test_send_message_over_size_limit_is_413(api, account, config):
                         json=send_body(attachments=[{"filename": "big.bin", "content": attachment}]))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "message_too_large"
-    assert response.json()["error"]["message"].endswith(f"exceeds the limit of {limit} bytes (25 MB)")
+    assert response.json()["error"]["message"].startswith("Message size at least ")
+    assert f"exceeds the limit of {limit} bytes (25 MB). The limit applies to the message as sent, i.e. after " \
+           "base64 encoding of attachments" in response.json()["error"]["message"]
     with models.db.connection_context():
         assert models.OutboundEmail.select().count() == 0
         assert models.sends_today(account.user) == 0
@@ -295,7 +297,9 @@ def test_send_request_body_over_limit_is_413_json(api, account, config):
     response = api.post(f"/v1/inboxes/{account.address}/send", data=too_big,
                         headers={"Content-Type": "application/json"})
     assert response.status_code == 413
-    assert response.json() == {"error": {"code": "payload_too_large", "message": "Request body too large"}}
+    assert response.json() == {"error": {"code": "payload_too_large", "message": (
+        f"Request body over {len(too_big) - 1} bytes; a message may be at most 25 MB as sent, i.e. after base64 "
+        "encoding of attachments")}}
 
 
 def test_send_concurrent_retries_with_one_idempotency_key_send_once(api_server, account):

@@ -15,22 +15,24 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message_category = "info"
 
+MAX_REQUEST_BODY = 2**20  # bytes; forms and JSON bodies other than an API send are far smaller
+
 
 def create_app(config=None):
     """Build the app. ``config`` is a settings dict (``settings.load_config()``); Flask keys
     such as ``TESTING`` may be mixed in at the top level."""
     config = dict(config or settings.get())
     flask_overrides = {k: config.pop(k) for k in list(config) if k.isupper()}
+    settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     runtime.configure(config)
 
-    settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     app = Flask(__name__)
     secret = config["web"]["secret_key"] or secrets.token_hex(32)
     https = config["web"]["public_url"].startswith("https://")
     app.config.from_mapping(
         SECRET_KEY=secret,
         INBOXLAYER=config,
-        MAX_CONTENT_LENGTH=config["smtp"]["max_message_size"] * 2,  # base64 attachments in JSON
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BODY,  # the API's send view raises its own limit (webapp/api/sending.py)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=https,

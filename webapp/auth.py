@@ -19,11 +19,13 @@ from flask_login import login_required
 from flask_login import login_user
 from flask_login import logout_user
 from peewee import IntegrityError
+import redis
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
 import models
 from smtpd_worker import limits
+from smtpd_worker import queue
 from webapp.forms import ChangePasswordForm
 from webapp.forms import LoginForm
 from webapp.forms import SignupForm
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOGIN_WINDOW = 15 * 60  # seconds over which failed logins are counted
 PASSWORD_FINGERPRINT_KEY = "_pwfp"
+SESSION_EPOCH_KEY = "_epoch"
 
 
 class LoginUser(UserMixin):
@@ -79,14 +82,27 @@ def _start_session(user):
     session.clear()  # a fresh session on every login: nothing planted before login survives it
     login_user(LoginUser(user))
     session[PASSWORD_FINGERPRINT_KEY] = password_fingerprint(user)
+    session[SESSION_EPOCH_KEY] = user.session_epoch
+
+
+def end_sessions(user):
+    """End every dashboard session of ``user`` server-side: sessions are signed cookies, so a
+    copy of one would otherwise stay valid after logout. Returns the new generation."""
+    with models.db.atomic():
+        models.User.update(session_epoch=models.User.session_epoch + 1).where(models.User.id == user.id).execute()
+        user.session_epoch = models.User.get_by_id(user.id).session_epoch
+    return user.session_epoch
 
 
 @bp.before_app_request
 def end_stale_session():
-    """Log out a session started before the account's password changed (e.g. a stolen cookie)."""
+    """Log out a session from an older generation (logged out, e.g. a copied cookie) or started
+    before the account's password changed."""
     if "_user_id" not in session or not current_user.is_authenticated:
         return
-    if session.get(PASSWORD_FINGERPRINT_KEY) != password_fingerprint(current_user.user):
+    user = current_user.user
+    if session.get(SESSION_EPOCH_KEY, 0) != user.session_epoch or \
+            session.get(PASSWORD_FINGERPRINT_KEY) != password_fingerprint(user):
         logout_user()
         session.clear()
 
@@ -154,29 +170,46 @@ def login():
     ident = _throttle_ident(email)
     max_failures = _settings()["web"]["login_max_failures"]
     try:
-        throttled = limits.window_count("login-fail", ident) >= max_failures
+        # Count the attempt as a failure first, then decide: a parallel burst cannot slip more
+        # than max_failures tries in between a check and an increment. A success gives it back.
+        attempt = limits.count_in_window("login-fail", ident, LOGIN_WINDOW)
     except limits.LimiterUnavailable:
         log.error("login throttle unavailable; refusing logins until Redis is back")
         form.form_errors.append("Signing in is temporarily unavailable. Please try again in a minute.")
         return render_template("auth/login.html", form=form), 503
-    if throttled:
+    if attempt > max_failures:
         form.form_errors.append("Too many failed attempts. Please wait 15 minutes before trying again.")
         return render_template("auth/login.html", form=form), 429
     user = models.User.get_or_none(models.User.email == email)
     password_ok = check_password_hash(user.password_hash if user else _dummy_hash(), form.password.data)
     if user is None or not password_ok:
-        try:
-            limits.count_in_window("login-fail", ident, LOGIN_WINDOW)
-        except limits.LimiterUnavailable:
-            log.error("could not record a failed login")
         form.form_errors.append("Wrong email or password.")
         return render_template("auth/login.html", form=form), 401
+    _uncount_attempt(ident)
     _start_session(user)
     return redirect(_safe_next(request.args.get("next")) or url_for("dashboard.index"))
 
 
+# Take back one counted attempt, never below zero and never on a key that expired meanwhile
+# (a DECR there would create a count without an expiry).
+_UNCOUNT = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return n
+"""
+
+
+def _uncount_attempt(ident):
+    try:
+        queue.connection().register_script(_UNCOUNT)(keys=[queue.key("login-fail", ident)])
+    except redis.RedisError as exc:
+        log.error("could not take back a successful login's attempt: %s", exc)
+
+
 @bp.post("/logout")
 def logout():
+    if current_user.is_authenticated:
+        end_sessions(current_user.user)  # this cookie, and any copy of it, is dead from now on
     logout_user()
     session.clear()
     flash("You are logged out.", "info")
@@ -197,7 +230,9 @@ def account():
             user.password_hash = generate_password_hash(form.password.data)
             with models.db.atomic():
                 models.User.update(password_hash=user.password_hash).where(models.User.id == user.id).execute()
-            session[PASSWORD_FINGERPRINT_KEY] = password_fingerprint(user)  # this session stays, others end
+            # This session stays; every other one (and any copied cookie) ends.
+            session[SESSION_EPOCH_KEY] = end_sessions(user)
+            session[PASSWORD_FINGERPRINT_KEY] = password_fingerprint(user)
             flash("Your password has been changed.", "success")
             return redirect(url_for("auth.account"))
     elif request.method == "POST":

@@ -14,6 +14,7 @@ from peewee import JOIN
 from peewee import IntegrityError
 
 import models
+import settings
 from webapp.forms import MAX_ID
 from smtpd_worker import blobs
 from webapp.forms import InboxForm
@@ -36,6 +37,10 @@ def owned_inbox(inbox_id):
 
 def _settings():
     return current_app.config["INBOXLAYER"]
+
+
+def _max_inboxes():
+    return settings.plan_limits(_settings(), current_user.user.plan)["max_inboxes"]
 
 
 def _form():
@@ -77,7 +82,11 @@ def create():
     try:
         with models.db.atomic():
             inbox = models.create_inbox(current_user.user, form.local_part.data, domain,
-                                        _settings()["server"]["default_domain"], form.display_name.data)
+                                        _settings()["server"]["default_domain"], form.display_name.data,
+                                        max_inboxes=_max_inboxes())
+    except models.InboxLimitReached as exc:
+        form.form_errors.append(str(exc).capitalize() + ".")
+        return _render_index(form, 403)
     except models.AddressError as exc:
         form.local_part.errors.append(str(exc).capitalize() + ".")
         return _render_index(form, 422)

@@ -18,6 +18,9 @@ bp = Blueprint("outbound", __name__, url_prefix="/outbound")
 
 PAGE_SIZE = 50  # rows per page
 PUBLIC_ID = re.compile(r"ob_[0-9A-Za-z]{1,37}")  # models.new_public_id: "ob_" + 24 hex digits
+# Query keys the pager carries on. Only these reach url_for: others such as _method or _external
+# are url_for's own arguments (``?_method=DELETE`` was a 500).
+FILTER_KEYS = ("inbox", "status", "since", "until")
 
 
 def _parse_filters(args, inboxes):
@@ -69,7 +72,7 @@ def index():
     rows = list(query.paginate(page, PAGE_SIZE))
     return render_template("outbound/index.html", rows=rows, inboxes=inboxes, filters=filters, errors=errors,
                            statuses=models.STATUSES, page=page, pages=max(1, -(-total // PAGE_SIZE)), total=total,
-                           args={k: v for k, v in request.args.items() if k != "page"}), 422 if errors else 200
+                           args={k: v for k, v in request.args.items() if k in FILTER_KEYS}), 422 if errors else 200
 
 
 HIDDEN_DETAIL_KEYS = {"sns_message_id", "feedbackId", "timestamp", "arrivalDate", "userAgent"}

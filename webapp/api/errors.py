@@ -42,10 +42,10 @@ class ApiError(Exception):
 
 
 class Invalid(ApiError):
-    """422 naming the offending field."""
+    """422 naming the offending field (``code`` when clients need to tell this refusal apart)."""
 
-    def __init__(self, field, message):
-        super().__init__(422, "invalid_request", f"{field}: {message}")
+    def __init__(self, field, message, code="invalid_request"):
+        super().__init__(422, code, f"{field}: {message}")
         self.field = field
 
 

@@ -7,6 +7,7 @@ from flask import jsonify
 from peewee import IntegrityError
 
 import models
+import settings
 from smtpd_worker import submission
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -44,7 +45,12 @@ def create_inbox():
                 raise Invalid("domain", f"{domain_name} is neither {default_domain} nor a domain of this account")
     try:
         with models.db.atomic():
-            inbox = models.create_inbox(g.user, name, domain, default_domain, display_name)
+            inbox = models.create_inbox(g.user, name, domain, default_domain, display_name,
+                                        max_inboxes=settings.plan_limits(config, g.user.plan)["max_inboxes"])
+    except models.InboxLimitReached as exc:
+        raise ApiError(403, "inbox_limit_reached", str(exc)[0].upper() + str(exc)[1:]) from None
+    except models.ReservedAddress as exc:
+        raise Invalid("name", str(exc), code="reserved_address") from None
     except models.AddressError as exc:
         raise Invalid("name", str(exc)) from None
     except IntegrityError:

@@ -165,11 +165,11 @@ SCHEMAS["MessageList"] = _list_of("Message")
 ERROR_TEXT = {
     400: "Malformed request (body not JSON, bad Idempotency-Key).",
     401: "Missing, invalid or revoked token.",
-    403: "The inbox may not send (custom domain not verified).",
+    403: "Not allowed: the inbox may not send (custom domain not verified), or the plan's inbox limit is reached.",
     404: "No such resource in this account.",
     405: "Method not allowed on this path.",
     409: "Conflict (Idempotency-Key reused with another body; address taken).",
-    413: "Request body or built message over the size limit (25 MB).",
+    413: "Request body or message over the size limit: 25 MB as sent, after base64 encoding of attachments.",
     422: "Invalid field; the message names it.",
     429: "Rate limit or daily quota reached; see Retry-After.",
     503: "A backing service is unavailable; try again later.",
@@ -246,7 +246,7 @@ PATHS = {
                             _ok("SMTP settings", "SmtpSettings"), ())},
     "/v1/inboxes": {
         "get": _op("List inboxes", _ok("Inboxes, newest first", "InboxList"), (422,), [LIMIT, CURSOR]),
-        "post": _op("Create an inbox", _ok("Created", "Inbox", "201"), (409, 422), body="InboxCreate"),
+        "post": _op("Create an inbox", _ok("Created", "Inbox", "201"), (403, 409, 422), body="InboxCreate"),
     },
     "/v1/inboxes/{address}/send": {"post": _op(
         "Send a message from an inbox",

@@ -1,6 +1,5 @@
 """POST /v1/inboxes/{address}/send: JSON in, a MIME message through the SMTP submit path out."""
 import calendar
-import hashlib
 import tempfile
 from email.headerregistry import Address
 
@@ -22,11 +21,16 @@ from webapp.api.mime import MimeError
 from webapp.api.mime import build_message
 from webapp.api.mime import write_message
 from webapp.api.outbound import outbound_json
-from webapp.api.validation import canonical_json
+from webapp.api.validation import canonical_digest
 from webapp.api.validation import json_body
 from webapp.api.validation import send_request
 
 MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width
+# The JSON body may be twice the message limit: JSON escapes text (\uXXXX) that MIME encodes more
+# tightly. Attachments are base64 in both, so their size is about the same in either.
+BODY_LIMIT_FACTOR = 2
+BASE64_LINE_BYTES = 57  # input bytes per base64 line: 76 characters + CRLF = 78 bytes (RFC 2045 6.8)
+BASE64_LINE_SIZE = 78
 
 
 def send(address):
@@ -42,10 +46,16 @@ def send(address):
 
 def _send(inbox):
     config = current_app.config["INBOXLAYER"]
-    body = json_body()
-    parsed = send_request(body, config["smtp"]["max_recipients"])
+    max_size = config["smtp"]["max_message_size"]
+    body = json_body(max_size * BODY_LIMIT_FACTOR, f"; a message may be at most {max_size / 2**20:g} MB as sent, "
+                                                   "i.e. after base64 encoding of attachments")
+    at_least = size_lower_bound(body)
+    if at_least > max_size:  # refused before base64-decoding anything or building the message
+        raise ApiError(413, "message_too_large", too_large(at_least, max_size, estimated=True))
     key = _idempotency_key()
-    request_hash = hashlib.sha256(inbox.address.encode() + b"\n" + canonical_json(body)).hexdigest()
+    request_hash = canonical_digest(inbox.address.encode() + b"\n", body)
+    parsed = send_request(body, config["smtp"]["max_recipients"])
+    del body  # the decoded attachments are in ``parsed``; do not hold both
     if key is not None:
         earlier = _earlier_send(key, request_hash)
         if earlier is not None:
@@ -61,7 +71,6 @@ def _send(inbox):
         raise Invalid(field, reason) from None
     except (ValueError, TypeError) as exc:  # the email package's own refusals, should validation miss one
         raise ApiError(422, "invalid_request", f"The message could not be built: {exc}"[:300]) from None
-    max_size = config["smtp"]["max_message_size"]
     started = models.utcnow()
     with tempfile.TemporaryFile(prefix="inboxlayer-api-") as spool:
         try:
@@ -69,11 +78,42 @@ def _send(inbox):
         except (ValueError, TypeError, UnicodeError) as exc:
             raise ApiError(422, "invalid_request", f"The message could not be built: {exc}"[:300]) from None
         if size > max_size:
-            raise ApiError(413, "message_too_large", f"Message size {size} bytes exceeds the limit of "
-                                                     f"{max_size} bytes ({max_size // 2**20} MB)")
+            raise ApiError(413, "message_too_large", too_large(size, max_size))
         outbound = submission.submit(g.user, inbox, inbox.address, recipients, spool, via="api",
                                      idempotency_key=key, request_hash=request_hash if key else None)
     return _accepted(outbound, replayed=outbound.created_at < started)
+
+
+def base64_size(length):
+    """Bytes ``length`` bytes take in a MIME part: base64 in lines of 76 characters + CRLF."""
+    full, rest = divmod(length, BASE64_LINE_BYTES)
+    return full * BASE64_LINE_SIZE + (4 * -(-rest // 3) + 2 if rest else 0)
+
+
+def size_lower_bound(body):
+    """A lower bound of the built message's size, from the request as sent (nothing decoded):
+    each attachment as base64 lines, text and html as UTF-8. Headers and encoding overhead of the
+    text parts come on top, so a message this bound refuses could never have fitted."""
+    total = 0
+    for name in ("text", "html"):
+        if isinstance(body.get(name), str):
+            total += len(body[name].encode("utf-8", "surrogatepass"))
+    items = body.get("attachments")
+    for item in items if isinstance(items, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            decoded = len(content) // 4 * 3 - len(content[-2:]) + len(content[-2:].rstrip("="))
+            total += base64_size(max(decoded, 0))
+    return total
+
+
+def too_large(size, max_size, estimated=False):
+    """The 413 text: the limit is on the message as sent, after base64, so say what fits."""
+    ceiling = max_size * BASE64_LINE_BYTES / BASE64_LINE_SIZE
+    return (f"Message size {'at least ' if estimated else ''}{size} bytes exceeds the limit of {max_size} bytes "
+            f"({max_size / 2**20:g} MB). The limit applies to the message as sent, i.e. after base64 encoding "
+            f"of attachments (4/3 of their size plus line breaks), so attachments can total about "
+            f"{ceiling / 2**20:.1f} MB")
 
 
 def _sender(inbox):

@@ -5,6 +5,7 @@ so a field value can never add a header or a MIME part of its own (header inject
 """
 import base64
 import binascii
+import hashlib
 import json
 import mimetypes
 import re
@@ -13,7 +14,9 @@ from dataclasses import field
 from email.headerregistry import Address
 
 import email_validator
+from flask import current_app
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import models
 from webapp.api.errors import ApiError
@@ -76,11 +79,34 @@ class SendRequest:
         return list(seen.values())
 
 
-def json_body():
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
-    raw = request.get_data(cache=True)
+def read_body(limit, note=""):
+    """The request body if it is at most ``limit`` bytes, else a 413 (``note`` appended to its
+    message). A Content-Length over the limit is refused before reading; a body without one
+    (chunked) is read no further than one byte past the limit."""
+    raw = None
+    if (request.content_length or 0) <= limit:
+        request.max_content_length = limit + 1  # werkzeug stops reading there; one byte over = too large
+        try:
+            raw = request.get_data(cache=False)  # parsed once by the caller; not cached beside it
+        except RequestEntityTooLarge:
+            pass
+    if raw is None or len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"Request body over {limit} bytes{note}")
+    return raw
+
+
+def json_body(limit=None, note=""):
+    """The request body as a JSON object, or a 400 that says what is wrong with it (413 past
+    ``limit`` bytes, by default the app's MAX_CONTENT_LENGTH)."""
+    raw = read_body(limit or current_app.config["MAX_CONTENT_LENGTH"], note)
     if not raw.strip():
         raise ApiError(400, "invalid_json", "The request body must be a JSON object")
+    try:
+        # Decode first and let go of the bytes, so that at most two copies of a large body (text
+        # and parsed) are alive at once; json.loads(bytes) would hold three.
+        raw = raw.decode("utf-8-sig")  # RFC 8259 8.1: JSON is UTF-8 (a BOM is ignored)
+    except UnicodeDecodeError:
+        pass  # json.loads detects UTF-16/32 or says what is wrong
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -93,6 +119,17 @@ def json_body():
 def canonical_json(body):
     """Stable bytes for hashing a body: key order and whitespace do not matter, content does."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def canonical_digest(prefix, body):
+    """sha256 hex of ``prefix`` + canonical_json(body), without building that copy of the body."""
+    digest = hashlib.sha256(prefix)
+    for chunk in _CANONICAL.iterencode(body):
+        digest.update(chunk.encode("ascii"))
+    return digest.hexdigest()
 
 
 def reject_unknown(body, allowed, where=""):
@@ -206,6 +243,10 @@ def attachment(name, value):
     filename = text(f"{name}.filename", value.get("filename"), MAX_FILENAME, single_line=True, required=True)
     if not filename.strip() or "/" in filename or "\\" in filename:
         raise Invalid(f"{name}.filename", "must be a plain file name")
+    bidi = next((c for c in filename if c in models.BIDI_CONTROLS), None)
+    if bidi is not None:  # "invoice\u202efdp.exe" reads as "invoiceexe.pdf"
+        raise Invalid(f"{name}.filename", f"must not contain bidirectional control characters (U+{ord(bidi):04X}), "
+                                          "which can disguise a file's real type")
     encoded = text(f"{name}.content", value.get("content"), required=True)
     try:
         content = base64.b64decode(encoded, validate=True)
