@@ -354,3 +354,21 @@ def test_runtime_keeps_local_state_private_under_any_umask(tmp_path):
         assert stat.S_IMODE(database.stat().st_mode) == 0o600
     finally:
         os.umask(old_umask)
+
+
+def test_dev_stack_stops_everything_and_fails_when_a_process_dies(tmp_path):
+    import psutil
+
+    stack = DevStack(tmp_path, dev_env(tmp_path))
+    try:
+        stack.wait_running()
+        children = psutil.Process(stack.proc.pid).children()
+        (web,) = [child for child in children if "gunicorn" in " ".join(child.cmdline())]  # `web` execs it
+        web.kill()
+        code = stack.proc.wait(90)
+    finally:
+        stack.stop()
+    assert code == 1
+    assert "error: web (exit code " in stack.output and ") exited; stopped everything" in stack.output
+    assert "Traceback" not in stack.output
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
