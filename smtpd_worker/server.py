@@ -146,7 +146,7 @@ class SubmissionServer:
         """Count a new connection from ``client``; False (and not counted) when it is over the cap."""
         count = self.connections.get(client, 0)
         if self.max_connections_per_ip and count >= self.max_connections_per_ip:
-            log.info("refused a connection from %s: %d open", client, count)
+            log.debug("refused a connection from %s: %d open", client, count)  # debug: a flood must not flood the log
             return False
         self.connections[client] = count + 1
         return True

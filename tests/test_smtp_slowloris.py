@@ -172,14 +172,21 @@ def test_authenticated_session_outlives_pre_auth_deadline(deadline_smtp):
     assert client.reply().startswith(codes.QUEUED_PREFIX)
 
 
-def test_tls_handshake_trickled_cut_at_pre_auth_deadline(deadline_smtp):
+@pytest.mark.parametrize("port", ["tls", "starttls"])
+def test_tls_handshake_trickled_cut_at_pre_auth_deadline(deadline_smtp, port):
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = tls_context(deadline_smtp.cafile).wrap_bio(incoming, outgoing, server_hostname=deadline_smtp.host)
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
     hello = outgoing.read()
-    with socket.create_connection((deadline_smtp.host, deadline_smtp.tls_port), timeout=10) as sock:
+    port_number = deadline_smtp.tls_port if port == "tls" else deadline_smtp.starttls_port
+    with socket.create_connection((deadline_smtp.host, port_number), timeout=10) as sock:
         started = time.monotonic()
+        if port == "starttls":
+            reader = sock.makefile("rb")
+            assert reader.readline() == f"{GREETING}\r\n".encode()
+            sock.sendall(b"STARTTLS\r\n")
+            assert reader.readline() == f"{codes.READY_FOR_TLS}\r\n".encode()
         for byte in hello[:-1]:  # never the last byte: the handshake never completes
             if readable_within(sock, TRICKLE):
                 break
@@ -189,7 +196,7 @@ def test_tls_handshake_trickled_cut_at_pre_auth_deadline(deadline_smtp):
             answer = sock.recv(100)
         except ConnectionResetError:
             answer = b""
-        assert answer == b""  # closed, silently: nothing can be said before TLS on 465
+        assert answer == b""  # closed, silently: nothing can be said in the middle of a handshake
         assert 3.5 < time.monotonic() - started < 6
 
 
