@@ -383,26 +383,30 @@ class BudgetSpent(dns.exception.Timeout):
 def check_domain(domain_id, deadline=None):
     """Check one domain's DNS (and SES's DKIM status) and record the outcome. Returns the Domain,
     or None if it no longer exists. A DNS outage records the error but never changes the status.
-    With ``deadline`` (time.monotonic()), raises BudgetSpent, recording nothing, once it passes."""
+    With ``deadline`` (time.monotonic()), raises BudgetSpent, recording nothing, once it passes.
+
+    No database connection is held while DNS and SES answer: a pass of many checks waiting on a
+    silent nameserver must not drain the worker's connection pool."""
     with models.db.connection_context():
         domain = models.Domain.get_or_none(models.Domain.id == domain_id)
-        if domain is None:
-            return None
-        transient = False
-        try:
-            status, reason = evaluate(domain, make_resolver(), deadline)
-        except BudgetSpent:
-            raise
-        except TRANSIENT_DNS_ERRORS as exc:
-            transient, status, reason = True, domain.status, f"DNS lookup failed, will retry: {exc.__class__.__name__}"
-        except ValueError as exc:  # a malformed dns.resolver setting: the operator's to fix, not the user's
-            log.error("dns.resolver setting is invalid: %s", exc)
-            transient, status, reason = True, domain.status, "DNS lookup failed, will retry: resolver misconfigured"
-        else:
-            if status == "verified":
-                problem = ses_dkim_problem(domain.name)
-                if problem:
-                    status, reason = "failed", problem
+    if domain is None:
+        return None
+    transient = False
+    try:
+        status, reason = evaluate(domain, make_resolver(), deadline)
+    except BudgetSpent:
+        raise
+    except TRANSIENT_DNS_ERRORS as exc:
+        transient, status, reason = True, domain.status, f"DNS lookup failed, will retry: {exc.__class__.__name__}"
+    except ValueError as exc:  # a malformed dns.resolver setting: the operator's to fix, not the user's
+        log.error("dns.resolver setting is invalid: %s", exc)
+        transient, status, reason = True, domain.status, "DNS lookup failed, will retry: resolver misconfigured"
+    else:
+        if status == "verified":
+            problem = ses_dkim_problem(domain.name)
+            if problem:
+                status, reason = "failed", problem
+    with models.db.connection_context():
         return _record(domain, status, reason, transient)
 
 

@@ -5,6 +5,7 @@ Real parts: the dashboard through Flask's test client, the loopback DNS server, 
 over HTTP (identities observed with sesv2 get_email_identity), the real database.
 """
 import datetime
+import threading
 
 import boto3
 import pytest
@@ -291,3 +292,27 @@ def test_check_domains_keeps_young_and_once_verified_claims(web, other, config, 
 
     assert domain_row(young) is not None
     assert domain_row(once).status == "failed"
+
+
+def test_domain_cap_holds_under_concurrent_adds(config, account):
+    config["plans"]["free"]["max_domains"] = 1
+    outcomes = []
+
+    def add(n):
+        with models.db.connection_context():
+            try:
+                domain_checks.add_domain(account.user, f"d{n}.example.com")
+                outcomes.append("added")
+            except domain_checks.DomainRefused as exc:
+                outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(outcomes) == ["Your plan allows 1 domain; delete one you no longer use before adding another."] * 5 + [
+        "added"]
+    with models.db.connection_context():
+        assert models.Domain.select().where(models.Domain.user == account.user).count() == 1
