@@ -96,12 +96,12 @@ def check_url(url):
     the token travels in every request, and plain http elsewhere would hand it to the network."""
     try:
         parsed = urllib.parse.urlsplit(url.strip())
-        hostname = parsed.hostname
-    except ValueError:
-        hostname = None
-    if parsed.scheme not in ("http", "https") or not hostname:
+        scheme, hostname = parsed.scheme, parsed.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        scheme = hostname = None
+    if scheme not in ("http", "https") or not hostname:
         raise CliError(f"API URL {url!r} must be http(s)://host[:port]", 2)
-    if parsed.scheme == "http" and not is_loopback(hostname):
+    if scheme == "http" and not is_loopback(hostname):
         raise CliError(f"refusing to send the API token over plain http to {hostname}: use https://{parsed.netloc}"
                        " (plain http is allowed only for localhost, 127.0.0.0/8 and ::1)", 2)
     return url.strip().rstrip("/")

@@ -289,6 +289,8 @@ def test_cli_refuses_plain_http_to_a_remote_host(run_cli, account):
         host = url.split("//")[1].split(":")[0].rstrip("/")
         assert one_error_line(result).startswith(f"error: refusing to send the API token over plain http to {host}: ")
         assert result.returncode == 2
+    malformed = run_cli("outbound", "list", env={"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": "http://[::1"})
+    assert one_error_line(malformed) == "error: API URL 'http://[::1' must be http(s)://host[:port]"
     # Loopback in any spelling is this machine: allowed (and here unreachable, so the error is about that).
     for url in ("http://localhost:9", "http://127.0.0.2:9", "http://[::1]:9"):
         line = one_error_line(run_cli("outbound", "list", env={"INBOXLAYER_TOKEN": account.token,
