@@ -248,8 +248,9 @@ def test_data_uploads_per_account_capped_with_451(start_smtp_server, account):
 
 # -- a token revoked while its DATA is arriving ---------------------------------------------------------
 
-def test_token_revoked_during_data_gets_no_250(smtp_server, account):
-    client = logged_in(smtp_server, account.address, account.token)
+def test_token_revoked_during_data_gets_no_250(start_smtp_server, account):
+    server = start_smtp_server(INBOXLAYER_SMTP_PRE_AUTH_DEADLINE=3)
+    client = logged_in(server, account.address, account.token)
     start_data(client, account.address)
     data = message(account.address)
     client.send(data[:20])
@@ -261,3 +262,8 @@ def test_token_revoked_during_data_gets_no_250(smtp_server, account):
         assert models.OutboundEmail.select().count() == 0
         assert models.Message.select().count() == 0
     assert client.cmd(f"MAIL FROM:<{account.address}>") == codes.AUTH_REQUIRED
+    # Unauthenticated again, so the pre-AUTH deadline runs again, from the revocation.
+    started = time.monotonic()
+    assert readable_within(client.sock, 10)
+    assert client.reply() == codes.PRE_AUTH_TIMEOUT
+    assert 2 < time.monotonic() - started < 5
