@@ -360,6 +360,11 @@ def _release_identity(name):
         delete_identity(name)
 
 
+def expires_at(domain):
+    """When ``domain``, if never verified by then, is deleted by ``expire_pending``."""
+    return domain.created_at + datetime.timedelta(seconds=settings.get()["dns"]["pending_expiry"])
+
+
 def expire_pending(now=None):
     """Delete claims never verified within ``dns.pending_expiry`` (with their inboxes, which could
     never send): a name cannot be held forever by a claim that never proves it. Returns how many."""

@@ -316,3 +316,14 @@ def test_domain_cap_holds_under_concurrent_adds(config, account):
         "added"]
     with models.db.connection_context():
         assert models.Domain.select().where(models.Domain.user == account.user).count() == 1
+
+
+def test_domain_page_pending_says_others_may_claim_and_when_it_expires(web, config, dns_server):
+    domain_id = web.add_domain(NAME)
+    expires = domain_row(domain_id).created_at + datetime.timedelta(seconds=config["dns"]["pending_expiry"])
+    page = web.get(f"/domains/{domain_id}").get_data(as_text=True)
+    assert (f"the first claim whose own TXT record shows up in DNS gets it. A claim not verified by "
+            f"<time datetime=\"{expires.isoformat()}Z\">{expires:%Y-%m-%d %H:%M} UTC</time> is removed.") in page
+    prove(dns_server, domain_id)
+    check_now(web, domain_id)
+    assert 'id="domain-claim"' not in web.get(f"/domains/{domain_id}").get_data(as_text=True)

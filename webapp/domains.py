@@ -65,7 +65,7 @@ def show(domain_id):
     domain = owned_domain(domain_id)
     inboxes = list(models.Inbox.select().where(models.Inbox.domain == domain).order_by(models.Inbox.address))
     return render_template("domains/show.html", domain=domain, records=domain_checks.expected_records(domain),
-                           inboxes=inboxes)
+                           inboxes=inboxes, expires_at=domain_checks.expires_at(domain))
 
 
 @bp.post(f"/<int(max={MAX_ID}):domain_id>/check")
