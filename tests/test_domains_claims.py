@@ -327,3 +327,24 @@ def test_domain_page_pending_says_others_may_claim_and_when_it_expires(web, conf
     prove(dns_server, domain_id)
     check_now(web, domain_id)
     assert 'id="domain-claim"' not in web.get(f"/domains/{domain_id}").get_data(as_text=True)
+
+
+def test_migration_0004_keeps_domains_and_marks_identities_not_ours(config, account):
+    from playhouse.migrations import Runner
+
+    with models.db.connection_context():
+        runner = Runner(models.db.obj, str(models.MIGRATIONS_DIR))
+        runner.down("0004_domain_claims")
+        models.db.execute_sql(
+            "INSERT INTO domain (user_id, name, status, verification_token, dkim_tokens, created_at) "
+            f"VALUES ({account.user.id}, 'old.example.com', 'verified', 't', '[]', '2026-01-01 00:00:00')")
+        applied = models.migrate_schema()
+        assert applied[0] == "0004_domain_claims"
+        old = models.Domain.get(models.Domain.name == "old.example.com")
+        assert (old.status, old.ses_identity_created, old.failing_since) == ("verified", False, None)
+        other = models.User.create(email="second@example.com", password_hash="h")
+        with models.db.atomic():
+            models.Domain.create(user=other, name="old.example.com", verification_token="u")  # a pending claim
+        third = models.User.create(email="third@example.com", password_hash="h")
+        with pytest.raises(models.IntegrityError), models.db.atomic():  # a second verified row for the name
+            models.Domain.create(user=third, name="old.example.com", verification_token="v", status="verified")
