@@ -436,8 +436,8 @@ class Session:
     deadline; ``client`` is what the per-address limits count by (server.client_key)."""
 
     __slots__ = ("server", "settings", "backend", "sock", "peer_ip", "client", "tls", "starttls_offered", "reader",
-                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle", "idle_since",
-                 "connected_at")
+                 "out", "ehlo_name", "principal", "envelope", "commands", "bad_commands", "closing", "idle",
+                 "idle_since", "connected_at")
 
     def __init__(self, server, sock, peer, tls, starttls_offered, connected_at=None, client=None):
         self.server = server
