@@ -210,17 +210,18 @@ def _split_host_port(value):
 def _lookup(resolver, name, rdtype, deadline=None):
     """The record texts at ``name``; [] when the name or type does not exist. With ``deadline``
     (time.monotonic()), the lookup gives up by then with BudgetSpent."""
-    lifetime = resolver.lifetime
+    lifetime, cut = resolver.lifetime, False
     if deadline is not None:
-        lifetime = min(lifetime, deadline - time.monotonic())
-        if lifetime <= 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise BudgetSpent("the check's time budget is spent")
+        lifetime, cut = min(lifetime, left), left < lifetime
     try:
         answer = resolver.resolve(name, rdtype, raise_on_no_answer=False, lifetime=lifetime)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.exception.Timeout:
-        if deadline is not None and time.monotonic() >= deadline:
+        if cut:  # the budget, not the nameserver, ran out: nothing to record about the domain
             raise BudgetSpent("the check's time budget is spent") from None
         raise
     if answer.rrset is None:
