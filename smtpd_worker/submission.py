@@ -11,9 +11,7 @@ import json
 import logging
 import re
 import secrets
-from email.errors import InvalidHeaderDefect
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
+from email.header import Header
 
 from peewee import IntegrityError
 from peewee import PeeweeException
@@ -21,13 +19,14 @@ from peewee import PeeweeException
 import models
 import settings
 from smtpd_worker import blobs
+from smtpd_worker import headers
 from smtpd_worker import limits
 from smtpd_worker import metrics
 from smtpd_worker import queue
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 1024 * 1024  # a header section larger than this is not mail, it is an attack
+MAX_HEADER_BYTES = headers.MAX_HEADER_BYTES  # octets of the header section (see headers.py)
 
 
 class SubmitError(Exception):
@@ -81,12 +80,22 @@ class DomainNotVerified(SubmitError):
 
 
 class BadMessage(SubmitError):
+    """The message itself is refused; ``status`` is the SMTP code and enhanced code."""
+
     smtp_reply = "554 5.6.0 Message is not a valid RFC 5322 message"
     http_status = 422
     code = "invalid_message"
 
-    def __init__(self, message):
-        super().__init__(message, f"554 5.6.0 {message}")
+    def __init__(self, message, status="554 5.6.0"):
+        super().__init__(message, f"{status} {message}")
+
+
+class TooManyListedRecipients(BadMessage):
+    code = "too_many_recipients"
+
+    def __init__(self):
+        super().__init__(f"Too many addresses in To: and Cc: (at most {MAX_LISTED_RECIPIENTS}; use Bcc for more)",
+                         "554 5.5.3")
 
 
 class IdempotencyConflict(SubmitError):
@@ -139,66 +148,102 @@ def check_sender(inbox, address):
 
 # -- the submit path ------------------------------------------------------------------------------
 
-def read_header_section(spool):
-    """Return the raw header section of the message in ``spool`` (through the blank line)."""
-    spool.seek(0)
-    lines = []
-    size = 0
-    while True:
-        line = spool.readline(MAX_HEADER_BYTES + 1)
-        size += len(line)
-        if size > MAX_HEADER_BYTES:
-            raise BadMessage("Header section too large")
-        if not line or line in (b"\r\n", b"\n"):
-            break
-        lines.append(line)
-    spool.seek(0)
-    return b"".join(lines)
+# Sender fields (RFC 5322 3.6.2, 3.6.6) that must name the inbox like From: does: all tenants
+# share one SES account, so a foreign Sender: would borrow another tenant's verified domain.
+SENDER_FIELDS = (("sender", "Sender"), ("resent-from", "Resent-From"), ("resent-sender", "Resent-Sender"))
+# Set by the final delivery MTA (RFC 5321 4.4); a client's is dropped, as a relay would.
+DROPPED_FIELDS = frozenset({"return-path"})
+# SES takes at most 50 addresses per message and counts the To: and Cc: header addresses with
+# each call's envelope recipients (the relay sends at least one per call), so a message listing
+# 50 or more there can never be sent: it is refused here, for SMTP and REST alike.
+SES_MAX_ADDRESSES = 50  # per SendEmail call, as relay.SES_MAX_RECIPIENTS (the relay imports boto3)
+MAX_LISTED_RECIPIENTS = SES_MAX_ADDRESSES - 1
+# Display names written unquoted must be atoms (RFC 5322 specials quoted; "=?" would read as an
+# encoded-word).
+NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]|=\?')
+SUBJECT_CHARS, FROM_CHARS, TO_CHARS = 10000, 2000, 10000  # the Sent copy's columns
 
 
-def parse_headers(raw_headers):
-    return BytesHeaderParser(policy=SMTP_POLICY).parsebytes(raw_headers + b"\r\n")
+class Checked:
+    """What the submit path needs from an accepted header section."""
+
+    def __init__(self, prefix, message_id, subject, from_addr, to_addrs):
+        self.prefix, self.message_id = prefix, message_id
+        self.subject, self.from_addr, self.to_addrs = subject, from_addr, to_addrs
 
 
-def header_text(headers, name):
-    try:
-        value = headers.get(name)
-    except Exception:  # a malformed header is the sender's business; it must not cost them the message
-        return ""
-    return "" if value is None else str(value)
-
-
-# Any line a mail program may take for a From field, "From :" and "FROM\t:" included (RFC 5322
-# obsolete syntax), which Python's parser silently skips.
-FROM_FIELD_LINE = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
-
-
-def from_addresses(headers, raw_headers=None):
-    """The From: addresses, read strictly: a From that a recipient's mail program could read
-    differently from us yields none. ``agent@ours <ceo@elsewhere>`` is an invalid address list
-    that lenient parsers read as agent@ours; a second From field hidden as ``From :`` is
-    another."""
-    if raw_headers is not None and len(FROM_FIELD_LINE.findall(raw_headers)) > 1:
-        return []
-    try:
-        fields = headers.get_all("From") or []
-        if any(isinstance(defect, InvalidHeaderDefect) for field in fields for defect in field.defects):
-            return []
-        return [address.addr_spec for field in fields for address in field.addresses if address.addr_spec]
-    except Exception:
-        return []
-
-
-def missing_headers(headers, inbox):
-    """(bytes to prepend, Message-ID): add Message-ID and Date when the client left them out."""
-    message_id = header_text(headers, "Message-ID").strip()
-    extra = ""
+def check_header_section(section, inbox):
+    """Check the header section against ``inbox`` and return a Checked: the bytes to store
+    before the body (added From/Message-ID/Date, then the client's fields minus Return-Path),
+    the Message-ID and the Sent copy's columns. Raises SubmitError subclasses."""
+    budget = headers.Budget()
+    added = ""
+    from_values = section.values("from")
+    if len(from_values) > 1:
+        raise SenderNotAllowed()
+    if from_values:
+        from_text = headers.unfold(from_values[0])
+        if _mailbox_list(from_text, budget) != [inbox.address]:
+            raise SenderNotAllowed()
+    else:  # RFC 6409 8: a submission server may complete the message; GNU mail writes no From:
+        from_text = from_field(inbox)
+        added += f"From: {from_text}\r\n"
+    for name, label in SENDER_FIELDS:
+        for value in section.values(name):
+            keys = _mailbox_list(headers.unfold(value), budget)
+            if not keys or any(key != inbox.address for key in keys):
+                reason = f"{label}: header address not owned by authenticated inbox"
+                raise SenderNotAllowed(reason, f"550 5.7.1 {reason}")
+    check_listed_recipients(section, budget)
+    message_id = section.text("message-id") or ""
     if not message_id:
         message_id = f"<{secrets.token_hex(16)}@{inbox.address.rsplit('@', 1)[1]}>"
-        extra += f"Message-ID: {message_id}\r\n"
-    if headers.get("Date") is None:
-        extra += f"Date: {email.utils.format_datetime(datetime.datetime.now(datetime.timezone.utc))}\r\n"
-    return extra.encode("ascii"), message_id
+        added += f"Message-ID: {message_id}\r\n"
+    if not section.values("date"):
+        added += f"Date: {email.utils.format_datetime(datetime.datetime.now(datetime.timezone.utc))}\r\n"
+    to_addrs = ", ".join(filter(None, (headers.display_text(section.text(name) or "", TO_CHARS)
+                                       for name in ("to", "cc"))))
+    return Checked(prefix=added.encode("utf-8") + section.without(DROPPED_FIELDS), message_id=message_id,
+                   subject=headers.display_text(section.text("subject") or "", SUBJECT_CHARS),
+                   from_addr=headers.display_text(from_text, FROM_CHARS), to_addrs=to_addrs[:TO_CHARS])
+
+
+def _mailbox_list(text, budget):
+    """The sender keys (models.sender_key) of a sender field's mailboxes; [] when it is not a
+    plain mailbox list (a group, or anything readers could take differently)."""
+    try:
+        return [models.sender_key(address) for address in headers.mailboxes(text, budget, groups=False)]
+    except headers.AddressSyntax:
+        return []
+
+
+def check_listed_recipients(section, budget):
+    """Refuse To:/Cc: that are malformed or list more than MAX_LISTED_RECIPIENTS addresses
+    (counted like the relay counts them: every address of every To and Cc field)."""
+    listed = 0
+    for name, label in (("to", "To"), ("cc", "Cc")):
+        for value in section.values(name):
+            try:
+                listed += len(headers.mailboxes(headers.unfold(value), budget,
+                                                limit=MAX_LISTED_RECIPIENTS - listed))
+            except headers.TooManyAddresses:
+                raise TooManyListedRecipients() from None
+            except headers.AddressSyntax as exc:
+                raise BadMessage(f"Malformed {label}: header: {exc}") from None
+
+
+def from_field(inbox):
+    """The From: value for ``inbox``: its display name (quoted, or RFC 2047 encoded-words of at
+    most 75 characters when not ASCII) and address."""
+    name = inbox.display_name or ""
+    if not name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return inbox.address
+    if not name.isascii():
+        encoded = Header(name, "utf-8", maxlinelen=76, header_name="From").encode(linesep="\r\n")
+        return f"{encoded} <{inbox.address}>"
+    if NEEDS_QUOTES.search(name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + f'" <{inbox.address}>'
+    return f"{name} <{inbox.address}>"
 
 
 class _Prefixed:
@@ -238,25 +283,24 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
 
 def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash):
     check_sender(inbox, mail_from)
-    raw_headers = read_header_section(spool)
-    headers = parse_headers(raw_headers)
-    senders = from_addresses(headers, raw_headers)
-    if len(senders) != 1:
-        raise SenderNotAllowed()
-    check_sender(inbox, senders[0])
-    prefix, message_id = missing_headers(headers, inbox)
+    try:
+        section = headers.read_section(spool)
+        checked = check_header_section(section, inbox)
+    except headers.HeaderError as exc:
+        raise BadMessage(str(exc), exc.status) from None
+    spool.seek(section.body_offset)
     public_id = models.new_public_id()
     now = models.utcnow()
     blob_key = f"{now:%Y/%m/%d}/{public_id}.eml"
     try:
-        size = blobs.store().put(blob_key, _Prefixed(prefix, spool))
+        size = blobs.store().put(blob_key, _Prefixed(checked.prefix, spool))
     except blobs.BlobError as exc:
         log.error("blob write failed for %s: %s", public_id, exc)
         raise TemporaryFailure() from exc
     try:
         with models.db.connection_context():
-            outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size,
-                               message_id, headers, idempotency_key, request_hash)
+            outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked,
+                               idempotency_key, request_hash)
     except SubmitError:  # quota reached, idempotency conflict: nothing was written
         _discard_blob(blob_key)
         raise
@@ -300,15 +344,14 @@ class _Replay(Exception):
         self.outbound = outbound
 
 
-def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, message_id, headers,
-            idempotency_key, request_hash):
+def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked, idempotency_key,
+            request_hash):
     limit = plan_of(user)["daily_send_limit"]
     now = models.utcnow()
     fields = dict(
         user_id=user.id, inbox_id=inbox.id, public_id=public_id, via=via, mail_from=mail_from,
-        recipients=json.dumps(list(recipients)), message_id=message_id[:998], size=size, blob_key=blob_key,
-        subject=header_text(headers, "Subject")[:10000], from_addr=header_text(headers, "From")[:2000],
-        to_addrs=", ".join(filter(None, (header_text(headers, "To"), header_text(headers, "Cc"))))[:10000],
+        recipients=json.dumps(list(recipients)), message_id=checked.message_id[:998], size=size, blob_key=blob_key,
+        subject=checked.subject, from_addr=checked.from_addr, to_addrs=checked.to_addrs,
         event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now)
     try:

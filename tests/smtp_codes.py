@@ -41,6 +41,26 @@ DATA_TOO_SLOW = "421 4.4.2 Message data arriving too slowly, closing connection"
 TOO_MANY_TRANSFERS = "451 4.7.1 Too many messages in transfer for this account at once, try again later"
 CREDENTIALS_REVOKED = "554 5.7.8 Authentication credentials no longer valid, message not accepted"
 
+# -- the header section (docs/smtp.md, "Replies" and "Message handling") ---------------------------
+HEADER_TOO_LARGE = "552 5.3.4 Message header section exceeds fixed limit (256 KiB)"
+TOO_MANY_HEADER_FIELDS = "552 5.3.4 Too many header fields (at most 1000)"
+BARE_CR_IN_HEADER = "554 5.6.0 Bare CR in the header section (CR must be followed by LF)"
+TOO_MANY_LISTED_RECIPIENTS = "554 5.5.3 Too many addresses in To: and Cc: (at most 49; use Bcc for more)"
+ADDRESS_HEADERS_TOO_COMPLEX = "554 5.6.0 Address headers too complex (more than 5000 tokens)"
+
+
+def malformed_header_line(number):
+    return f"554 5.6.0 Malformed header line {number}: neither a field (name and colon) nor a continuation"
+
+
+def malformed_address_header(field, reason):
+    return f"554 5.6.0 Malformed {field}: header: {reason}"
+
+
+def sender_field_not_owned(field):
+    return f"550 5.7.1 {field}: header address not owned by authenticated inbox"
+
+
 # -- protocol replies (docs/smtp.md) ----------------------------------------------------------------
 READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
 AUTH_OK = "235 2.7.0 Authentication successful"

@@ -178,7 +178,7 @@ SPOOFED_FROM_HEADERS = [
     "From: agent@inboxlayer.dev\r\nfrom: ceo@bank.example",
     "From: agent@inboxlayer.dev, ceo@bank.example",
     "From: ceo@bank.example (agent@inboxlayer.dev)",
-    "Sender: agent@inboxlayer.dev",  # no From at all
+    "From: team: agent@inboxlayer.dev;",  # a group is not one mailbox
 ]
 
 
@@ -190,8 +190,9 @@ def test_spoofed_from_header_variants_refused(smtp_client, account):
         data = f"{header}\r\nTo: someone@example.com\r\nSubject: spoof\r\n\r\nbody\r\n".encode()
         assert client.data(data) == (550, codes.SENDER_NOT_OWNED[4:].encode()), header
     assert counts() == (0, 0, 0)
+    # Display names and Reply-To are free; a Sender: must be the inbox too (test_smtp_headers.py).
     code, _ = send(client, account, data=b'From: "Agent, the bot" <Agent+x@InboxLayer.dev>\r\nSender: '
-                   b'boss@example.com\r\nReply-To: boss@example.com\r\nSubject: hello\r\n\r\nok\r\n')
+                   b'agent@inboxlayer.dev\r\nReply-To: boss@example.com\r\nSubject: hello\r\n\r\nok\r\n')
     assert code == 250
 
 

@@ -1,7 +1,4 @@
 """GET /v1/inboxes/{address}/messages[/{id}[.eml]]: the stored copies (the Sent folder)."""
-from email import policy
-from email.parser import BytesParser
-
 from flask import jsonify
 from flask import request
 from flask import send_file
@@ -9,6 +6,7 @@ from peewee import JOIN
 
 import models
 from smtpd_worker import blobs
+from webapp import mailview
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -52,7 +50,7 @@ def _find(address, message_id):
 def get_message(address, message_id):
     row = _find(address, message_id)
     with blobs.store().open(row.blob_key) as f:
-        parsed = BytesParser(policy=policy.default).parse(f)
+        parsed = mailview.parse(f)
     data = message_json(row)
     data.update(_content(parsed))
     data["raw_url"] = f"/v1/inboxes/{row.inbox.address}/messages/{row.id}.eml"
@@ -60,8 +58,9 @@ def get_message(address, message_id):
 
 
 def _content(parsed):
-    """Headers, the text and html bodies and the attachment list of a parsed message."""
-    headers = [{"name": name, "value": str(value)} for name, value in parsed.items()]
+    """Headers, the text and html bodies and the attachment list of a message parsed by
+    mailview.parse (bounded work: see mailview)."""
+    headers = [{"name": name, "value": value} for name, value in mailview.all_headers(parsed)]
     bodies = {}
     for kind in ("plain", "html"):
         part = parsed.get_body(preferencelist=(kind,))
@@ -69,11 +68,8 @@ def _content(parsed):
             bodies[kind] = part.get_content()[:MAX_BODY_CHARS] if part is not None else None
         except (LookupError, ValueError, AssertionError):  # unknown charset or broken encoding
             bodies[kind] = None
-    attachments = []
-    for part in parsed.iter_attachments():
-        payload = part.get_payload(decode=True) or b""
-        attachments.append({"filename": part.get_filename(), "content_type": part.get_content_type(),
-                            "size": len(payload)})
+    attachments = [{"filename": filename, "content_type": content_type, "size": size}
+                   for _, filename, content_type, size in mailview.attachment_parts(parsed)]
     return {"headers": headers, "text": bodies["plain"], "html": bodies["html"], "attachments": attachments}
 
 

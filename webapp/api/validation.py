@@ -19,6 +19,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import models
+from smtpd_worker.submission import MAX_LISTED_RECIPIENTS
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 
@@ -285,6 +286,10 @@ def send_request(body, max_recipients):
     if len(recipients) > max_recipients:
         raise Invalid("to", f"too many recipients: {len(recipients)} (at most {max_recipients} per message "
                             "across to, cc and bcc)")
+    listed = len(parsed.to) + len(parsed.cc)
+    if listed > MAX_LISTED_RECIPIENTS:  # the rule submit() applies to SMTP too
+        raise Invalid("to", f"too many addresses in to and cc: {listed} (at most {MAX_LISTED_RECIPIENTS}: SES "
+                            "counts them with every batch of recipients; put the rest in bcc)")
     if parsed.text is None and parsed.html is None:
         raise Invalid("text", "text or html is required")
     return parsed
