@@ -449,3 +449,25 @@ def test_requests_is_a_declared_dependency():
     with open(ROOT / "pyproject.toml", "rb") as f:
         dependencies = tomllib.load(f)["project"]["dependencies"]
     assert any(re.match(r"requests\b", d) for d in dependencies)
+
+
+@pytest.mark.parametrize("sizes, text", [
+    ([], "hi"), ([0], ""), ([1, 56, 57, 58], "plain"), ([100_000], "grüße " * 1000), ([57 * 1000 + 5, 3], "\U0001f600" * 500),
+])
+def test_send_size_lower_bound_never_exceeds_the_built_message(sizes, text):
+    import io
+    from email.headerregistry import Address
+
+    from webapp.api.mime import build_message
+    from webapp.api.mime import write_message
+    from webapp.api.sending import size_lower_bound
+    from webapp.api.validation import send_request
+
+    body = {"to": "rcpt@example.com", "text": text or None, "html": "<p>x</p>",
+            "attachments": [{"filename": f"f{n}.bin", "content": base64.b64encode(os.urandom(n)).decode()}
+                            for n in sizes]}
+    message = build_message(Address(username="agent", domain="inboxlayer.dev"), send_request(body, 100),
+                            "inboxlayer.dev")
+    built = write_message(message, io.BytesIO())
+
+    assert size_lower_bound(body) <= built

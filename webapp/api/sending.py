@@ -92,12 +92,13 @@ def base64_size(length):
 
 def size_lower_bound(body):
     """A lower bound of the built message's size, from the request as sent (nothing decoded):
-    each attachment as base64 lines, text and html as UTF-8. Headers and encoding overhead of the
-    text parts come on top, so a message this bound refuses could never have fitted."""
+    each attachment as base64 lines, text and html at one byte a character (no copy is encoded).
+    Headers and the text parts' encoding come on top, so a message this bound refuses could never
+    have fitted."""
     total = 0
     for name in ("text", "html"):
         if isinstance(body.get(name), str):
-            total += len(body[name].encode("utf-8", "surrogatepass"))
+            total += len(body[name])
     items = body.get("attachments")
     for item in items if isinstance(items, list) else ():
         content = item.get("content") if isinstance(item, dict) else None
