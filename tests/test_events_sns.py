@@ -330,3 +330,18 @@ def test_sns_event_with_empty_or_bad_event_type_gets_400(sent_row, sns, event_ty
     assert (response.status_code, response.json()) == (
         400, {"error": "Message is not an SES event: eventType is missing, empty or not a name"})
     assert outbound(sent_row.id).status == "sent"
+
+
+def test_sns_genuine_notification_from_another_moto_topic_gets_403(relay_config, sent_row, sns):
+    # The attack the allowlist stops: anyone's own SNS topic, subscribed to our webhook, publishes a
+    # genuinely signed Bounce for one of our users' messages.
+    other = sns.sns.create_topic(Name="attacker-topic")["TopicArn"]
+    sns.sns.subscribe(TopicArn=other, Protocol="http", Endpoint=f"{sns.url}/sns")
+    before = len(sns.forwarded)
+
+    sns.sns.publish(TopicArn=other, Message=json.dumps(ses_event("Bounce", sent_row, **BOUNCE)))
+
+    assert len(sns.forwarded) == before + 1, "moto did not deliver the notification"
+    response = sns.forwarded[-1]
+    assert (response.status_code, response.json()) == (403, {"error": "topic not accepted here"})
+    assert outbound(sent_row.id).status == "sent"
