@@ -86,7 +86,9 @@ SCHEMAS = {
     },
     "SendRequest": {
         "type": "object", "additionalProperties": False,
-        "description": "At least one recipient (to, cc or bcc) and text and/or html are required.",
+        "description": "At least one recipient (to, cc or bcc) and text and/or html are required; at most 100 "
+                       "recipients across to, cc and bcc, of which at most 49 in to and cc (SES counts those "
+                       "with every batch of recipients).",
         "properties": {
             "to": ADDRESS_OR_LIST, "cc": ADDRESS_OR_LIST, "bcc": ADDRESS_OR_LIST, "reply_to": ADDRESS_OR_LIST,
             "subject": {"type": "string", "maxLength": 998},
