@@ -11,15 +11,15 @@ from pathlib import Path
 
 import models
 import settings
-from smtpd_worker import blobs
-from smtpd_worker import queue
+from core import blobs
+from core import outbox
 
 
 def configure(config=None):
     config = settings.use(config or settings.get())
     private_state(config)
     models.init_database(config["database"]["url"], config["database"]["max_connections"])
-    queue.configure(config)
+    outbox.configure(config)
     blobs.configure(config)
     return config
 

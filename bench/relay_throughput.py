@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 import runtime  # noqa: E402
 import settings  # noqa: E402
-from smtpd_worker import submission  # noqa: E402
+from core import submit  # noqa: E402
 from tests.helpers import dump_toml  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 from tests.helpers import make_account  # noqa: E402
@@ -114,7 +114,7 @@ def run_once(workers, messages, endpoint, workdir):
 
     def accept(n):
         raw = f"From: {account.address}\r\nTo: rcpt@example.com\r\nSubject: bench {n}\r\n\r\n{body}".encode()
-        return submission.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
+        return submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
                                  io.BytesIO(raw), via="api").id
 
     backlog = [accept(n) for n in range(messages)]  # phase 1: a queue of N, no worker yet
@@ -122,13 +122,13 @@ def run_once(workers, messages, endpoint, workdir):
     try:
         from rq import Worker
 
-        from smtpd_worker import queue
+        from core import outbox
 
         procs = [subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=open(workdir / f"{prefix}-w{i}.log", "wb"))
                  for i in range(workers)]
         deadline = time.monotonic() + 60
-        while len(Worker.all(queue=queue.relay_queue())) < workers:
+        while len(Worker.all(queue=outbox.relay_queue())) < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not start")
             time.sleep(0.02)

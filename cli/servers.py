@@ -40,7 +40,7 @@ def worker(burst: bool = typer.Option(False, help="Exit when the queue is empty.
 
 def health():
     import runtime
-    from smtpd_worker import health as checks
+    from core import health as checks
 
     config = load_settings()
     runtime.configure(config)

@@ -5,7 +5,7 @@ that need data: who is this, may they send as that address, is there rate and qu
 "take this message". ``DbBackend`` answers them with the real models, limits and submit path;
 ``DiscardBackend`` answers from memory so the protocol can be tested and benchmarked alone.
 
-Contract for every method: refusals raise ``submission.SubmitError`` subclasses (the session
+Contract for every method: refusals raise ``submit.SubmitError`` subclasses (the session
 replies with their ``smtp_reply``); anything that means "our side is down" raises
 ``BackendUnavailable`` (the session replies ``451 4.3.0``).
 """
@@ -22,8 +22,8 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 import models
-from smtpd_worker import limits
-from smtpd_worker import submission
+from core import limits
+from core import submit
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +127,20 @@ class DbBackend:
                 .join(models.Domain, JOIN.LEFT_OUTER).where(models.Inbox.address == address).first())
 
     def authorize_sender(self, principal, address):
-        submission.check_sender(principal.inbox, address)
+        submit.check_sender(principal.inbox, address)
 
     def check_rate(self, principal):
         try:
-            submission.check_rate(principal.user)
+            submit.check_rate(principal.user)
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
 
     def check_recipient_quota(self, principal, count):
-        submission.check_quota(principal.user, count, used=principal.used_today)
+        submit.check_quota(principal.user, count, used=principal.used_today)
 
     def submit(self, principal, mail_from, recipients, spool):
         try:
-            outbound = submission.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp")
+            outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp")
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
         return outbound.public_id
@@ -183,7 +183,7 @@ class DiscardBackend:
 
     def authorize_sender(self, principal, address):
         if not address or models.sender_key(address) != principal.address:
-            raise submission.SenderNotAllowed()
+            raise submit.SenderNotAllowed()
 
     def check_rate(self, principal):
         pass

@@ -39,10 +39,10 @@ from rq.registry import StartedJobRegistry
 
 import models
 import settings
-from smtpd_worker import blobs
-from smtpd_worker import metrics
-from smtpd_worker import queue
-from smtpd_worker import relay
+from core import blobs
+from core import metrics
+from core import outbox
+from smtpd_worker import transport
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def relay_outbound(outbound_id):
         _enqueue(row.id)
         log.info("released %s: worker shutting down", row.public_id, extra=extra)
         return "released"
-    if isinstance(result, relay.RelayError):
+    if isinstance(result, transport.RelayError):
         return _finish_error(claim, result)
     _with_db(_record_sent, claim, result)
     metrics.RELAY_ATTEMPTS.labels(outcome="sent").inc()
@@ -105,17 +105,17 @@ def _attempt(claim):
     try:
         data = _read_message(claim.blob_key)
     except blobs.BlobError as exc:
-        return relay.RelayError("BlobUnavailable", str(exc), retryable=True)
+        return transport.RelayError("BlobUnavailable", str(exc), retryable=True)
     if SHUTDOWN.is_set():
         return _RELEASE
-    batches = relay.recipient_batches(json.loads(row.recipients), data)
+    batches = transport.recipient_batches(json.loads(row.recipients), data)
     done = dict(claim.batches_done)
     for index, batch in enumerate(batches):
         if index in done:
             continue  # SES accepted this batch in an earlier attempt
         try:
-            done[index] = relay.send_raw(row.mail_from, batch, data, tags={"outbound_id": row.public_id})
-        except relay.RelayError as err:
+            done[index] = transport.send_raw(row.mail_from, batch, data, tags={"outbound_id": row.public_id})
+        except transport.RelayError as err:
             return err
         if len(batches) > 1:
             _with_db(_record_batch, claim, index, len(batches), done[index])
@@ -160,7 +160,7 @@ def _read_message(blob_key):
     if blob_key is None:
         raise blobs.BlobError("the Sent copy was deleted before the message was relayed")
     with blobs.store().open(blob_key) as stream:
-        return relay.strip_for_relay(stream)
+        return transport.strip_for_relay(stream)
 
 
 def _claimable(outbound_id, now):
@@ -346,9 +346,9 @@ def _schedule(outbound_id, attempt, delay):
     try:
         # RQ's scheduler keeps whole-second scores and may fire up to a second early; a job that
         # arrives before next_attempt_at finds the row not due and does nothing, so aim late.
-        queue.relay_queue().enqueue_in(
+        outbox.relay_queue().enqueue_in(
             datetime.timedelta(seconds=delay + SCHEDULER_SLACK), relay_outbound, outbound_id,
-            job_id=f"{queue.relay_job_id(outbound_id)}-retry{attempt}",
+            job_id=f"{outbox.relay_job_id(outbound_id)}-retry{attempt}",
             job_timeout=settings.get()["relay"]["job_timeout"], result_ttl=3600, failure_ttl=86400)
     except Exception as exc:  # Redis trouble: the row knows its due time; the reconciler will act
         log.warning("could not schedule retry of row %s: %s", outbound_id, exc)
@@ -356,8 +356,8 @@ def _schedule(outbound_id, attempt, delay):
 
 def _enqueue(outbound_id):
     try:
-        queue.enqueue_relay(outbound_id)
-    except queue.QueueUnavailable as exc:
+        outbox.enqueue_relay(outbound_id)
+    except outbox.QueueUnavailable as exc:
         log.warning("could not enqueue row %s, left to the reconciler: %s", outbound_id, exc)
 
 
@@ -403,11 +403,11 @@ def reconcile_stale(now=None):
         ).order_by(e.id).limit(RECONCILE_BATCH)]
     requeued = [outbound_id for outbound_id, status in stale if not _job_alive(outbound_id, status)]
     for outbound_id in requeued:
-        queue.enqueue_relay(outbound_id)
+        outbox.enqueue_relay(outbound_id)
     if requeued:
         log.warning("reconciler re-enqueued %d stuck row(s): %s", len(requeued), requeued[:20])
     # RQ's own bookkeeping: jobs of dead workers leave 'started' for the failed registry.
-    StartedJobRegistry(queue.relay_queue_name(), connection=queue.connection()).cleanup()
+    StartedJobRegistry(outbox.relay_queue_name(), connection=outbox.connection()).cleanup()
     return len(requeued)
 
 
@@ -419,14 +419,14 @@ def _job_alive(outbound_id, status):
     'queued' row it is alive only while the worker RQ gave it to still beats (its liveness key
     lapses one lease after a SIGKILL); RQ itself would hold a dead SimpleWorker's job 'started'
     for the whole job timeout."""
-    job_id = queue.relay_job_id(outbound_id)
+    job_id = outbox.relay_job_id(outbound_id)
     try:
-        job = Job.fetch(job_id, connection=queue.connection())
+        job = Job.fetch(job_id, connection=outbox.connection())
     except NoSuchJobError:
         return False
     job_status = job.get_status()
     if job_status == JobStatus.STARTED:
-        return status == "queued" and queue.worker_alive(job.worker_name)
+        return status == "queued" and outbox.worker_alive(job.worker_name)
     if job_status != JobStatus.QUEUED:
         return False
-    return queue.connection().lpos(queue.relay_queue().key, job_id) is not None
+    return outbox.connection().lpos(outbox.relay_queue().key, job_id) is not None

@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from smtpd_worker import queue
+from core import outbox
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def tasks(config):
     relay = config["relay"]
     return [
         (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
-        (config["dns"]["check_interval"], "smtpd_worker.domain_checks:check_domains"),
+        (config["dns"]["check_interval"], "core.domains:check_domains"),
         (config["blobs"]["sweep_interval"], "smtpd_worker.sweeper:sweep_orphan_blobs"),
     ]
 
@@ -58,7 +58,7 @@ def run_due(schedule, now=None):
 def _take_lock(path, interval):
     """SET NX with an expiry of one interval: whoever sets it runs the task this interval."""
     try:
-        return bool(queue.connection().set(queue.key("periodic", path), "1", nx=True,
+        return bool(outbox.connection().set(outbox.key("periodic", path), "1", nx=True,
                                            px=max(1, int(interval * 1000 * 0.9))))
     except redis.RedisError as exc:
         log.warning("periodic lock for %s unavailable: %s", path, exc)

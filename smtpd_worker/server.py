@@ -24,7 +24,8 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from smtpd_worker import metrics
+from core import blobs
+from core import metrics
 from smtpd_worker import tls
 from smtpd_worker.session import HANDSHAKE_TIMEOUT
 from smtpd_worker.session import TOO_MANY_CONNECTIONS
@@ -258,6 +259,7 @@ def main(config):
 
     runtime.configure(config)
     runtime.setup_logging(config)
+    blobs.set_blocking_io(in_thread_pool)  # a slow disk flush must not stall every other session
     metrics.start_http_exporter(config["metrics"]["smtp_port"], config["metrics"]["host"])
     use_greenlet_local_connections()
     for key in ("starttls_port", "tls_port"):
@@ -265,6 +267,11 @@ def main(config):
             log.error("smtp.%s = 25: port 25 is for inbound delivery, not submission", key)
             sys.exit(2)
     serve(build(config, DbBackend(config)))
+
+
+def in_thread_pool(function, *args):
+    """Run blocking ``function(*args)`` on gevent's thread pool; the calling greenlet waits, the others run."""
+    return gevent.get_hub().threadpool.apply(function, args)
 
 
 def use_greenlet_local_connections():

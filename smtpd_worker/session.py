@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 
-from smtpd_worker import metrics
+from core import metrics
 from smtpd_worker.backend import BackendUnavailable
-from smtpd_worker.submission import SubmitError
+from core.submit import SubmitError
 
 log = logging.getLogger(__name__)
 

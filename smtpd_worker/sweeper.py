@@ -12,7 +12,7 @@ import time
 
 import models
 import settings
-from smtpd_worker import blobs
+from core import blobs
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from rq import SimpleWorker
 import runtime
 import settings
 from smtpd_worker import jobs
-from smtpd_worker import metrics
+from core import metrics
 from smtpd_worker import periodic
-from smtpd_worker import queue
+from core import outbox
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RelayWorker(SimpleWorker):
 
 
 class Liveness(threading.Thread):
-    """Keeps ``queue.worker_liveness_key(name)`` alive: set with an expiry of one ``relay.lease``,
+    """Keeps ``outbox.worker_liveness_key(name)`` alive: set with an expiry of one ``relay.lease``,
     renewed every third of it, deleted on a clean exit.
 
     RQ marks a job ``started`` (with this worker's name) before our job function claims its row.
@@ -65,7 +65,7 @@ class Liveness(threading.Thread):
 
     def __init__(self, connection, worker_name, lease):
         super().__init__(name="liveness", daemon=True)
-        self.connection, self.key, self.lease = connection, queue.worker_liveness_key(worker_name), lease
+        self.connection, self.key, self.lease = connection, outbox.worker_liveness_key(worker_name), lease
         self.stopping = threading.Event()
         self.beat()
 
@@ -115,8 +115,8 @@ def main(config, burst=False):
     runtime.setup_logging(config)
     die_with_parent()
     metrics.start_http_exporter(config["metrics"]["worker_port"], config["metrics"]["host"])
-    relay_queue = queue.relay_queue()
-    worker = RelayWorker([relay_queue], connection=queue.connection())
+    relay_queue = outbox.relay_queue()
+    worker = RelayWorker([relay_queue], connection=outbox.connection())
     runner = periodic.PeriodicRunner(config)
     if burst:
         periodic.run_due(runner.schedule)  # one pass, so `worker --burst` also recovers stuck rows

@@ -178,9 +178,9 @@ def free_tcp_port():
 
 @pytest.fixture
 def redis_conn(config):
-    from smtpd_worker import queue
+    from core import outbox
 
-    return queue.connection()
+    return outbox.connection()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 SES is the moto server over HTTP (``ses_endpoint``); nothing here patches boto3. Faults SES
 cannot be made to produce on demand (throttling, a slow call) are injected with botocore event
 hooks on the real client, in the process that runs the job: in the test process through
-``relay.client()``, in a worker subprocess through the RELAY_FAULT_PLAN variable, which names
+``transport.client()``, in a worker subprocess through the RELAY_FAULT_PLAN variable, which names
 ``tests.fixtures_relay:fault_plan``.
 """
 import contextlib
@@ -20,9 +20,9 @@ import requests
 from botocore.awsrequest import AWSResponse
 
 import models
-from smtpd_worker import queue
-from smtpd_worker import relay
-from smtpd_worker import submission
+from core import outbox
+from smtpd_worker import transport
+from core import submit as core_submit
 from tests.helpers import dump_toml
 from tests.helpers import wait_until
 
@@ -67,9 +67,9 @@ class _Raw:
 def relay_config(config):
     """The test's settings with quick retries and a short reconcile threshold."""
     config["relay"].update(backoff_base=1, backoff_max=2, reconcile_after=1, job_timeout=10)
-    relay.reset_client()
+    transport.reset_client()
     yield config
-    relay.reset_client()
+    transport.reset_client()
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def submit(account):
 
     def submit_one(raw=None, recipients=("rcpt@example.com",)):
         raw = raw if raw is not None else make_message(account.address)
-        return submission.submit(account.user, account.inbox, account.address, list(recipients),
+        return core_submit.submit(account.user, account.inbox, account.address, list(recipients),
                                  io.BytesIO(raw), via="api")
 
     return submit_one
@@ -108,8 +108,8 @@ def run_worker_burst():
     are moved to the queue first)."""
     from smtpd_worker.worker import RelayWorker
 
-    relay_queue = queue.relay_queue()
-    RelayWorker([relay_queue], connection=queue.connection()).work(burst=True, with_scheduler=True)
+    relay_queue = outbox.relay_queue()
+    RelayWorker([relay_queue], connection=outbox.connection()).work(burst=True, with_scheduler=True)
 
 
 def outbound(outbound_id):
@@ -334,7 +334,7 @@ class SnsHarness:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
-        from smtpd_worker import events
+        from core import ses_events
 
         stamp = timestamp or datetime.datetime.now(datetime.timezone.utc)
         envelope = {"Type": type_, "MessageId": str(uuid.uuid4()), "TopicArn": self.topic_arn,
@@ -342,7 +342,7 @@ class SnsHarness:
                     "Timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
                     "SignatureVersion": version, "SigningCertURL": f"{self.url}/test-cert.pem", **fields}
         digest = hashes.SHA1() if version == "1" else hashes.SHA256()
-        signature = self.key.sign(events.string_to_sign(envelope), padding.PKCS1v15(), digest)
+        signature = self.key.sign(ses_events.string_to_sign(envelope), padding.PKCS1v15(), digest)
         envelope["Signature"] = base64.b64encode(signature).decode()
         return envelope
 

@@ -7,8 +7,8 @@ import json
 
 
 import models
-from smtpd_worker import blobs
-from smtpd_worker import queue
+from core import blobs
+from core import outbox
 from tests.fixtures_api import send_body
 from tests.helpers import make_account
 
@@ -41,7 +41,7 @@ def test_send_accepts_and_queues_the_message(api, account, redis_conn):
     row, raw = stored_message(body["id"])
     assert row.status == "queued"
     assert json.loads(row.recipients) == ["bob@example.com", "carol@example.com", "dave@example.com"]
-    assert [job.args for job in queue.relay_queue().jobs] == [(row.id,)]
+    assert [job.args for job in outbox.relay_queue().jobs] == [(row.id,)]
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # CRLF throughout
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["From"] == account.address
@@ -244,7 +244,7 @@ def test_send_idempotency_key_replays_the_first_result(api, account, redis_conn)
     with models.db.connection_context():
         assert models.OutboundEmail.select().count() == 1
         assert models.sends_today(account.user) == 1
-    assert len(queue.relay_queue().jobs) == 1
+    assert len(outbox.relay_queue().jobs) == 1
 
 
 def test_send_idempotency_key_with_another_body_is_409(api, account):

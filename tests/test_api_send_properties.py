@@ -10,7 +10,7 @@ import hypothesis
 from hypothesis import strategies as st
 
 import models
-from smtpd_worker import blobs
+from core import blobs
 
 EXAMPLES = 40  # per backend; each is one real HTTP request and, when accepted, one stored message
 BUILT_HEADERS = {"from", "to", "subject", "date", "message-id", "content-type", "content-transfer-encoding",

@@ -8,7 +8,7 @@ import boto3
 
 import models
 import runtime
-from smtpd_worker import blobs
+from core import blobs
 from smtpd_worker import periodic
 from smtpd_worker import sweeper
 from tests.fixtures_relay import relay_until

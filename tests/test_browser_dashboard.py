@@ -9,7 +9,7 @@ from email.message import EmailMessage
 import pytest
 from playwright.sync_api import expect
 
-from smtpd_worker import domain_checks
+from core import domains
 from tests.dnsserver import publish
 from tests.fixtures_smtp import tls_context
 
@@ -185,7 +185,7 @@ def test_browser_custom_domain_pending_verified_failed(live_server, browser_page
     expect(page.locator("#domain option")).to_have_text(
         ["inboxlayer.dev", "mail.example.com (failed: cannot send until verified)"])
     assert page.console_errors == []
-    assert domain_checks.VERIFY_PREFIX in shown[0][2]
+    assert domains.VERIFY_PREFIX in shown[0][2]
     page.click(".account >> text=domains@example.com")
     expect(page.locator("h1")).to_have_text("Account settings")
     page.shot("16-account")
@@ -237,7 +237,7 @@ def submit_message(email, local_part, subject, html_part=None, to="customer@exam
 
     import models
     import settings
-    from smtpd_worker import submission
+    from core import submit
 
     with models.db.connection_context():
         user = models.User.get(models.User.email == email)
@@ -253,7 +253,7 @@ def submit_message(email, local_part, subject, html_part=None, to="customer@exam
         if filename:
             msg.add_attachment(b"data", maintype="application", subtype="octet-stream", filename=filename)
         raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        outbound = submission.submit(user, inbox, inbox.address, [to], io.BytesIO(raw), "smtp")
+        outbound = submit.submit(user, inbox, inbox.address, [to], io.BytesIO(raw), "smtp")
     return inbox, outbound
 
 

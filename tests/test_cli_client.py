@@ -8,7 +8,7 @@ import json
 import stat
 
 import models
-from smtpd_worker import blobs
+from core import blobs
 from tests.fixtures_api import send_body
 from tests.helpers import make_account
 

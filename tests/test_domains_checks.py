@@ -12,9 +12,9 @@ import time
 import pytest
 
 import models
-from smtpd_worker import domain_checks
+from core import domains
 from smtpd_worker import periodic
-from smtpd_worker import queue
+from core import outbox
 from tests.dnsserver import publish
 from tests.helpers import wait_until
 
@@ -46,9 +46,9 @@ def checked_ids():
 
 def add_verified(user, dns_server, name="mail.example.com"):
     with models.db.connection_context():
-        domain = domain_checks.add_domain(user, name)
-    publish(dns_server, domain_checks.expected_records(domain))
-    checked = domain_checks.check_domain(domain.id)
+        domain = domains.add_domain(user, name)
+    publish(dns_server, domains.expected_records(domain))
+    checked = domains.check_domain(domain.id)
     assert checked.status == "verified"
     return checked
 
@@ -70,7 +70,7 @@ def test_check_domains_silent_nameserver_checks_26_concurrently(config, account,
     ids = pending_domains(account.user, 26)
 
     started = time.monotonic()
-    assert domain_checks.check_domains() == 26
+    assert domains.check_domains() == 26
     elapsed = time.monotonic() - started
 
     # Sequentially that is 26 lookups of 1 s; 16 at a time, two rounds.
@@ -85,12 +85,12 @@ def test_check_domains_stops_at_budget_and_next_pass_starts_with_the_rest(config
     pending_domains(account.user, 10)
 
     started = time.monotonic()
-    assert domain_checks.check_domains() == 2  # two at a time: one 1-s round fits in 1.8 s, a second does not
+    assert domains.check_domains() == 2  # two at a time: one 1-s round fits in 1.8 s, a second does not
     assert time.monotonic() - started < 4
 
     first = checked_ids()
     assert len(first) == 2  # the domains cut off by the budget recorded nothing
-    assert domain_checks.check_domains() == 2
+    assert domains.check_domains() == 2
     second = checked_ids()
     assert len(second) == 4 and first < second  # never-checked domains first; the checked ones are not due
 
@@ -98,7 +98,7 @@ def test_check_domains_stops_at_budget_and_next_pass_starts_with_the_rest(config
 def test_check_domain_without_deadline_records_dns_timeout(config, account, silent_nameserver):
     config["dns"]["timeout"] = 0.5
     [domain_id] = pending_domains(account.user, 1)
-    checked = domain_checks.check_domain(domain_id)
+    checked = domains.check_domain(domain_id)
     assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: LifetimeTimeout")
 
 
@@ -109,13 +109,13 @@ def test_periodic_runner_reconciler_runs_while_domain_checks_stall(relay_config,
     relay_config["dns"].update(timeout=5.0, check_concurrency=1, check_budget=8)
     pending_domains(account.user, 26)
     row = submit()
-    lost = list(redis_conn.scan_iter(f"rq:*{queue.relay_queue_name()}*"))
+    lost = list(redis_conn.scan_iter(f"rq:*{outbox.relay_queue_name()}*"))
     redis_conn.delete(*lost)  # the row's job is gone: only the reconciler can bring it back
     runner = periodic.PeriodicRunner(relay_config)
     runner.start()
     [domain_thread] = [t for t in runner.threads if "domain_checks" in t.name]
     try:
-        wait_until(lambda: queue.relay_job_id(row.id) in queue.relay_queue().job_ids, timeout=6,
+        wait_until(lambda: outbox.relay_job_id(row.id) in outbox.relay_queue().job_ids, timeout=6,
                    what="the reconciler to re-enqueue the stuck row while domain checks wait on DNS")
         assert domain_thread.is_alive() and len(checked_ids()) < 26  # the domain pass is still waiting
     finally:
@@ -131,7 +131,7 @@ def test_check_domain_verified_losing_txt_keeps_sending_within_grace(config, acc
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")  # the owner lost the domain, or a DNS blip
 
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
 
     assert checked.status == "verified"
     assert checked.failing_since is not None
@@ -144,10 +144,10 @@ def test_check_domain_verified_failing_past_grace_is_failed_and_stops_sending(co
     with models.db.connection_context(), models.db.atomic():
         inbox = models.create_inbox(account.user, "bot", domain)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
-    domain_checks.check_domain(domain.id)
+    domains.check_domain(domain.id)
     set_fields(domain.id, failing_since=models.utcnow() - datetime.timedelta(seconds=config["dns"]["recheck_grace"]))
 
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
 
     assert (checked.status, checked.failing_since) == ("failed", None)
     assert checked.last_error == f"Not found in DNS yet: TXT _inboxlayer.{domain.name}"
@@ -159,10 +159,10 @@ def test_check_domain_verified_failing_past_grace_is_failed_and_stops_sending(co
 def test_check_domain_verified_records_back_within_grace_clears_failure(config, account, dns_server):
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
-    assert domain_checks.check_domain(domain.id).failing_since is not None
-    publish(dns_server, domain_checks.expected_records(domain))
+    assert domains.check_domain(domain.id).failing_since is not None
+    publish(dns_server, domains.expected_records(domain))
 
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
 
     assert (checked.status, checked.failing_since, checked.last_error) == ("verified", None, None)
 
@@ -171,17 +171,17 @@ def test_check_domain_verified_dns_outage_starts_no_grace(config, account, dns_s
     domain = add_verified(account.user, dns_server)
     config["dns"]["timeout"] = 0.5
     dns_server.stop()
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert (checked.status, checked.failing_since) == ("verified", None)
 
 
 def test_check_domains_rechecks_verified_after_recheck_interval(config, account, dns_server):
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
-    assert domain_checks.check_domains() == 0  # verified and checked moments ago: not due
+    assert domains.check_domains() == 0  # verified and checked moments ago: not due
     set_fields(domain.id, last_checked_at=models.utcnow() - datetime.timedelta(seconds=config["dns"]["recheck_interval"]))
 
-    assert domain_checks.check_domains() == 1
+    assert domains.check_domains() == 1
 
     assert domain_row(domain.id).failing_since is not None
 
@@ -189,17 +189,17 @@ def test_check_domains_rechecks_verified_after_recheck_interval(config, account,
 def test_check_domains_rechecks_failing_verified_domain_at_check_interval(config, account, dns_server):
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
-    domain_checks.check_domain(domain.id)
+    domains.check_domain(domain.id)
     set_fields(domain.id, last_checked_at=models.utcnow() - datetime.timedelta(seconds=config["dns"]["check_interval"]))
 
-    assert domain_checks.check_domains() == 1  # within its grace it is checked as often as a pending one
+    assert domains.check_domains() == 1  # within its grace it is checked as often as a pending one
 
 
 def test_check_domains_grace_zero_fails_verified_domain_at_once(config, account, dns_server):
     config["dns"]["recheck_grace"] = 0
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
-    assert domain_checks.check_domain(domain.id).status == "failed"
+    assert domains.check_domain(domain.id).status == "failed"
 
 
 def test_check_domain_ses_identity_gone_is_a_problem(config, account, dns_server, ses_endpoint):
@@ -209,6 +209,6 @@ def test_check_domain_ses_identity_gone_is_a_problem(config, account, dns_server
     domain = add_verified(account.user, dns_server)
     boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").delete_email_identity(
         EmailIdentity=domain.name)
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert (checked.status, checked.last_error) == (
         "failed", f"Amazon SES has no identity for {domain.name}; delete the domain and add it again")

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from werkzeug.security import generate_password_hash
 
 import models
-from smtpd_worker import domain_checks
+from core import domains
 from tests.dnsserver import publish
 
 NAME = "mail.example.com"
@@ -52,7 +52,7 @@ def domain_row(domain_id):
 
 def prove(dns_server, domain_id):
     """Publish the records of claim ``domain_id`` (its own verification token)."""
-    publish(dns_server, domain_checks.expected_records(domain_row(domain_id)))
+    publish(dns_server, domains.expected_records(domain_row(domain_id)))
 
 
 def check_now(user, domain_id):
@@ -93,7 +93,7 @@ def test_domain_check_now_on_dropped_claim_says_so(web, other, dns_server):
     owner_id = other.add_domain(NAME)
     prove(dns_server, owner_id)
     with models.db.connection_context():
-        domain_checks.check_domain(owner_id)
+        domains.check_domain(owner_id)
     assert web.post(f"/domains/{squatter_id}/check").status_code == 404
 
 
@@ -127,9 +127,9 @@ def test_domain_lost_verification_can_be_claimed_and_old_claim_stays_failed(web,
     # Both tokens in DNS now: the old claim still cannot become a second verified row.
     prove(dns_server, old_id)
     dns_server.set(f"_inboxlayer.{NAME}", "TXT", *[
-        f'"{domain_checks.VERIFY_PREFIX}{domain_row(i).verification_token}"' for i in (old_id, new_id)])
+        f'"{domains.VERIFY_PREFIX}{domain_row(i).verification_token}"' for i in (old_id, new_id)])
     with models.db.connection_context():
-        rechecked = domain_checks.check_domain(old_id)
+        rechecked = domains.check_domain(old_id)
     assert rechecked.status == "failed"
     assert rechecked.last_error.startswith(f"Another Inboxlayer account has verified {NAME}")
     with models.db.connection_context():
@@ -227,7 +227,7 @@ def test_domain_parent_of_default_domain_refused(web, config):
 
 @pytest.mark.parametrize("name", ["example.co.uk", "someone.github.io", "mail.example.com"])
 def test_blocked_reason_allows_registrable_names(config, name):
-    assert domain_checks.blocked_reason(name, config) is None
+    assert domains.blocked_reason(name, config) is None
 
 
 # -- the plan's cap ---------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_check_domains_expires_unverified_claim_with_its_inboxes(web, config, dn
     inbox_id = web.create_inbox("hello", domain_id)
     age(domain_id, config["dns"]["pending_expiry"] + 1)
 
-    domain_checks.check_domains()
+    domains.check_domains()
 
     assert domain_row(domain_id) is None
     with models.db.connection_context():
@@ -288,7 +288,7 @@ def test_check_domains_keeps_young_and_once_verified_claims(web, other, config, 
     with models.db.connection_context():
         models.Domain.update(status="failed", verified_at=models.utcnow()).where(models.Domain.id == once).execute()
 
-    domain_checks.check_domains()
+    domains.check_domains()
 
     assert domain_row(young) is not None
     assert domain_row(once).status == "failed"
@@ -301,9 +301,9 @@ def test_domain_cap_holds_under_concurrent_adds(config, account):
     def add(n):
         with models.db.connection_context():
             try:
-                domain_checks.add_domain(account.user, f"d{n}.example.com")
+                domains.add_domain(account.user, f"d{n}.example.com")
                 outcomes.append("added")
-            except domain_checks.DomainRefused as exc:
+            except domains.DomainRefused as exc:
                 outcomes.append(str(exc))
 
     threads = [threading.Thread(target=add, args=(n,)) for n in range(6)]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import models
-from smtpd_worker import events
+from core import ses_events
 from smtpd_worker import jobs
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import make_message
@@ -196,9 +196,9 @@ def test_sns_malformed_body_gets_400(relay_config, sns, body, status):
 def test_check_url_allowlist(config, url, allowed):
     config["ses"]["sns_cert_hosts"] = ["sns.us-east-1.amazonaws.com", "127.0.0.1"]
     try:
-        events.check_url(url, "SigningCertURL")
+        ses_events.check_url(url, "SigningCertURL")
         outcome = True
-    except events.Rejected:
+    except ses_events.Rejected:
         outcome = False
     assert outcome is allowed
 

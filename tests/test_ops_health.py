@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from smtpd_worker import metrics
+from core import metrics
 
 
 def test_healthz_answers_without_dependencies(client):

@@ -6,8 +6,8 @@ import pytest
 
 import models
 import runtime
-from smtpd_worker import blobs
-from smtpd_worker import submission
+from core import blobs
+from core import submit
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import relay_until
 
@@ -20,7 +20,7 @@ def test_s3_blob_store_keeps_the_message_and_the_relay_reads_it(config, account,
     assert isinstance(blobs.store(), blobs.S3BlobStore)
 
     raw = make_message(account.address, subject="kept in s3", body="x" * 300_000 + "\r\n")
-    row = submission.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
+    row = submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
                             io.BytesIO(raw), via="api")
 
     with models.db.connection_context():
@@ -38,8 +38,8 @@ def test_s3_blob_store_unavailable_is_a_temporary_failure(config, account, free_
     config["blobs"].update(backend="s3", bucket="missing", s3_endpoint_url=f"http://127.0.0.1:{free_tcp_port}")
     runtime.configure(config)
     raw = make_message(account.address)
-    with pytest.raises(submission.TemporaryFailure) as refused:
-        submission.submit(account.user, account.inbox, account.address, ["rcpt@example.com"], io.BytesIO(raw),
+    with pytest.raises(submit.TemporaryFailure) as refused:
+        submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"], io.BytesIO(raw),
                           via="api")
     assert refused.value.smtp_reply == "451 4.3.0 Temporary server error, try again later"
     with models.db.connection_context():

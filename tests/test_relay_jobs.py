@@ -7,9 +7,9 @@ import models
 import settings
 from smtpd_worker import jobs
 from smtpd_worker import periodic
-from smtpd_worker import queue
-from smtpd_worker import relay
-from smtpd_worker import submission
+from core import outbox
+from smtpd_worker import transport
+from core import submit as core_submit
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outbound
@@ -49,7 +49,7 @@ def test_relay_outbound_throttled_then_succeeds(relay_config, account, submit, s
             return throttle_response(request)
         return None
 
-    relay.client().meta.events.register("before-send.sesv2.SendEmail", throttle_twice)
+    transport.client().meta.events.register("before-send.sesv2.SendEmail", throttle_twice)
     row = submit()
 
     sent_row = relay_until(row.id, timeout=30)
@@ -66,7 +66,7 @@ def test_relay_outbound_throttled_then_succeeds(relay_config, account, submit, s
 
 def test_relay_outbound_throttled_past_max_attempts_fails_once(relay_config, account, submit, ses_sent):
     relay_config["relay"]["max_attempts"] = 2
-    relay.client().meta.events.register("before-send.sesv2.SendEmail",
+    transport.client().meta.events.register("before-send.sesv2.SendEmail",
                                          lambda request, **kw: throttle_response(request))
     row = submit()
 
@@ -85,7 +85,7 @@ def test_relay_outbound_rejected_sender_fails_without_retry(relay_config, accoun
         domain = models.Domain.create(user=account.user, name="unverified.example", status="verified",
                                       verification_token="t")
         inbox = models.create_inbox(account.user, "bot", domain)
-    row = submission.submit(account.user, inbox, inbox.address, ["rcpt@example.com"],
+    row = core_submit.submit(account.user, inbox, inbox.address, ["rcpt@example.com"],
                             io.BytesIO(make_message(inbox.address)), via="api")
 
     failed = relay_until(row.id, statuses=("failed",))
@@ -131,7 +131,7 @@ def test_relay_outbound_concurrent_jobs_send_once(relay_config, account, submit,
 def test_reconcile_stale_after_redis_lost_jobs_relays_each_once(relay_config, account, submit, ses_sent, redis_conn):
     rows = [submit() for _ in range(3)]
     # Only this test's keys: the queue and its jobs (the Redis is shared with other test runs).
-    lost = list(redis_conn.scan_iter(f"rq:*{queue.relay_queue_name()}*"))
+    lost = list(redis_conn.scan_iter(f"rq:*{outbox.relay_queue_name()}*"))
     assert lost
     redis_conn.delete(*lost)
     run_worker_burst()
@@ -158,7 +158,7 @@ def test_reconcile_stale_leaves_waiting_jobs_alone(relay_config, account, submit
 def test_strip_for_relay_removes_folded_bcc_only_in_header_section():
     raw = (b"From: a@inboxlayer.dev\r\nBCC : x@example.com,\r\n y@example.com\r\nTo: b@example.com\r\n"
            b"Resent-Bcc: z@example.com\r\n\r\nBcc: stays in the body\r\n")
-    assert relay.strip_for_relay(io.BytesIO(raw)) == (
+    assert transport.strip_for_relay(io.BytesIO(raw)) == (
         b"From: a@inboxlayer.dev\r\nTo: b@example.com\r\n\r\nBcc: stays in the body\r\n")
 
 
@@ -167,14 +167,14 @@ def test_strip_for_relay_removes_ses_control_headers():
     raw = (b"X-SES-SOURCE-ARN: arn:aws:ses:us-east-1:1:identity/victim.example\r\nFrom: a@inboxlayer.dev\r\n"
            b"x-ses-configuration-set: no-events\r\nX-SES-MESSAGE-TAGS: a=b,\r\n c=d\r\n"
            b"X-Sesame: kept\r\n\r\nX-SES-SOURCE-ARN: body text stays\r\n")
-    assert relay.strip_for_relay(io.BytesIO(raw)) == (
+    assert transport.strip_for_relay(io.BytesIO(raw)) == (
         b"From: a@inboxlayer.dev\r\nX-Sesame: kept\r\n\r\nX-SES-SOURCE-ARN: body text stays\r\n")
 
 
 def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_config, account, submit, ses_sent,
                                                                           redis_conn):
     row = submit()
-    redis_conn.delete(queue.relay_queue().key)  # forget submit's enqueue: the release must enqueue again
+    redis_conn.delete(outbox.relay_queue().key)  # forget submit's enqueue: the release must enqueue again
     jobs.SHUTDOWN.set()  # what the worker's SIGTERM handler sets
     try:
         assert jobs.relay_outbound(row.id) == "released"
@@ -185,7 +185,7 @@ def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_
     assert (released.status, released.attempts, released.next_attempt_at) == ("queued", 0, None)
     assert [t for t, _ in events_of(row.id)] == ["queued", "attempt", "released"]
     assert ses_sent() == []
-    assert queue.relay_queue().job_ids == [queue.relay_job_id(row.id)]
+    assert outbox.relay_queue().job_ids == [outbox.relay_job_id(row.id)]
     relay_until(row.id)
     assert len(ses_sent()) == 1
 
@@ -193,7 +193,7 @@ def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_
 def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config, account, submit, ses_sent):
     endpoint = relay_config["ses"]["endpoint_url"]
     relay_config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    relay.reset_client()
+    transport.reset_client()
     row = submit()
     run_worker_burst()
     waiting = outbound(row.id)
@@ -202,7 +202,7 @@ def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config
     assert retry["code"] == "EndpointConnectionError"
 
     relay_config["ses"]["endpoint_url"] = endpoint  # SES is back
-    relay.reset_client()
+    transport.reset_client()
     sent = relay_until(row.id)
 
     assert sent.attempts == 2
@@ -262,7 +262,7 @@ def test_relay_outbound_batch_throttled_retries_only_unsent_batches(relay_config
         calls.append(1)
         return throttle_response(request) if len(calls) == 2 else None
 
-    relay.client().meta.events.register("before-send.sesv2.SendEmail", throttle_second_call)
+    transport.client().meta.events.register("before-send.sesv2.SendEmail", throttle_second_call)
     recipients = [f"r{n}@example.com" for n in range(60)]
     row = submit(make_message(account.address, to="list@example.com"), recipients=recipients)
 
@@ -308,7 +308,7 @@ def _failed_detail(outbound_id):
 def test_relay_outbound_rejected_sender_gives_quota_back_once(relay_config, account, submit, ses_sent):
     kept = submit()  # a message that goes out keeps its charge
     inbox = _sender_inbox(account, "unverified.example", verified_at_ses=False)
-    row = submission.submit(account.user, inbox, inbox.address, ["a@example.com", "b@example.com"],
+    row = core_submit.submit(account.user, inbox, inbox.address, ["a@example.com", "b@example.com"],
                             io.BytesIO(make_message(inbox.address)), via="api")
     day = outbound(row.id).created_at.date()
     assert _sends_charged(account.user, day) == 3
@@ -335,9 +335,9 @@ def test_relay_outbound_partly_sent_then_rejected_keeps_quota(relay_config, acco
         if len(ses_sent()) == 1:
             _ses_admin().delete_email_identity(EmailIdentity="partial.example")
 
-    relay.client().meta.events.register("after-call.sesv2.SendEmail", unverify_after_first_send)
+    transport.client().meta.events.register("after-call.sesv2.SendEmail", unverify_after_first_send)
     recipients = [f"r{n}@example.com" for n in range(60)]
-    row = submission.submit(account.user, inbox, inbox.address, recipients,
+    row = core_submit.submit(account.user, inbox, inbox.address, recipients,
                             io.BytesIO(make_message(inbox.address, to="list@example.com")), via="api")
     day = outbound(row.id).created_at.date()
 
@@ -352,7 +352,7 @@ def test_relay_outbound_partly_sent_then_rejected_keeps_quota(relay_config, acco
 
 def test_relay_outbound_throttled_past_max_attempts_gives_quota_back(relay_config, account, submit, ses_sent):
     relay_config["relay"]["max_attempts"] = 2
-    relay.client().meta.events.register("before-send.sesv2.SendEmail",
+    transport.client().meta.events.register("before-send.sesv2.SendEmail",
                                          lambda request, **kw: throttle_response(request))
     row = submit(recipients=("a@example.com", "b@example.com", "c@example.com"))
     day = outbound(row.id).created_at.date()
@@ -377,9 +377,9 @@ def test_relay_outbound_read_timeout_then_rejected_keeps_quota(relay_config, acc
             raise ReadTimeoutError(endpoint_url=request.url)
         return None
 
-    relay.client().meta.events.register("before-send.sesv2.SendEmail", time_out_first_call)
+    transport.client().meta.events.register("before-send.sesv2.SendEmail", time_out_first_call)
     inbox = _sender_inbox(account, "unverified.example", verified_at_ses=False)
-    row = submission.submit(account.user, inbox, inbox.address, ["a@example.com"],
+    row = core_submit.submit(account.user, inbox, inbox.address, ["a@example.com"],
                             io.BytesIO(make_message(inbox.address)), via="api")
     day = outbound(row.id).created_at.date()
 

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 import models
-from smtpd_worker import submission
+from core import submit
 from tests.conftest import PG_ADMIN_DSN
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outcomes
@@ -53,9 +53,9 @@ def _submit_like_a_client(account, raw, tries=20, pause=0.0):
     """Submit as an SMTP client would: a 4xx (TemporaryFailure) means try again (after ``pause``)."""
     for _ in range(tries):
         try:
-            return submission.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
+            return submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
                                      io.BytesIO(raw), via="smtp")
-        except submission.TemporaryFailure:
+        except submit.TemporaryFailure:
             time.sleep(pause)  # the client's back-off before its retry
     raise AssertionError("the server kept answering 451")
 

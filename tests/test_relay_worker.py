@@ -12,7 +12,7 @@ from rq.registry import StartedJobRegistry
 import models
 import runtime
 from smtpd_worker import jobs
-from smtpd_worker import queue
+from core import outbox
 from tests.fixtures_relay import events_of
 from tests.fixtures_relay import outbound
 from tests.fixtures_relay import row_locked
@@ -41,15 +41,15 @@ def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses
     row = submit()
     worker = start_worker(**_slow_ses(mark, 2))
     wait_until(mark.exists, what="the worker to be inside the SES call")
-    assert len(list(redis_conn.scan_iter(queue.worker_liveness_key("*")))) == 1
+    assert len(list(redis_conn.scan_iter(outbox.worker_liveness_key("*")))) == 1
 
     worker.signal(signal.SIGTERM)
 
     assert worker.wait(30) == 0
     assert outbound(row.id).status == "sent"
     assert len(ses_sent()) == 1
-    assert StartedJobRegistry(queue.relay_queue_name(), connection=queue.connection()).get_job_ids() == []
-    assert list(redis_conn.scan_iter(queue.worker_liveness_key("*"))) == []  # a clean exit says so at once
+    assert StartedJobRegistry(outbox.relay_queue_name(), connection=outbox.connection()).get_job_ids() == []
+    assert list(redis_conn.scan_iter(outbox.worker_liveness_key("*"))) == []  # a clean exit says so at once
 
 
 def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config, start_worker, submit, ses_sent,
@@ -89,16 +89,16 @@ def test_worker_sigkill_after_taking_job_before_claim_next_worker_relays_within_
     bound = relay_settings["lease"] + relay_settings["reconcile_after"] + relay_settings["reconcile_interval"]
     slack = 8  # seconds: the periodic runner's 1 s tick, dequeue, claim and the SES call on a busy 2-CPU box
     row = submit()
-    job_id = queue.relay_job_id(row.id)
+    job_id = outbox.relay_job_id(row.id)
 
     with row_locked(relay_config["database"]["url"], row.id):
         doomed = start_worker()
         taken = wait_until(lambda: _started(job_id), what="the doomed worker to take the job")
-        assert queue.worker_alive(taken.worker_name)
+        assert outbox.worker_alive(taken.worker_name)
         # While that worker lives, its started job on a queued row is left alone, however old the row.
         assert jobs.reconcile_stale(now=models.utcnow() + datetime.timedelta(seconds=600)) == 0
         heir = start_worker()
-        wait_until(lambda: len(list(redis_conn.scan_iter(queue.worker_liveness_key("*")))) == 2,
+        wait_until(lambda: len(list(redis_conn.scan_iter(outbox.worker_liveness_key("*")))) == 2,
                    what="the second worker to beat")
 
         doomed.signal(signal.SIGKILL)
@@ -118,7 +118,7 @@ def test_worker_sigkill_after_taking_job_before_claim_next_worker_relays_within_
 
 
 def _started(job_id):
-    job = Job.fetch(job_id, connection=queue.connection())
+    job = Job.fetch(job_id, connection=outbox.connection())
     return job if job.get_status() == JobStatus.STARTED and job.worker_name else None
 
 
@@ -144,8 +144,8 @@ def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, 
 def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, submit, ses_sent, redis_conn):
     relay_config["relay"]["reconcile_after"] = 0
     lost, queued = submit(), submit()
-    redis_conn.delete(f"rq:job:{queue.relay_job_id(lost.id)}")  # one job lost, one still queued
-    redis_conn.lrem(queue.relay_queue().key, 0, queue.relay_job_id(lost.id))
+    redis_conn.delete(f"rq:job:{outbox.relay_job_id(lost.id)}")  # one job lost, one still queued
+    redis_conn.lrem(outbox.relay_queue().key, 0, outbox.relay_job_id(lost.id))
 
     worker = start_worker("--burst")
 

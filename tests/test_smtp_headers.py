@@ -15,10 +15,10 @@ from email.parser import BytesParser
 import pytest
 
 import models
-from smtpd_worker import blobs
-from smtpd_worker import headers
-from smtpd_worker import relay
-from smtpd_worker import submission
+from core import blobs
+from core import headers
+from smtpd_worker import transport
+from core import submit
 from tests import smtp_codes as codes
 from tests.fixtures_api import send_body
 from tests.fixtures_smtp import RawClient
@@ -135,8 +135,8 @@ def test_header_check_work_is_bounded_for_the_worst_shapes():
         raw = f"From: agent@inboxlayer.dev\r\n{header.rstrip()}\r\n\r\nbody\r\n".encode()
         started = time.monotonic()
         try:
-            submission.check_header_section(headers.read_section(io.BytesIO(raw)), inbox)
-        except (headers.HeaderError, submission.SubmitError):
+            submit.check_header_section(headers.read_section(io.BytesIO(raw)), inbox)
+        except (headers.HeaderError, submit.SubmitError):
             pass
         assert time.monotonic() - started < 0.5, name
 
@@ -273,7 +273,7 @@ def test_fifty_to_and_cc_addresses_refused_over_smtp(smtp_client, account):
         assert models.sends_today(account.user) == 0
     fits = f"From: {account.address}\r\nTo: {listed(25)}\r\nCc: {listed(24, 25)}\r\nSubject: x\r\n\r\nb\r\n"
     public_id = public_id_of(send(client, account, fits.encode()))
-    assert relay.recipient_batches(["someone@example.com", "b@example.com"], stored_bytes(public_id)) == [
+    assert transport.recipient_batches(["someone@example.com", "b@example.com"], stored_bytes(public_id)) == [
         ["someone@example.com"], ["b@example.com"]]  # 49 listed + 1 a call: SES's 50
 
 
@@ -298,9 +298,9 @@ def test_listed_count_agrees_with_the_relays_count():
               "John Q. Public <j@x.example>, <k@y.example> (note)", '"a\\"b" <x@y.example>', "a@[192.0.2.1]"]
     for value in values:
         ours = headers.mailboxes(value, headers.Budget())
-        theirs = relay.header_addresses(f"To: {value}\r\n\r\nbody".encode(), ("To",))
+        theirs = transport.header_addresses(f"To: {value}\r\n\r\nbody".encode(), ("To",))
         assert len(ours) == len(theirs), value
-    assert submission.SES_MAX_ADDRESSES == relay.SES_MAX_RECIPIENTS
+    assert submit.SES_MAX_ADDRESSES == transport.SES_MAX_RECIPIENTS
 
 
 @pytest.mark.parametrize("to, reason", [

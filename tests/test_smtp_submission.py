@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import models
-from smtpd_worker import queue
+from core import outbox
 from tests import smtp_codes as codes
 from tests.fixtures_smtp import RawClient
 from tests.fixtures_smtp import message
@@ -34,10 +34,10 @@ def assert_queued(public_id, account, recipients, subject="hello"):
     assert json.loads(outbound.recipients) == recipients
     assert (sent.folder, sent.subject, sent.inbox_id) == ("sent", subject, account.inbox.id)
     assert events == ["queued"]
-    from smtpd_worker import blobs
+    from core import blobs
 
     assert blobs.store().read_bytes(sent.blob_key).count(f"Subject: {subject}".encode()) == 1
-    assert queue.relay_job_id(outbound.id) in queue.relay_queue().job_ids
+    assert outbox.relay_job_id(outbound.id) in outbox.relay_queue().job_ids
     return outbound
 
 
@@ -323,7 +323,7 @@ def test_blob_store_down_refused_with_451_and_nothing_written(start_smtp_server,
     client.send(message(account.address) + b".\r\n")
     assert client.reply() == codes.TEMPORARY_ERROR
     assert counts() == (0, 0, 0)
-    assert queue.relay_queue().job_ids == []
+    assert outbox.relay_queue().job_ids == []
 
 
 # -- concurrency ------------------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_quota_race_50_clients_never_exceed_it(smtp_server, account):
     with models.db.connection_context():
         assert models.sends_today(pro.user) == limit
         assert models.OutboundEmail.select().where(models.OutboundEmail.user == pro.user.id).count() == 5
-    assert len(queue.relay_queue().job_ids) == 5
+    assert len(outbox.relay_queue().job_ids) == 5
 
 
 def test_server_log_has_no_tracebacks(smtp_client, smtp_server, account):

@@ -154,10 +154,10 @@ def test_login_pages_redirect_when_already_logged_in(web):
 
 
 def test_login_refused_cleanly_when_throttle_store_is_down(web_factory, config):
-    from smtpd_worker import queue
+    from core import outbox
 
     web_factory().signup("down@example.com", "the right password")
-    queue.configure({**config, "redis": {**config["redis"], "url": "redis://127.0.0.1:1/0"}})  # nothing listens
+    outbox.configure({**config, "redis": {**config["redis"], "url": "redis://127.0.0.1:1/0"}})  # nothing listens
     response = web_factory().post("/login", {"email": "down@example.com", "password": "the right password"})
     assert response.status_code == 503
     assert "Signing in is temporarily unavailable." in response.get_data(as_text=True)

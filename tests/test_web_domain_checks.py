@@ -6,18 +6,18 @@ import boto3
 import pytest
 
 import models
-from smtpd_worker import domain_checks
+from core import domains
 from tests.dnsserver import publish
 from tests.dnsserver import txt
 
 
 def add_domain(user, name="mail.example.com"):
     with models.db.connection_context():
-        return domain_checks.add_domain(user, name)
+        return domains.add_domain(user, name)
 
 
 def test_create_identity_registers_domain_with_ses(config, ses_endpoint):
-    tokens, created = domain_checks.create_identity("mail.example.com")
+    tokens, created = domains.create_identity("mail.example.com")
     identity = boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").get_email_identity(
         EmailIdentity="mail.example.com")
     assert identity["IdentityType"] == "DOMAIN"
@@ -27,14 +27,14 @@ def test_create_identity_registers_domain_with_ses(config, ses_endpoint):
 
 
 def test_create_identity_existing_identity_is_reused(config):
-    domain_checks.create_identity("mail.example.com")
-    tokens, created = domain_checks.create_identity("mail.example.com")
+    domains.create_identity("mail.example.com")
+    tokens, created = domains.create_identity("mail.example.com")
     assert (len(tokens), created) == (3, False)
 
 
 def test_expected_records_list_txt_dkim_spf_dmarc(config, account):
     domain = add_domain(account.user)
-    records = domain_checks.expected_records(domain)
+    records = domains.expected_records(domain)
     tokens = json.loads(domain.dkim_tokens)
     assert records[0] == {"type": "TXT", "name": "_inboxlayer.mail.example.com",
                           "value": "inboxlayer-verification=" + domain.verification_token,
@@ -48,7 +48,7 @@ def test_expected_records_list_txt_dkim_spf_dmarc(config, account):
 
 def test_check_domain_records_missing_is_pending(config, account, dns_server):
     domain = add_domain(account.user)
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert checked.status == "pending"
     assert checked.last_error.startswith("Not found in DNS yet: TXT _inboxlayer.mail.example.com, CNAME ")
     assert checked.last_checked_at is not None and checked.verified_at is None
@@ -57,17 +57,17 @@ def test_check_domain_records_missing_is_pending(config, account, dns_server):
 
 def test_check_domain_records_published_is_verified(config, account, dns_server):
     domain = add_domain(account.user)
-    publish(dns_server, domain_checks.expected_records(domain))
-    checked = domain_checks.check_domain(domain.id)
+    publish(dns_server, domains.expected_records(domain))
+    checked = domains.check_domain(domain.id)
     assert (checked.status, checked.last_error) == ("verified", None)
     assert checked.verified_at is not None
 
 
 def test_check_domain_partial_records_names_the_missing_ones(config, account, dns_server):
     domain = add_domain(account.user)
-    records = domain_checks.expected_records(domain)
+    records = domains.expected_records(domain)
     publish(dns_server, records[:2])  # the TXT and the first DKIM CNAME
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     tokens = json.loads(domain.dkim_tokens)
     assert checked.status == "pending"
     assert checked.last_error == ("Not found in DNS yet: "
@@ -77,11 +77,11 @@ def test_check_domain_partial_records_names_the_missing_ones(config, account, dn
 
 def test_check_domain_wrong_dkim_record_is_failed_with_reason(config, account, dns_server):
     domain = add_domain(account.user)
-    records = domain_checks.expected_records(domain)
+    records = domains.expected_records(domain)
     publish(dns_server, records)
     wrong = records[2]
     dns_server.set(wrong["name"], "CNAME", "someone-else.dkim.amazonses.com.")
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert checked.status == "failed"
     assert checked.last_error == (f"DKIM record {wrong['name']} points to someone-else.dkim.amazonses.com, "
                                   f"expected {wrong['value']}")
@@ -89,9 +89,9 @@ def test_check_domain_wrong_dkim_record_is_failed_with_reason(config, account, d
 
 def test_check_domain_wrong_verification_token_is_failed(config, account, dns_server):
     domain = add_domain(account.user)
-    publish(dns_server, domain_checks.expected_records(domain))
+    publish(dns_server, domains.expected_records(domain))
     dns_server.set("_inboxlayer.mail.example.com", "TXT", txt("inboxlayer-verification=not-the-token"))
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert checked.status == "failed"
     assert checked.last_error == ("TXT _inboxlayer.mail.example.com holds a different verification token "
                                   "than this domain's")
@@ -100,24 +100,24 @@ def test_check_domain_wrong_verification_token_is_failed(config, account, dns_se
 def test_check_domain_unrelated_txt_counts_as_missing(config, account, dns_server):
     domain = add_domain(account.user)
     dns_server.set("_inboxlayer.mail.example.com", "TXT", txt("google-site-verification=abc"))
-    assert domain_checks.check_domain(domain.id).status == "pending"
+    assert domains.check_domain(domain.id).status == "pending"
 
 
 def test_check_domain_fixed_record_recovers_from_failed(config, account, dns_server):
     domain = add_domain(account.user)
-    records = domain_checks.expected_records(domain)
+    records = domains.expected_records(domain)
     dns_server.set(records[1]["name"], "CNAME", "wrong.example.net.")
-    assert domain_checks.check_domain(domain.id).status == "failed"
+    assert domains.check_domain(domain.id).status == "failed"
     publish(dns_server, records)
-    assert domain_checks.check_domain(domain.id).status == "verified"
+    assert domains.check_domain(domain.id).status == "verified"
 
 
 def test_check_domain_dns_unreachable_keeps_status(config, account, dns_server):
     domain = add_domain(account.user)
-    publish(dns_server, domain_checks.expected_records(domain))
-    assert domain_checks.check_domain(domain.id).status == "verified"
+    publish(dns_server, domains.expected_records(domain))
+    assert domains.check_domain(domain.id).status == "verified"
     dns_server.stop()  # nothing answers on that port any more: every lookup times out
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert checked.status == "verified"
     assert checked.last_error.startswith("DNS lookup failed, will retry: ")
 
@@ -125,17 +125,17 @@ def test_check_domain_dns_unreachable_keeps_status(config, account, dns_server):
 def test_check_domain_bad_resolver_setting_keeps_status(config, account):
     domain = add_domain(account.user)
     config["dns"]["resolver"] = "not-an-ip:53"
-    checked = domain_checks.check_domain(domain.id)
+    checked = domains.check_domain(domain.id)
     assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: resolver misconfigured")
 
 
 def test_check_domains_checks_unchecked_pending_and_failed(config, account, dns_server):
     pending = add_domain(account.user, "a.example.com")
     failed = add_domain(account.user, "b.example.com")
-    publish(dns_server, domain_checks.expected_records(pending))
+    publish(dns_server, domains.expected_records(pending))
     with models.db.connection_context():
         models.Domain.update(status="failed").where(models.Domain.id == failed.id).execute()
-    assert domain_checks.check_domains() == 2
+    assert domains.check_domains() == 2
     with models.db.connection_context():
         assert models.Domain.get_by_id(pending.id).status == "verified"
         assert models.Domain.get_by_id(failed.id).status == "pending"  # records missing, no wrong one
@@ -143,18 +143,18 @@ def test_check_domains_checks_unchecked_pending_and_failed(config, account, dns_
 
 def test_check_domains_skips_recently_checked(config, account, dns_server):
     domain = add_domain(account.user)
-    assert domain_checks.check_domains() == 1
-    assert domain_checks.check_domains() == 0  # checked moments ago, within dns.check_interval
+    assert domains.check_domains() == 1
+    assert domains.check_domains() == 0  # checked moments ago, within dns.check_interval
     with models.db.connection_context():
         models.Domain.update(last_checked_at=models.utcnow() - datetime.timedelta(
             seconds=config["dns"]["check_interval"])).where(models.Domain.id == domain.id).execute()
-    assert domain_checks.check_domains() == 1
+    assert domains.check_domains() == 1
     with models.db.connection_context():
         assert models.Domain.get_by_id(domain.id).status == "pending"
 
 
 def test_check_domain_deleted_domain_returns_none(config):
-    assert domain_checks.check_domain(123456) is None
+    assert domains.check_domain(123456) is None
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -164,16 +164,16 @@ def test_check_domain_deleted_domain_returns_none(config):
     ("::1", ("::1", 53)),
 ])
 def test_split_host_port_resolver_setting(value, expected):
-    assert domain_checks._split_host_port(value) == expected
+    assert domains._split_host_port(value) == expected
 
 
 def test_periodic_tasks_include_domain_checks(config, account, dns_server):
     from smtpd_worker import periodic
 
-    path = "smtpd_worker.domain_checks:check_domains"
+    path = "core.domains:check_domains"
     assert (config["dns"]["check_interval"], path) in periodic.tasks(config)
     domain = add_domain(account.user)
-    publish(dns_server, domain_checks.expected_records(domain))
+    publish(dns_server, domains.expected_records(domain))
     assert periodic.run_due([[config["dns"]["check_interval"], path, 0.0]]) == [path]
     with models.db.connection_context():
         assert models.Domain.get_by_id(domain.id).status == "verified"

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 import pytest
 
 import models
-from smtpd_worker import submission
+from core import submit as core_submit
 
 
 def user_row(web):
@@ -33,7 +33,7 @@ def submit(web, inbox_id, subject="Hello", to="someone@example.net", html=None, 
     msg.add_attachment(b"%PDF-1.4 test", maintype="application", subtype="pdf", filename="report.pdf")
     raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     with models.db.connection_context():  # check_sender reads inbox.domain
-        return submission.submit(user_row(web), inbox, inbox.address, [to], io.BytesIO(raw), "smtp")
+        return core_submit.submit(user_row(web), inbox, inbox.address, [to], io.BytesIO(raw), "smtp")
 
 
 # -- API keys ---------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_inbox_on_pending_domain_is_created_but_cannot_send(web, dns_server):
     inbox_id = web.create_inbox("bot", domain_id)
     page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
     assert "Domain agents.example.org is not verified. This inbox cannot send" in page
-    with pytest.raises(submission.DomainNotVerified) as refused:
+    with pytest.raises(core_submit.DomainNotVerified) as refused:
         submit(web, inbox_id)
     assert refused.value.smtp_reply == "550 5.7.1 Domain agents.example.org is not verified"
 
@@ -180,7 +180,7 @@ def test_sent_list_is_paged(web):
 def test_sent_message_missing_blob_is_503_not_500(web):
     inbox_id = web.create_inbox("lost")
     outbound = submit(web, inbox_id)
-    from smtpd_worker import blobs
+    from core import blobs
 
     with models.db.connection_context():
         blobs.store().delete(models.Message.get_by_id(outbound.message_id).blob_key)
@@ -227,7 +227,7 @@ def test_outbound_detail_shows_event_timeline_with_diagnostic(web):
     outbound = submit(web, inbox_id)
     with models.db.connection_context(), models.db.atomic():
         models.OutboundEvent.create(outbound=outbound, type="sent", detail=json.dumps({"ses_message_id": "abc-123"}))
-        # The shape smtpd_worker.events records for an SES Bounce event.
+        # The shape core.ses_events records for an SES Bounce event.
         models.OutboundEvent.create(outbound=outbound, type="bounced", detail=json.dumps({
             "ses_message_id": "abc-123", "sns_message_id": "sns-1", "bounce": {
                 "bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "f-1",
@@ -308,7 +308,7 @@ def test_usage_bar_counts_todays_sends(web):
 def submit_raw(web, inbox_id, raw):
     inbox = inbox_row(inbox_id)
     with models.db.connection_context():
-        return submission.submit(user_row(web), inbox, inbox.address, ["someone@example.net"],
+        return core_submit.submit(user_row(web), inbox, inbox.address, ["someone@example.net"],
                                  io.BytesIO(raw.replace(b"\n", b"\r\n")), "smtp")
 
 
@@ -352,13 +352,13 @@ def test_sent_view_survives_malformed_messages(web, body):
 # -- domains ----------------------------------------------------------------------------------------
 
 def test_domain_verified_through_check_now_lets_its_inbox_send(web, dns_server):
-    from smtpd_worker import domain_checks
+    from core import domains
     from tests.dnsserver import publish
 
     domain_id = web.add_domain("send.example.org")
     inbox_id = web.create_inbox("bot", domain_id)
     with models.db.connection_context():
-        publish(dns_server, domain_checks.expected_records(models.Domain.get_by_id(domain_id)))
+        publish(dns_server, domains.expected_records(models.Domain.get_by_id(domain_id)))
     response = web.post(f"/domains/{domain_id}/check")
     assert response.headers["Location"] == f"/domains/{domain_id}"
     page = web.get(f"/domains/{domain_id}").get_data(as_text=True)

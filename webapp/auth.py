@@ -24,8 +24,8 @@ from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
 import models
-from smtpd_worker import limits
-from smtpd_worker import queue
+from core import limits
+from core import outbox
 from webapp.forms import ChangePasswordForm
 from webapp.forms import LoginForm
 from webapp.forms import SignupForm
@@ -201,7 +201,7 @@ return n
 
 def _uncount_attempt(ident):
     try:
-        queue.connection().register_script(_UNCOUNT)(keys=[queue.key("login-fail", ident)])
+        outbox.connection().register_script(_UNCOUNT)(keys=[outbox.key("login-fail", ident)])
     except redis.RedisError as exc:
         log.error("could not take back a successful login's attempt: %s", exc)
 

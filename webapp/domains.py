@@ -1,7 +1,7 @@
 """Custom sending domains: add a claim (sets up the SES identity), show the DNS records, check, delete.
 
 The rules (who may claim a name, caps, which SES identity a delete may remove) live in
-``smtpd_worker.domain_checks``; these views render its answers."""
+``core.domains``; these views render its answers."""
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -14,8 +14,8 @@ from flask_login import login_required
 
 import models
 from webapp.forms import MAX_ID
-from smtpd_worker import domain_checks
-from smtpd_worker import limits
+from core import domains as domain_checks
+from core import limits
 from webapp.forms import DomainForm
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")

@@ -16,9 +16,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 import models
-from smtpd_worker.blobs import BlobError
-from smtpd_worker.limits import LimiterUnavailable
-from smtpd_worker.queue import QueueUnavailable
+from core.blobs import BlobError
+from core.limits import LimiterUnavailable
+from core.outbox import QueueUnavailable
 
 log = logging.getLogger(__name__)
 

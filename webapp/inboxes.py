@@ -16,7 +16,7 @@ from peewee import IntegrityError
 import models
 import settings
 from webapp.forms import MAX_ID
-from smtpd_worker import blobs
+from core import blobs
 from webapp.forms import InboxForm
 from webapp.usage import usage_of
 

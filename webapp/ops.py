@@ -63,7 +63,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    from smtpd_worker import health
+    from core import health
 
     results = health.run_all(_config())
     ready = all(ok for ok, _ in results.values())
@@ -81,6 +81,6 @@ def metrics():
     from prometheus_client import CONTENT_TYPE_LATEST
     from prometheus_client import generate_latest
 
-    from smtpd_worker import metrics as _registered  # noqa: F401 - defines the collectors
+    from core import metrics as _registered  # noqa: F401 - defines the collectors
 
     return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}

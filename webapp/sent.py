@@ -11,8 +11,8 @@ from flask_login import login_required
 
 import models
 from webapp.forms import MAX_ID
-from smtpd_worker import blobs
-from webapp import mailview
+from core import blobs
+from core import mailview
 from webapp.inboxes import owned_inbox
 
 bp = Blueprint("sent", __name__, url_prefix=f"/inboxes/<int(max={MAX_ID}):inbox_id>/sent")

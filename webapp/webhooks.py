@@ -1,4 +1,4 @@
-"""`POST /webhooks/ses`: SES events delivered by SNS (see smtpd_worker/events.py)."""
+"""`POST /webhooks/ses`: SES events delivered by SNS (see core/ses_events.py)."""
 import logging
 
 from flask import Blueprint
@@ -7,7 +7,7 @@ from flask import request
 from peewee import PeeweeException
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from smtpd_worker import events
+from core import ses_events
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def ses():
     if body is None or len(body) > MAX_BODY:
         return jsonify(error="notification too large"), 413
     try:
-        status, message = events.handle(body)
+        status, message = ses_events.handle(body)
     except PeeweeException as exc:
         # SNS retries on 5xx: the event is applied once the database is back.
         log.error("database unavailable for SNS notification: %s", exc)

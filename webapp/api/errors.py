@@ -6,10 +6,10 @@ from flask import jsonify
 from peewee import PeeweeException
 from werkzeug.exceptions import HTTPException
 
-from smtpd_worker.blobs import BlobError
-from smtpd_worker.limits import LimiterUnavailable
-from smtpd_worker.queue import QueueUnavailable
-from smtpd_worker.submission import SubmitError
+from core.blobs import BlobError
+from core.limits import LimiterUnavailable
+from core.outbox import QueueUnavailable
+from core.submit import SubmitError
 
 log = logging.getLogger(__name__)
 

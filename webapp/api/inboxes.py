@@ -8,7 +8,7 @@ from peewee import IntegrityError
 
 import models
 import settings
-from smtpd_worker import submission
+from core import submit
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.outbound import iso
@@ -68,12 +68,12 @@ def next_reset():
 
 
 def quota_json(user):
-    used, limit = submission.quota_state(user)
+    used, limit = submit.quota_state(user)
     return {"limit": limit, "used": used, "remaining": max(limit - used, 0), "resets_at": iso(next_reset())}
 
 
 def account():
-    plan = submission.plan_of(g.user)
+    plan = submit.plan_of(g.user)
     return jsonify({"email": g.user.email, "plan": g.user.plan, "quota": quota_json(g.user),
                     "rate": {"per_second": plan["send_rate_per_second"], "burst": plan["send_burst"]},
                     "token": {"name": g.token.name, "prefix": g.token.prefix}})

@@ -5,8 +5,8 @@ from flask import send_file
 from peewee import JOIN
 
 import models
-from smtpd_worker import blobs
-from webapp import mailview
+from core import blobs
+from core import mailview
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid

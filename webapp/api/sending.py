@@ -9,7 +9,7 @@ from flask import jsonify
 from flask import request
 
 import models
-from smtpd_worker import submission
+from core import submit
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import UNAVAILABLE
 from webapp.api.errors import ApiError
@@ -37,7 +37,7 @@ def send(address):
     inbox = owned_inbox(address)
     try:
         response = _send(inbox)
-    except submission.SubmitError as exc:
+    except submit.SubmitError as exc:
         response = handle_submit_error(exc)
     if response.status_code in (200, 202, 429):
         _rate_limit_headers(response)
@@ -61,9 +61,9 @@ def _send(inbox):
         if earlier is not None:
             return _accepted(earlier, replayed=True)
     recipients = parsed.envelope_recipients()
-    submission.check_sender(inbox, inbox.address)  # a custom domain must still be verified
-    submission.check_quota(g.user, len(recipients))
-    submission.check_rate(g.user)
+    submit.check_sender(inbox, inbox.address)  # a custom domain must still be verified
+    submit.check_quota(g.user, len(recipients))
+    submit.check_rate(g.user)
     try:
         message = build_message(_sender(inbox), parsed, inbox.address.rsplit("@", 1)[1])
     except MimeError as exc:
@@ -79,7 +79,7 @@ def _send(inbox):
             raise ApiError(422, "invalid_request", f"The message could not be built: {exc}"[:300]) from None
         if size > max_size:
             raise ApiError(413, "message_too_large", too_large(size, max_size))
-        outbound = submission.submit(g.user, inbox, inbox.address, recipients, spool, via="api",
+        outbound = submit.submit(g.user, inbox, inbox.address, recipients, spool, via="api",
                                      idempotency_key=key, request_hash=request_hash if key else None)
     return _accepted(outbound, replayed=outbound.created_at < started)
 
@@ -137,7 +137,7 @@ def _earlier_send(key, request_hash):
     earlier = models.OutboundEmail.get_or_none(models.OutboundEmail.user == g.user,
                                                models.OutboundEmail.idempotency_key == key)
     if earlier is not None and earlier.request_hash != request_hash:
-        raise submission.IdempotencyConflict("This Idempotency-Key was used with a different request")
+        raise submit.IdempotencyConflict("This Idempotency-Key was used with a different request")
     return earlier
 
 

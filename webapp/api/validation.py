@@ -19,7 +19,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import models
-from smtpd_worker.submission import MAX_LISTED_RECIPIENTS
+from core.submit import MAX_LISTED_RECIPIENTS
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 

@@ -18,11 +18,11 @@ from peewee import PeeweeException
 
 import models
 import settings
-from smtpd_worker import blobs
-from smtpd_worker import headers
-from smtpd_worker import limits
-from smtpd_worker import metrics
-from smtpd_worker import queue
+from core import blobs
+from core import headers
+from core import limits
+from core import metrics
+from core import outbox
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,8 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
     log.info("accepted %s via %s from %s to %d recipient(s), %d bytes", public_id, via, inbox.address,
              len(recipients), size, extra={"outbound_id": public_id})
     try:
-        queue.enqueue_relay(outbound.id)
-    except queue.QueueUnavailable as exc:
+        outbox.enqueue_relay(outbound.id)
+    except outbox.QueueUnavailable as exc:
         # The row is committed: the reconciler will enqueue it. The 250 stays true.
         log.warning("enqueue failed for %s, left to the reconciler: %s", public_id, exc,
                     extra={"outbound_id": public_id})

@@ -4,6 +4,10 @@ from rq import Queue
 
 import settings
 
+# The relay job, by dotted name: RQ resolves it in the worker, so core never imports the relay
+# stack (smtpd_worker.jobs imports this module to re-enqueue; naming it here breaks that cycle).
+RELAY_JOB = "smtpd_worker.jobs.relay_outbound"
+
 _redis = None
 _prefix = "inboxlayer"
 
@@ -67,11 +71,9 @@ def enqueue_relay(outbound_id):
     The job id is derived from the row, so a second enqueue of a job still waiting is a no-op
     in practice (RQ replaces the job hash) and the reconciler cannot pile up duplicates.
     """
-    from smtpd_worker import jobs  # jobs imports the relay stack; keep submit's import light
-
     queue = relay_queue()
     try:
-        return queue.enqueue(jobs.relay_outbound, outbound_id, job_id=relay_job_id(outbound_id),
+        return queue.enqueue(RELAY_JOB, outbound_id, job_id=relay_job_id(outbound_id),
                              job_timeout=settings.get()["relay"]["job_timeout"],
                              result_ttl=3600, failure_ttl=86400)
     except redis.RedisError as exc:

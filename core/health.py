@@ -3,7 +3,7 @@ import functools
 import time
 
 import models
-from smtpd_worker import queue
+from core import outbox
 
 
 def check_database():
@@ -13,7 +13,7 @@ def check_database():
 
 
 def check_redis():
-    queue.connection().ping()
+    outbox.connection().ping()
     return "reachable"
 
 

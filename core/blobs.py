@@ -6,7 +6,6 @@ message into memory except ``read_bytes``, which callers use only when they must
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ class FileBlobStore:
     def put(self, key, fileobj):
         """Store ``fileobj`` under ``key`` durably and return its size: the data, the name and any
         new directory are fsynced before this returns, since a 250 follows."""
-        return _off_event_loop(self._put, self._path(key), fileobj)
+        return _run_blocking(self._put, self._path(key), fileobj)
 
     def _put(self, target, fileobj):
         try:
@@ -96,16 +95,20 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def _off_event_loop(function, *args):
-    """Run blocking file I/O in gevent's thread pool when called from a gevent-patched process
-    (the SMTP server), so one slow disk flush does not stall every other session; inline
-    elsewhere (web, worker, tests)."""
-    gevent_monkey = sys.modules.get("gevent.monkey")
-    if gevent_monkey is not None and gevent_monkey.is_module_patched("socket"):
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(function, args)
+def run_directly(function, *args):
+    """The default way to run blocking file I/O: inline (web, worker, CLI, tests)."""
     return function(*args)
+
+
+_run_blocking = run_directly
+
+
+def set_blocking_io(runner):
+    """Install how FileBlobStore runs its blocking writes: ``runner(function, *args)`` returns
+    ``function(*args)``. The SMTP server installs gevent's thread pool at start-up, so one slow
+    disk flush does not stall every other session; ``None`` restores the inline default."""
+    global _run_blocking
+    _run_blocking = runner or run_directly
 
 
 class S3BlobStore:

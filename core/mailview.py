@@ -5,15 +5,15 @@ The work is bounded whatever the stored message holds (a message accepted before
 limits, or inbound mail later): CPython's header registry is superlinear in a field's size (a
 998-character To: or Content-Type already costs 10-25 ms), so it never runs here. Header values
 are kept as written (``READ_POLICY``), cut to ``MAX_PARSED_HEADER`` characters before the MIME
-code reads a parameter from them, and decoded for display by smtpd_worker.headers.display_text
+code reads a parameter from them, and decoded for display by core.headers.display_text
 from at most ``MAX_HEADER_CHARS`` characters.
 """
 from email.message import _splitparam
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 
-from smtpd_worker.headers import display_text
-from smtpd_worker.headers import unfold
+from core.headers import display_text
+from core.headers import unfold
 
 SHOWN_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID")
 MAX_TEXT_CHARS = 500_000  # characters of the text part shown on the page; the .eml has the rest

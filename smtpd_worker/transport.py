@@ -23,7 +23,7 @@ from botocore.exceptions import EndpointConnectionError
 from botocore.exceptions import ReadTimeoutError
 
 import settings
-from smtpd_worker import metrics
+from core import metrics
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from smtpd_worker import queue
+from core import outbox
 
 
 class LimiterUnavailable(Exception):
@@ -40,7 +40,7 @@ return n
 
 
 def _script(source):
-    return queue.connection().register_script(source)
+    return outbox.connection().register_script(source)
 
 
 def take_send_token(user_id, rate_per_second, burst):
@@ -49,7 +49,7 @@ def take_send_token(user_id, rate_per_second, burst):
         return True, 0.0
     interval_ms = 1000.0 / rate_per_second
     try:
-        allowed, retry_ms = _script(_GCRA)(keys=[queue.key("rate", user_id)],
+        allowed, retry_ms = _script(_GCRA)(keys=[outbox.key("rate", user_id)],
                                            args=[int(time.time() * 1000), interval_ms, max(int(burst), 1)])
     except redis.RedisError as exc:
         raise LimiterUnavailable(str(exc)) from exc
@@ -59,13 +59,13 @@ def take_send_token(user_id, rate_per_second, burst):
 def count_in_window(name, ident, window_seconds):
     """Generic fixed-window counter (login throttling and the like). Returns the new count."""
     try:
-        return int(_script(_INCR_WINDOW)(keys=[queue.key(name, ident)], args=[int(window_seconds)]))
+        return int(_script(_INCR_WINDOW)(keys=[outbox.key(name, ident)], args=[int(window_seconds)]))
     except redis.RedisError as exc:
         raise LimiterUnavailable(str(exc)) from exc
 
 
 def window_count(name, ident):
     try:
-        return int(queue.connection().get(queue.key(name, ident)) or 0)
+        return int(outbox.connection().get(outbox.key(name, ident)) or 0)
     except redis.RedisError as exc:
         raise LimiterUnavailable(str(exc)) from exc

@@ -4,6 +4,8 @@ from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
 
+from core import outbox
+
 SMTP_SESSIONS = Counter("inboxlayer_smtp_sessions_total", "SMTP connections accepted", ["listener"])
 SMTP_ACTIVE = Gauge("inboxlayer_smtp_active_sessions", "SMTP sessions open now")
 SMTP_AUTH_FAILURES = Counter("inboxlayer_smtp_auth_failures_total", "Failed SMTP AUTH attempts")
@@ -25,10 +27,8 @@ def start_http_exporter(port, host="0.0.0.0"):
 
 
 def _queue_depth():
-    from smtpd_worker import queue
-
     try:
-        return queue.relay_queue().count
+        return outbox.relay_queue().count
     except Exception:  # a scrape must not fail because Redis is down; NaN says "unknown"
         return float("nan")
 

@@ -36,7 +36,7 @@ from peewee import IntegrityError
 
 import models
 import settings
-from smtpd_worker import metrics
+from core import metrics
 
 log = logging.getLogger(__name__)
 
