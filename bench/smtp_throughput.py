@@ -224,9 +224,9 @@ def free_port():
 class Bench:
     def __init__(self, workdir):
         self.workdir = workdir
-        from smtpd_worker import tls
+        from core import devcert
 
-        self.cert, self.key = tls.ensure_dev_certificate(workdir / "var" / "tls", "localhost")
+        self.cert, self.key = devcert.ensure_dev_certificate(workdir / "var" / "tls", "localhost")
         # The load generator measures servers: it does not verify the (same, self-signed)
         # certificate thousands of times, an ECDSA verify costs more than the server's sign.
         self.context = ssl.create_default_context(cafile=self.cert)

@@ -9,12 +9,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.errors import BlobError
+
 CHUNK = 1024 * 1024  # bytes per copy step
 SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_./-]{0,200}")
-
-
-class BlobError(Exception):
-    """The blob store is unavailable or the blob is missing."""
 
 
 class FileBlobStore:

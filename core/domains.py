@@ -27,10 +27,8 @@ import string
 import threading
 import time
 
-import boto3
 import dns.exception
 import dns.resolver
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError
 from peewee import IntegrityError
@@ -38,6 +36,7 @@ from publicsuffixlist import PublicSuffixList
 
 import models
 import settings
+from core import ses
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ VERIFY_LABEL = "_inboxlayer"
 VERIFY_PREFIX = "inboxlayer-verification="
 DKIM_TARGET = "dkim.amazonses.com"
 SPF_VALUE = "v=spf1 include:amazonses.com ~all"
-SES_TIMEOUT = 10  # seconds per SES identity call
 # SES DKIM statuses that mean the identity cannot sign (sesv2 DkimAttributes.Status).
 SES_DKIM_FAILED = {"FAILED", "TEMPORARY_FAILURE"}
 TRANSIENT_DNS_ERRORS = (dns.resolver.NoNameservers, dns.exception.Timeout)
@@ -68,10 +66,7 @@ class DomainSetupError(Exception):
 # -- SES identity ---------------------------------------------------------------------------------
 
 def ses_client():
-    ses = settings.get()["ses"]
-    return boto3.client("sesv2", endpoint_url=ses["endpoint_url"] or None, region_name=ses["region"],
-                        config=Config(connect_timeout=ses["connect_timeout"], read_timeout=SES_TIMEOUT,
-                                      retries={"total_max_attempts": 2, "mode": "standard"}))
+    return ses.new_client("domains", settings.get()["ses"])
 
 
 def create_identity(name):

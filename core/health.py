@@ -4,6 +4,7 @@ import time
 
 import models
 from core import outbox
+from core import ses
 
 
 def check_database():
@@ -20,11 +21,7 @@ def check_redis():
 @functools.lru_cache(maxsize=4)
 def _ses_client(region, endpoint_url):
     # Building a boto3 client costs tens of ms of CPU; orchestrators poll /readyz every few seconds.
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("sesv2", region_name=region, endpoint_url=endpoint_url or None,
-                        config=Config(connect_timeout=3, read_timeout=5, retries={"total_max_attempts": 1}))
+    return ses.new_client("health", {"region": region, "endpoint_url": endpoint_url})
 
 
 def check_ses(config):

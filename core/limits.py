@@ -9,10 +9,7 @@ import time
 import redis
 
 from core import outbox
-
-
-class LimiterUnavailable(Exception):
-    """Redis could not be reached; callers answer 4xx (try again later)."""
+from core.errors import LimiterUnavailable
 
 
 # GCRA (generic cell rate algorithm): one key holding the "theoretical arrival time".

@@ -18,6 +18,12 @@ RELAY_LATENCY = Histogram("inboxlayer_relay_seconds", "Duration of one SES send 
 STATUS_CHANGES = Counter("inboxlayer_outbound_status_total", "OutboundEmail status transitions", ["status"])
 
 
+def refused(exc):
+    """Count a refusal (a core.errors.SubmitError) by its reason; returns ``exc`` for the caller to raise."""
+    MESSAGES_REJECTED.labels(reason=exc.code).inc()
+    return exc
+
+
 def start_http_exporter(port, host="0.0.0.0"):
     """Serve /metrics for a non-web process (smtp, worker)."""
     from prometheus_client import start_http_server

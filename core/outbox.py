@@ -3,6 +3,7 @@ import redis
 from rq import Queue
 
 import settings
+from core.errors import QueueUnavailable
 
 # The relay job, by dotted name: RQ resolves it in the worker, so core never imports the relay
 # stack (smtpd_worker.jobs imports this module to re-enqueue; naming it here breaks that cycle).
@@ -10,10 +11,6 @@ RELAY_JOB = "smtpd_worker.jobs.relay_outbound"
 
 _redis = None
 _prefix = "inboxlayer"
-
-
-class QueueUnavailable(Exception):
-    """Redis could not be reached."""
 
 
 def configure(config):

@@ -17,124 +17,22 @@ from peewee import IntegrityError
 from peewee import PeeweeException
 
 import models
-import settings
 from core import blobs
 from core import headers
-from core import limits
 from core import metrics
 from core import outbox
+from core import quota
+from core.errors import BadMessage
+from core.errors import DomainNotVerified
+from core.errors import IdempotencyConflict
+from core.errors import SenderNotAllowed
+from core.errors import SubmitError
+from core.errors import TemporaryFailure
+from core.errors import TooManyListedRecipients
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = headers.MAX_HEADER_BYTES  # octets of the header section (see headers.py)
-
-
-class SubmitError(Exception):
-    """A refusal with the SMTP reply and HTTP status that describe it."""
-
-    smtp_reply = "451 4.3.0 Temporary server error, try again later"
-    http_status = 503
-    code = "temporary_failure"
-
-    def __init__(self, message=None, smtp_reply=None, retry_after=None):
-        super().__init__(message or self.smtp_reply[10:])
-        if smtp_reply:
-            self.smtp_reply = smtp_reply
-        self.retry_after = retry_after
-
-
-class TemporaryFailure(SubmitError):
-    pass
-
-
-class QuotaExceeded(SubmitError):
-    http_status = 429
-    code = "quota_exceeded"
-
-    def __init__(self, used, limit):
-        text = f"Daily sending quota exceeded ({used}/{limit}, resets 00:00 UTC)"
-        now = models.utcnow()
-        midnight = datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time())
-        super().__init__(text, f"550 5.4.5 {text}", retry_after=int((midnight - now).total_seconds()) + 1)
-        self.used, self.limit = used, limit
-
-
-class RateLimited(SubmitError):
-    smtp_reply = "451 4.7.1 Sending rate limit exceeded, try again later"
-    http_status = 429
-    code = "rate_limited"
-
-
-class SenderNotAllowed(SubmitError):
-    smtp_reply = "550 5.7.1 Sender address not owned by authenticated inbox"
-    http_status = 403
-    code = "sender_not_allowed"
-
-
-class DomainNotVerified(SubmitError):
-    http_status = 403
-    code = "domain_not_verified"
-
-    def __init__(self, reason):
-        super().__init__(reason, f"550 5.7.1 {reason}")
-
-
-class BadMessage(SubmitError):
-    """The message itself is refused; ``status`` is the SMTP code and enhanced code."""
-
-    smtp_reply = "554 5.6.0 Message is not a valid RFC 5322 message"
-    http_status = 422
-    code = "invalid_message"
-
-    def __init__(self, message, status="554 5.6.0"):
-        super().__init__(message, f"{status} {message}")
-
-
-class TooManyListedRecipients(BadMessage):
-    code = "too_many_recipients"
-
-    def __init__(self):
-        super().__init__(f"Too many addresses in To: and Cc: (at most {MAX_LISTED_RECIPIENTS}; use Bcc for more)",
-                         "554 5.5.3")
-
-
-class IdempotencyConflict(SubmitError):
-    http_status = 409
-    code = "idempotency_conflict"
-
-
-# -- checks shared by SMTP (per command) and REST (per request) -----------------------------------
-
-def plan_of(user):
-    return settings.plan_limits(settings.get(), user.plan)
-
-
-def check_rate(user):
-    """Take one message from the account's send rate; raise RateLimited when it is spent."""
-    plan = plan_of(user)
-    try:
-        allowed, retry_after = limits.take_send_token(user.id, plan["send_rate_per_second"], plan["send_burst"])
-    except limits.LimiterUnavailable as exc:
-        raise refused(TemporaryFailure(f"rate limiter unavailable: {exc}")) from exc
-    if not allowed:
-        raise refused(RateLimited("Sending rate limit exceeded, try again later",
-                                  retry_after=max(1, round(retry_after + 0.5))))
-
-
-def quota_state(user):
-    """(used today, daily limit)."""
-    return models.sends_today(user), plan_of(user)["daily_send_limit"]
-
-
-def check_quota(user, recipients, used=None):
-    """Raise QuotaExceeded if ``recipients`` more sends would pass today's limit (no reservation).
-    ``used``: today's count when the caller has just read it."""
-    if used is None:
-        used, limit = quota_state(user)
-    else:
-        limit = plan_of(user)["daily_send_limit"]
-    if used + recipients > limit:
-        raise refused(QuotaExceeded(used, limit))
 
 
 def check_sender(inbox, address):
@@ -227,7 +125,7 @@ def check_listed_recipients(section, budget):
                 listed += len(headers.mailboxes(headers.unfold(value), budget,
                                                 limit=MAX_LISTED_RECIPIENTS - listed))
             except headers.TooManyAddresses:
-                raise TooManyListedRecipients() from None
+                raise TooManyListedRecipients(MAX_LISTED_RECIPIENTS) from None
             except headers.AddressSyntax as exc:
                 raise BadMessage(f"Malformed {label}: header: {exc}") from None
 
@@ -262,12 +160,6 @@ class _Prefixed:
         return self.body.read(size)
 
 
-def refused(exc):
-    """Count a refusal by its reason; returns ``exc`` for the caller to raise."""
-    metrics.MESSAGES_REJECTED.labels(reason=exc.code).inc()
-    return exc
-
-
 def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None):
     """Accept a message for relay; return the committed OutboundEmail.
 
@@ -278,7 +170,7 @@ def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None,
     try:
         return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash)
     except SubmitError as exc:
-        raise refused(exc)
+        raise metrics.refused(exc)
 
 
 def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash):
@@ -346,7 +238,7 @@ class _Replay(Exception):
 
 def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked, idempotency_key,
             request_hash):
-    limit = plan_of(user)["daily_send_limit"]
+    limit = quota.plan_of(user)["daily_send_limit"]
     now = models.utcnow()
     fields = dict(
         user_id=user.id, inbox_id=inbox.id, public_id=public_id, via=via, mail_from=mail_from,
@@ -367,7 +259,7 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
             raise IdempotencyConflict("This Idempotency-Key was used with a different request") from None
         raise _Replay(existing) from None
     if ids is None:
-        raise QuotaExceeded(models.sends_today(user), limit)
+        raise quota.exceeded(models.sends_today(user), limit)
     sent_id, outbound_id = ids
     # What the callers read, without a query to fetch back what was just written.
     return models.OutboundEmail(

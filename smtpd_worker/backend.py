@@ -5,7 +5,7 @@ that need data: who is this, may they send as that address, is there rate and qu
 "take this message". ``DbBackend`` answers them with the real models, limits and submit path;
 ``DiscardBackend`` answers from memory so the protocol can be tested and benchmarked alone.
 
-Contract for every method: refusals raise ``submit.SubmitError`` subclasses (the session
+Contract for every method: refusals raise ``core.errors.SubmitError`` subclasses (the session
 replies with their ``smtp_reply``); anything that means "our side is down" raises
 ``BackendUnavailable`` (the session replies ``451 4.3.0``).
 """
@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from peewee import JOIN
-from peewee import PeeweeException
-from playhouse.pool import MaxConnectionsExceeded
 
 import models
+from core import errors
 from core import limits
+from core import quota
 from core import submit
+from core.errors import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ class Principal:
         """What per-account limits count by: the user's id, or the address when there is no
         user row (DiscardBackend, where each address is its own account)."""
         return self.user.id if self.user is not None else self.address
-
-
-# Errors that mean "a service of ours is down", as opposed to a bug.
-# (A pool with every connection busy past its wait timeout counts too: try again later.)
-OUTAGES = (PeeweeException, MaxConnectionsExceeded, redis.RedisError, limits.LimiterUnavailable, OSError)
 
 
 class DbBackend:
@@ -131,12 +126,12 @@ class DbBackend:
 
     def check_rate(self, principal):
         try:
-            submit.check_rate(principal.user)
+            quota.check_rate(principal.user)
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
 
     def check_recipient_quota(self, principal, count):
-        submit.check_quota(principal.user, count, used=principal.used_today)
+        quota.check_quota(principal.user, count, used=principal.used_today)
 
     def submit(self, principal, mail_from, recipients, spool):
         try:
@@ -183,7 +178,7 @@ class DiscardBackend:
 
     def authorize_sender(self, principal, address):
         if not address or models.sender_key(address) != principal.address:
-            raise submit.SenderNotAllowed()
+            raise errors.SenderNotAllowed()
 
     def check_rate(self, principal):
         pass

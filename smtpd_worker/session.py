@@ -20,7 +20,7 @@ from dataclasses import field
 
 from core import metrics
 from smtpd_worker.backend import BackendUnavailable
-from core.submit import SubmitError
+from core.errors import SubmitError
 
 log = logging.getLogger(__name__)
 

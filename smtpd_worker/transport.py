@@ -13,8 +13,6 @@ import threading
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError
 from botocore.exceptions import ConnectionClosedError
@@ -24,6 +22,7 @@ from botocore.exceptions import ReadTimeoutError
 
 import settings
 from core import metrics
+from core import ses
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +83,7 @@ def reset_client():
 
 
 def _new_client(config):
-    ses = config["ses"]
-    made = boto3.session.Session().client(
-        "sesv2",
-        region_name=ses["region"],
-        endpoint_url=ses["endpoint_url"] or None,  # empty: real AWS and the standard credential chain
-        config=Config(connect_timeout=ses["connect_timeout"], read_timeout=ses["read_timeout"],
-                      retries={"total_max_attempts": max(1, ses["max_attempts_per_call"]), "mode": "standard"}))
+    made = ses.new_client("relay", config["ses"])
     plan = os.environ.get(FAULT_PLAN_ENV)
     if plan:
         module_name, _, function_name = plan.partition(":")

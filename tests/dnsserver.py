@@ -117,7 +117,7 @@ def txt(value):
 
 
 def publish(server, records):
-    """Publish the records a domain page lists (as returned by domain_checks.expected_records)."""
+    """Publish the records a domain page lists (as returned by core.domains.expected_records)."""
     grouped = {}
     for record in records:
         value = txt(record["value"]) if record["type"] == "TXT" else record["value"] + "."

@@ -356,19 +356,19 @@ def test_cli_outbound_list_never_cuts_ids_at_80_columns(run_cli, api_server, api
 
 
 def test_api_smtp_settings_publish_host_ports_and_dev_certificate(api, config):
-    from smtpd_worker import tls
+    from core import devcert
 
     response = api.get("/v1/smtp")
     assert response.status_code == 200
     body = response.json()
-    cert_path, _ = tls.certificate_paths(config)
+    cert_path, _ = devcert.certificate_paths(config)
     assert body == {"host": config["smtp"]["public_host"], "starttls_port": config["smtp"]["starttls_port"],
                     "tls_port": config["smtp"]["tls_port"], "auth_mechanisms": ["PLAIN", "LOGIN"],
                     "username": "The inbox address", "max_message_size": 26214400, "max_recipients": 100,
                     "certificate": open(cert_path).read()}
     assert body["certificate"].startswith("-----BEGIN CERTIFICATE-----")
     # With a CA-issued certificate configured there is nothing extra to trust.
-    config["smtp"]["cert_file"], config["smtp"]["key_file"] = tls.certificate_paths(config)
+    config["smtp"]["cert_file"], config["smtp"]["key_file"] = devcert.certificate_paths(config)
     config["smtp"]["tls_port"] = 0
     body = api.get("/v1/smtp").json()
     assert body["certificate"] is None

@@ -28,7 +28,7 @@ import redis as redis_lib
 import requests
 from cryptography import x509
 
-from smtpd_worker import tls
+from core import devcert
 from tests.helpers import free_port
 from tests.helpers import wait_until
 
@@ -324,14 +324,14 @@ def test_dev_certificate_from_an_older_version_is_replaced(tmp_path):
     (directory / "smtp-cert.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
     (directory / "smtp-key.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    cert_path, key_path = tls.ensure_dev_certificate(directory, "localhost")
+    cert_path, key_path = devcert.ensure_dev_certificate(directory, "localhost")
     renewed = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     assert renewed.serial_number != 1
     alt = renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert ipaddress.ip_address("127.0.0.1") in alt.get_values_for_type(x509.IPAddress)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)  # the pair still matches
-    assert tls.ensure_dev_certificate(directory, "localhost") == (cert_path, key_path)
+    assert devcert.ensure_dev_certificate(directory, "localhost") == (cert_path, key_path)
     assert x509.load_pem_x509_certificate(Path(cert_path).read_bytes()).serial_number == renewed.serial_number
 
 

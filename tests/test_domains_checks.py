@@ -113,7 +113,7 @@ def test_periodic_runner_reconciler_runs_while_domain_checks_stall(relay_config,
     redis_conn.delete(*lost)  # the row's job is gone: only the reconciler can bring it back
     runner = periodic.PeriodicRunner(relay_config)
     runner.start()
-    [domain_thread] = [t for t in runner.threads if "domain_checks" in t.name]
+    [domain_thread] = [t for t in runner.threads if "core.domains:check_domains" in t.name]
     try:
         wait_until(lambda: outbox.relay_job_id(row.id) in outbox.relay_queue().job_ids, timeout=6,
                    what="the reconciler to re-enqueue the stuck row while domain checks wait on DNS")

@@ -7,6 +7,7 @@ import pytest
 import models
 import runtime
 from core import blobs
+from core import errors
 from core import submit
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import relay_until
@@ -38,7 +39,7 @@ def test_s3_blob_store_unavailable_is_a_temporary_failure(config, account, free_
     config["blobs"].update(backend="s3", bucket="missing", s3_endpoint_url=f"http://127.0.0.1:{free_tcp_port}")
     runtime.configure(config)
     raw = make_message(account.address)
-    with pytest.raises(submit.TemporaryFailure) as refused:
+    with pytest.raises(errors.TemporaryFailure) as refused:
         submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"], io.BytesIO(raw),
                           via="api")
     assert refused.value.smtp_reply == "451 4.3.0 Temporary server error, try again later"

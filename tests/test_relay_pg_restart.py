@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 import models
+from core import errors
 from core import submit
 from tests.conftest import PG_ADMIN_DSN
 from tests.fixtures_relay import make_message
@@ -55,7 +56,7 @@ def _submit_like_a_client(account, raw, tries=20, pause=0.0):
         try:
             return submit.submit(account.user, account.inbox, account.address, ["rcpt@example.com"],
                                      io.BytesIO(raw), via="smtp")
-        except submit.TemporaryFailure:
+        except errors.TemporaryFailure:
             time.sleep(pause)  # the client's back-off before its retry
     raise AssertionError("the server kept answering 451")
 

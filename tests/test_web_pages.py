@@ -7,6 +7,7 @@ from email.message import EmailMessage
 import pytest
 
 import models
+from core import errors
 from core import submit as core_submit
 
 
@@ -129,7 +130,7 @@ def test_inbox_on_pending_domain_is_created_but_cannot_send(web, dns_server):
     inbox_id = web.create_inbox("bot", domain_id)
     page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
     assert "Domain agents.example.org is not verified. This inbox cannot send" in page
-    with pytest.raises(core_submit.DomainNotVerified) as refused:
+    with pytest.raises(errors.DomainNotVerified) as refused:
         submit(web, inbox_id)
     assert refused.value.smtp_reply == "550 5.7.1 Domain agents.example.org is not verified"
 

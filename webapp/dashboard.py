@@ -10,11 +10,11 @@ from flask_login import current_user
 from flask_login import login_required
 
 import models
+from core import quota
 from webapp import errors
 from webapp import inboxes
 from webapp import outbound
 from webapp import sent
-from webapp.usage import usage_of
 
 bp = Blueprint("dashboard", __name__)
 bp.register_blueprint(inboxes.bp)
@@ -53,4 +53,4 @@ def index():
         "inboxes": models.Inbox.select().where(models.Inbox.user == user).count(),
         "domains": models.Domain.select().where(models.Domain.user == user).count(),
     }
-    return render_template("dashboard.html", usage=usage_of(user), recent=list(recent), counts=counts)
+    return render_template("dashboard.html", usage=quota.usage(user), recent=list(recent), counts=counts)

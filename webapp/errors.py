@@ -5,20 +5,16 @@ Registered app-wide through the dashboard blueprint; blueprints with their own h
 """
 import logging
 
-import redis
 from flask import jsonify
 from flask import render_template
 from flask import request
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
-from peewee import PeeweeException
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 import models
-from core.blobs import BlobError
-from core.limits import LimiterUnavailable
-from core.outbox import QueueUnavailable
+from core.errors import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +29,6 @@ MESSAGES = {
     503: ("Temporarily unavailable", "A service we depend on is unavailable right now. Please try again shortly."),
 }
 MACHINE_PREFIXES = ("/v1/", "/webhooks/")
-# A dependency being down is "try again shortly" (503), not our bug (500).
-UNAVAILABLE = (PeeweeException, redis.RedisError, BlobError, LimiterUnavailable, QueueUnavailable)
 
 
 FALLBACK_PAGE = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Inboxlayer</title>"
@@ -72,7 +66,7 @@ def handle_http(exc):
 def handle_unexpected(exc):
     if isinstance(exc, HTTPException):
         return handle_http(exc)
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, OUTAGES):
         log.error("request failed, dependency unavailable: %s: %s", type(exc).__name__, exc)
         return _respond(503, *MESSAGES[503])
     log.exception("unhandled error on %s %s", request.method, request.path)

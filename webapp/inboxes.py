@@ -17,8 +17,8 @@ import models
 import settings
 from webapp.forms import MAX_ID
 from core import blobs
+from core import quota
 from webapp.forms import InboxForm
-from webapp.usage import usage_of
 
 bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def show(inbox_id):
     return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
                            smtp_host=smtp["public_host"], starttls_port=smtp["starttls_port"],
                            tls_port=smtp["tls_port"], max_size_mb=smtp["max_message_size"] // 2**20,
-                           recent=list(recent), sent_count=sent_count, usage=usage_of(current_user.user))
+                           recent=list(recent), sent_count=sent_count, usage=quota.usage(current_user.user))
 
 
 @bp.post(f"/<int(max={MAX_ID}):inbox_id>/delete")

@@ -1,20 +1,14 @@
 """JSON errors for the REST API: every failure is ``{"error": {"code", "message"}}``."""
 import logging
 
-import redis
 from flask import jsonify
-from peewee import PeeweeException
 from werkzeug.exceptions import HTTPException
 
-from core.blobs import BlobError
-from core.limits import LimiterUnavailable
-from core.outbox import QueueUnavailable
-from core.submit import SubmitError
+from core.errors import OUTAGES
+from core.errors import SubmitError
 
 log = logging.getLogger(__name__)
 
-# Our dependencies being down is the client's "try again later", not our 500.
-UNAVAILABLE = (PeeweeException, redis.RedisError, BlobError, LimiterUnavailable, QueueUnavailable)
 
 # Werkzeug's exception names are fine for humans; clients key on these stable codes.
 HTTP_CODES = {
@@ -84,7 +78,7 @@ def handle_unexpected(exc):
     # The one logged boundary for the API: a message for the client, the traceback for us.
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, OUTAGES):
         log.error("API request failed, dependency unavailable: %s: %s", type(exc).__name__, exc)
         return error_response(503, "temporary_failure", "Temporary server error, try again later",
                               {"Retry-After": 5})

@@ -1,6 +1,4 @@
 """GET/POST /v1/inboxes and GET /v1/account."""
-import datetime
-
 from flask import current_app
 from flask import g
 from flask import jsonify
@@ -8,7 +6,7 @@ from peewee import IntegrityError
 
 import models
 import settings
-from core import submit
+from core import quota
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.outbound import iso
@@ -62,18 +60,14 @@ def create_inbox():
     return response
 
 
-def next_reset():
-    """When the daily quota starts over: the next 00:00 UTC."""
-    return datetime.datetime.combine(models.utcnow().date() + datetime.timedelta(days=1), datetime.time())
-
-
 def quota_json(user):
-    used, limit = submit.quota_state(user)
-    return {"limit": limit, "used": used, "remaining": max(limit - used, 0), "resets_at": iso(next_reset())}
+    usage = quota.usage(user)
+    return {"limit": usage["limit"], "used": usage["used"], "remaining": usage["left"],
+            "resets_at": iso(usage["resets_at"])}
 
 
 def account():
-    plan = submit.plan_of(g.user)
+    plan = quota.plan_of(g.user)
     return jsonify({"email": g.user.email, "plan": g.user.plan, "quota": quota_json(g.user),
                     "rate": {"per_second": plan["send_rate_per_second"], "burst": plan["send_burst"]},
                     "token": {"name": g.token.name, "prefix": g.token.prefix}})

@@ -9,13 +9,14 @@ from flask import jsonify
 from flask import request
 
 import models
+from core import errors
+from core import quota
 from core import submit
+from core.errors import OUTAGES
 from webapp.api.auth import owned_inbox
-from webapp.api.errors import UNAVAILABLE
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.errors import handle_submit_error
-from webapp.api.inboxes import next_reset
 from webapp.api.inboxes import quota_json
 from webapp.api.mime import MimeError
 from webapp.api.mime import build_message
@@ -37,7 +38,7 @@ def send(address):
     inbox = owned_inbox(address)
     try:
         response = _send(inbox)
-    except submit.SubmitError as exc:
+    except errors.SubmitError as exc:
         response = handle_submit_error(exc)
     if response.status_code in (200, 202, 429):
         _rate_limit_headers(response)
@@ -62,8 +63,8 @@ def _send(inbox):
             return _accepted(earlier, replayed=True)
     recipients = parsed.envelope_recipients()
     submit.check_sender(inbox, inbox.address)  # a custom domain must still be verified
-    submit.check_quota(g.user, len(recipients))
-    submit.check_rate(g.user)
+    quota.check_quota(g.user, len(recipients))
+    quota.check_rate(g.user)
     try:
         message = build_message(_sender(inbox), parsed, inbox.address.rsplit("@", 1)[1])
     except MimeError as exc:
@@ -137,7 +138,7 @@ def _earlier_send(key, request_hash):
     earlier = models.OutboundEmail.get_or_none(models.OutboundEmail.user == g.user,
                                                models.OutboundEmail.idempotency_key == key)
     if earlier is not None and earlier.request_hash != request_hash:
-        raise submit.IdempotencyConflict("This Idempotency-Key was used with a different request")
+        raise errors.IdempotencyConflict("This Idempotency-Key was used with a different request")
     return earlier
 
 
@@ -154,10 +155,10 @@ def _accepted(outbound, replayed):
 def _rate_limit_headers(response):
     """X-RateLimit-*: the daily send quota (shared with SMTP), see docs/api.md."""
     try:
-        quota = quota_json(g.user)
-    except UNAVAILABLE as exc:  # headers are informative; a failed lookup must not cost the send
+        allowance = quota_json(g.user)
+    except OUTAGES as exc:  # headers are informative; a failed lookup must not cost the send
         current_app.logger.warning("quota headers unavailable: %s", exc)
         return
-    response.headers["X-RateLimit-Limit"] = str(quota["limit"])
-    response.headers["X-RateLimit-Remaining"] = str(quota["remaining"])
-    response.headers["X-RateLimit-Reset"] = str(calendar.timegm(next_reset().timetuple()))
+    response.headers["X-RateLimit-Limit"] = str(allowance["limit"])
+    response.headers["X-RateLimit-Remaining"] = str(allowance["remaining"])
+    response.headers["X-RateLimit-Reset"] = str(calendar.timegm(quota.next_reset().timetuple()))

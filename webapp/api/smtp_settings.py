@@ -7,7 +7,7 @@ trust when the server runs on its self-signed development certificate, so `inbox
 from flask import current_app
 from flask import jsonify
 
-from smtpd_worker import tls
+from core import devcert
 
 AUTH_MECHANISMS = ["PLAIN", "LOGIN"]  # advertised after TLS (docs/smtp.md)
 
@@ -23,5 +23,5 @@ def show():
         username="The inbox address",
         max_message_size=smtp["max_message_size"],
         max_recipients=smtp["max_recipients"],
-        certificate=tls.dev_certificate_pem(config),
+        certificate=devcert.dev_certificate_pem(config),
     )

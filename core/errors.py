@@ -1,0 +1,101 @@
+"""Every refusal and outage the front-ends translate: one family, one ``OUTAGES`` tuple.
+
+``SubmitError`` subclasses carry both renderings of a refusal: the SMTP reply and the HTTP
+status + code. ``OUTAGES`` is what "our side is down" means everywhere (SMTP answers 451, the
+web and API answer 503): a dependency failed, not a bug and not the client's fault.
+"""
+import redis
+from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
+
+
+class BlobError(Exception):
+    """The blob store is unavailable or the blob is missing."""
+
+
+class LimiterUnavailable(Exception):
+    """Redis could not be reached; callers answer 4xx (try again later)."""
+
+
+class QueueUnavailable(Exception):
+    """Redis could not be reached."""
+
+
+# A dependency being down is "try again shortly" (SMTP 451, HTTP 503), not our bug (500).
+OUTAGES = (PeeweeException, MaxConnectionsExceeded, redis.RedisError, OSError, BlobError, LimiterUnavailable,
+           QueueUnavailable)
+
+
+
+class SubmitError(Exception):
+    """A refusal with the SMTP reply and HTTP status that describe it."""
+
+    smtp_reply = "451 4.3.0 Temporary server error, try again later"
+    http_status = 503
+    code = "temporary_failure"
+
+    def __init__(self, message=None, smtp_reply=None, retry_after=None):
+        super().__init__(message or self.smtp_reply[10:])
+        if smtp_reply:
+            self.smtp_reply = smtp_reply
+        self.retry_after = retry_after
+
+
+class TemporaryFailure(SubmitError):
+    pass
+
+
+class QuotaExceeded(SubmitError):
+    http_status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, used, limit, retry_after):
+        """``retry_after``: seconds until the quota resets (core.quota.seconds_to_reset)."""
+        text = f"Daily sending quota exceeded ({used}/{limit}, resets 00:00 UTC)"
+        super().__init__(text, f"550 5.4.5 {text}", retry_after=retry_after)
+        self.used, self.limit = used, limit
+
+
+class RateLimited(SubmitError):
+    smtp_reply = "451 4.7.1 Sending rate limit exceeded, try again later"
+    http_status = 429
+    code = "rate_limited"
+
+
+class SenderNotAllowed(SubmitError):
+    smtp_reply = "550 5.7.1 Sender address not owned by authenticated inbox"
+    http_status = 403
+    code = "sender_not_allowed"
+
+
+class DomainNotVerified(SubmitError):
+    http_status = 403
+    code = "domain_not_verified"
+
+    def __init__(self, reason):
+        super().__init__(reason, f"550 5.7.1 {reason}")
+
+
+class BadMessage(SubmitError):
+    """The message itself is refused; ``status`` is the SMTP code and enhanced code."""
+
+    smtp_reply = "554 5.6.0 Message is not a valid RFC 5322 message"
+    http_status = 422
+    code = "invalid_message"
+
+    def __init__(self, message, status="554 5.6.0"):
+        super().__init__(message, f"{status} {message}")
+
+
+class TooManyListedRecipients(BadMessage):
+    code = "too_many_recipients"
+
+    def __init__(self, limit):
+        super().__init__(f"Too many addresses in To: and Cc: (at most {limit}; use Bcc for more)",
+                         "554 5.5.3")
+
+
+class IdempotencyConflict(SubmitError):
+    http_status = 409
+    code = "idempotency_conflict"
+
