@@ -6,7 +6,6 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 import datetime
 import hashlib
 import hmac
-import re
 import secrets
 import unicodedata
 from pathlib import Path
@@ -26,6 +25,9 @@ from peewee import PostgresqlDatabase
 from peewee import TextField
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
+
+from core.mail import BIDI_CONTROLS  # one definition, for display names here and file names there
+from core.mail import ENCODED_WORD
 
 db = DatabaseProxy()
 
@@ -233,11 +235,6 @@ class DisplayNameError(AddressError):
 
 
 MAX_DISPLAY_NAME = 100  # characters, the Inbox.display_name column
-# Unicode bidirectional controls (UAX #9: embeddings, overrides, isolates, marks; Arabic letter mark):
-# invisible, yet they reorder what a reader sees ("Trojan Source", CVE-2021-42574).
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Literal text shaped like an RFC 2047 encoded-word is decoded by every mail reader (RFC 2047 6.2).
-ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?.*?\?=", re.S)
 
 
 def clean_display_name(value):
@@ -482,9 +479,5 @@ def record_submission(fields, count, limit):
             transaction.rollback()
             return None
         return message_id, outbound_id
-
-
-def new_public_id():
-    return "ob_" + secrets.token_hex(12)
 
 

@@ -35,6 +35,7 @@ from cli.outbound import FINAL
 from cli.outbound import check_outcome
 from cli.outbound import fetch
 from cli.outbound import wait_for
+from core import ids
 
 PROGRESS_THRESHOLD = 1024 * 1024  # bytes of request body above which an upload shows a progress bar
 B64_CHUNK = 3 * 64 * 1024  # bytes read per base64 step (a multiple of 3: no padding mid-stream)
@@ -42,7 +43,7 @@ SMTP_TIMEOUT = 120  # seconds
 SETTINGS_TIMEOUT = 15  # seconds for GET /v1/smtp before falling back to the defaults
 DEFAULT_SMTP_PORT = 587  # submission (RFC 6409), when neither options nor the server say otherwise
 IMPLICIT_TLS_PORT = 465  # submissions (RFC 8314)
-QUEUED_AS = re.compile(r"queued as (ob_[0-9a-f]+)")
+QUEUED_AS = re.compile(rf"queued as ({ids.PATTERN})")
 
 
 class Via(str, Enum):
@@ -309,23 +310,24 @@ def _text(reply):
 
 def _build_mime(sender, body, attachments):
     """The same MIME the API would build, from the same validation (so both paths agree)."""
-    from webapp.api import mime
-    from webapp.api import validation
+    # Imported on use, not for a cycle: only --via smtp needs it, and email_validator plus the
+    # email package cost ~60 ms that every other command (and `inboxlayer --help`) would pay.
+    from core import mail
 
     try:
-        request = validation.send_request(body, max_recipients=10_000)
-        sender_address = validation.address("--from", sender)
-    except validation.Invalid as exc:
+        request = mail.send_request(body, max_recipients=10_000)
+        sender_address = mail.address("--from", sender)
+    except mail.Invalid as exc:
         raise CliError(exc.message, 2) from None
     for path in attachments:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         maintype, subtype = content_type.split("/", 1)
-        request.attachments.append(validation.Attachment(filename=path.name, content=path.read_bytes(),
-                                                         maintype=maintype, subtype=subtype))
+        request.attachments.append(mail.Attachment(filename=path.name, content=path.read_bytes(),
+                                                   maintype=maintype, subtype=subtype))
     try:
-        message = mime.build_message(sender_address, request, sender_address.domain)
-    except mime.MimeError as exc:
+        message = mail.build_message(sender_address, request, sender_address.domain)
+    except mail.MimeError as exc:
         raise CliError(str(exc), 2) from None
     spool = io.BytesIO()
-    mime.write_message(message, spool)
+    mail.write_message(message, spool)
     return spool.getvalue(), request.envelope_recipients()

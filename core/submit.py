@@ -19,6 +19,7 @@ from peewee import PeeweeException
 import models
 from core import blobs
 from core import headers
+from core import ids
 from core import metrics
 from core import outbox
 from core import quota
@@ -29,6 +30,7 @@ from core.errors import SenderNotAllowed
 from core.errors import SubmitError
 from core.errors import TemporaryFailure
 from core.errors import TooManyListedRecipients
+from core.mail import MAX_LISTED_RECIPIENTS
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,6 @@ def check_sender(inbox, address):
 SENDER_FIELDS = (("sender", "Sender"), ("resent-from", "Resent-From"), ("resent-sender", "Resent-Sender"))
 # Set by the final delivery MTA (RFC 5321 4.4); a client's is dropped, as a relay would.
 DROPPED_FIELDS = frozenset({"return-path"})
-# SES takes at most 50 addresses per message and counts the To: and Cc: header addresses with
-# each call's envelope recipients (the relay sends at least one per call), so a message listing
-# 50 or more there can never be sent: it is refused here, for SMTP and REST alike.
-SES_MAX_ADDRESSES = 50  # per SendEmail call, as relay.SES_MAX_RECIPIENTS (the relay imports boto3)
-MAX_LISTED_RECIPIENTS = SES_MAX_ADDRESSES - 1
 # Display names written unquoted must be atoms (RFC 5322 specials quoted; "=?" would read as an
 # encoded-word).
 NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]|=\?')
@@ -181,7 +178,7 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
     except headers.HeaderError as exc:
         raise BadMessage(str(exc), exc.status) from None
     spool.seek(section.body_offset)
-    public_id = models.new_public_id()
+    public_id = ids.new_public_id()
     now = models.utcnow()
     blob_key = f"{now:%Y/%m/%d}/{public_id}.eml"
     try:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from core import blobs
+from core import ids
 from core import ses
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -98,3 +99,14 @@ def test_blob_store_put_runs_through_installed_blocking_runner(tmp_path):
 def test_blob_store_put_runs_inline_by_default(tmp_path):
     assert blobs._run_blocking is blobs.run_directly
     assert blobs.FileBlobStore(tmp_path).put("2026/01/01/ob_y.eml", io.BytesIO(b"abc")) == 3
+
+
+def test_public_id_new_ids_match_the_one_pattern():
+    made = {ids.new_public_id() for _ in range(50)}
+    assert len(made) == 50
+    assert all(ids.is_public_id(public_id) and len(public_id) == 27 for public_id in made)
+
+
+@pytest.mark.parametrize("text", ["ob_", "ob_XYZ", "ob_0123456789ABCDEF", "ob_" + "a" * 38, "xx_0123", "ob_12 ", "ob_1\n"])
+def test_public_id_pattern_refuses_other_shapes(text):
+    assert not ids.is_public_id(text)

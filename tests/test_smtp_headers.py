@@ -18,6 +18,7 @@ import models
 from core import blobs
 from core import errors
 from core import headers
+from core import mail
 from smtpd_worker import transport
 from core import submit
 from tests import smtp_codes as codes
@@ -301,7 +302,7 @@ def test_listed_count_agrees_with_the_relays_count():
         ours = headers.mailboxes(value, headers.Budget())
         theirs = transport.header_addresses(f"To: {value}\r\n\r\nbody".encode(), ("To",))
         assert len(ours) == len(theirs), value
-    assert submit.SES_MAX_ADDRESSES == transport.SES_MAX_RECIPIENTS
+    assert mail.SES_MAX_ADDRESSES == transport.SES_MAX_RECIPIENTS
 
 
 @pytest.mark.parametrize("to, reason", [

@@ -458,10 +458,10 @@ def test_send_size_lower_bound_never_exceeds_the_built_message(sizes, text):
     import io
     from email.headerregistry import Address
 
-    from webapp.api.mime import build_message
-    from webapp.api.mime import write_message
+    from core.mail import build_message
+    from core.mail import send_request
+    from core.mail import write_message
     from webapp.api.sending import size_lower_bound
-    from webapp.api.validation import send_request
 
     body = {"to": "rcpt@example.com", "text": text or None, "html": "<p>x</p>",
             "attachments": [{"filename": f"f{n}.bin", "content": base64.b64encode(os.urandom(n)).decode()}

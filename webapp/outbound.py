@@ -1,7 +1,6 @@
 """Outbound: every relayed message with filters (inbox, status, date), and one message's event timeline."""
 import datetime
 import json
-import re
 
 from flask import Blueprint
 from flask import abort
@@ -12,12 +11,12 @@ from flask_login import login_required
 from peewee import JOIN
 
 import models
+from core import ids
 from webapp.sent import page_number
 
 bp = Blueprint("outbound", __name__, url_prefix="/outbound")
 
 PAGE_SIZE = 50  # rows per page
-PUBLIC_ID = re.compile(r"ob_[0-9A-Za-z]{1,37}")  # models.new_public_id: "ob_" + 24 hex digits
 # Query keys the pager carries on. Only these reach url_for: others such as _method or _external
 # are url_for's own arguments (``?_method=DELETE`` was a 500).
 FILTER_KEYS = ("inbox", "status", "since", "until")
@@ -109,7 +108,7 @@ def event_detail(event):
 @bp.get("/<public_id>")
 @login_required
 def show(public_id):
-    if not PUBLIC_ID.fullmatch(public_id):
+    if not ids.is_public_id(public_id):
         abort(404)
     outbound = (models.OutboundEmail.select(models.OutboundEmail, models.Message)
                 .join(models.Message, JOIN.LEFT_OUTER)

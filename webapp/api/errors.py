@@ -6,6 +6,7 @@ from werkzeug.exceptions import HTTPException
 
 from core.errors import OUTAGES
 from core.errors import SubmitError
+from core.mail import Invalid as InvalidField
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def handle_api_error(exc):
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
+def handle_invalid_field(exc):
+    """A send/inbox request field refused by core.mail's rules: 422 naming the field."""
+    return error_response(422, exc.code, exc.message)
+
+
 def handle_submit_error(exc):
     headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
     if exc.http_status == 429 and "Retry-After" not in headers:
@@ -88,6 +94,7 @@ def handle_unexpected(exc):
 
 def register(bp):
     bp.register_error_handler(ApiError, handle_api_error)
+    bp.register_error_handler(InvalidField, handle_invalid_field)
     bp.register_error_handler(SubmitError, handle_submit_error)
     bp.register_error_handler(HTTPException, handle_http_exception)
     bp.register_error_handler(Exception, handle_unexpected)

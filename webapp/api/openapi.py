@@ -6,6 +6,7 @@ the blueprint's routes and schemathesis checks every response against it.
 from flask import jsonify
 
 import models
+from core import ids
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -38,7 +39,7 @@ SCHEMAS = {
         "type": "object",
         "required": ["id", "status", "via", "inbox", "mail_from", "recipients", "attempts", "created_at"],
         "properties": {
-            "id": {"type": "string", "pattern": "^ob_[0-9a-f]+$"},
+            "id": {"type": "string", "pattern": f"^{ids.PATTERN}$"},
             "status": {"type": "string", "enum": list(models.STATUSES)},
             "via": {"type": "string", "enum": ["smtp", "api"]},
             "inbox": STRING,

@@ -1,6 +1,5 @@
 """GET /v1/outbound and /v1/outbound/{id}: what happened to each message sent."""
 import json
-import re
 
 from flask import g
 from flask import jsonify
@@ -8,13 +7,13 @@ from flask import request
 from peewee import JOIN
 
 import models
+from core import ids
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.pagination import paginate
 
 
-PUBLIC_ID = re.compile(r"ob_[0-9a-f]{1,37}")
 
 
 def iso(value):
@@ -63,7 +62,7 @@ def _query():
 
 
 def find(public_id):
-    row = PUBLIC_ID.fullmatch(public_id) and _query().where(models.OutboundEmail.public_id == public_id).first()
+    row = ids.is_public_id(public_id) and _query().where(models.OutboundEmail.public_id == public_id).first()
     if not row:
         raise ApiError(404, "outbound_not_found", f"No outbound email {public_id!r} in this account")
     return row

@@ -13,18 +13,18 @@ from core import errors
 from core import quota
 from core import submit
 from core.errors import OUTAGES
+from core.mail import MimeError
+from core.mail import build_message
+from core.mail import send_request
+from core.mail import write_message
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.errors import handle_submit_error
 from webapp.api.inboxes import quota_json
-from webapp.api.mime import MimeError
-from webapp.api.mime import build_message
-from webapp.api.mime import write_message
 from webapp.api.outbound import outbound_json
 from webapp.api.validation import canonical_digest
 from webapp.api.validation import json_body
-from webapp.api.validation import send_request
 
 MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width
 # The JSON body may be twice the message limit: JSON escapes text (\uXXXX) that MIME encodes more
