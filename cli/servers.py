@@ -32,6 +32,10 @@ def smtpd():
     os.execv(sys.executable, [sys.executable, "-m", "smtpd_worker"])
 
 
+# Each command imports its process's stack when it runs (not for a cycle): `inboxlayer --help` and
+# the client commands must not load the SMTP server, the relay worker or the database.
+
+
 def worker(burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
     from smtpd_worker import worker as relay_worker
 

@@ -19,6 +19,7 @@ MIN_PASSWORD_LENGTH = 8
 
 
 def validate_email(email):
+    # Loaded by the commands that need it (not for a cycle): keeps `inboxlayer --help` fast.
     from email_validator import EmailNotValidError
     from email_validator import validate_email as check
 
@@ -64,7 +65,7 @@ def list_users(json_out: bool = JsonOption):
     if json_out:
         print_json([{"id": u.id, "email": u.email, "plan": u.plan, "created_at": iso(u.created_at)} for u in rows])
         return
-    from rich.table import Table
+    from rich.table import Table  # only for the table output (not for a cycle)
 
     table = Table("id", "email", "plan", "created")
     for u in rows:

@@ -111,7 +111,7 @@ def set_blocking_io(runner):
 
 class S3BlobStore:
     def __init__(self, bucket, endpoint_url=None, region=None):
-        import boto3  # only production installs pay for the import
+        import boto3  # only S3 deployments pay for the import (here and below; not for a cycle)
 
         self.bucket = bucket
         self.client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region)

@@ -58,6 +58,8 @@ def _ip(text):
 def _covers(cert_path, key_path, dns, ips):
     if not (cert_path.exists() and key_path.exists()):
         return False
+    # cryptography is loaded only when a dev certificate is checked or made (not for a cycle):
+    # a server with a configured certificate never needs it.
     from cryptography import x509
 
     try:

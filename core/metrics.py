@@ -3,6 +3,7 @@ web at GET /metrics, smtp and worker on ``metrics.port`` when set."""
 from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
+from prometheus_client import start_http_server
 
 from core import outbox
 
@@ -26,8 +27,6 @@ def refused(exc):
 
 def start_http_exporter(port, host="0.0.0.0"):
     """Serve /metrics for a non-web process (smtp, worker)."""
-    from prometheus_client import start_http_server
-
     if port:
         start_http_server(port, addr=host)
 

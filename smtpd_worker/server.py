@@ -251,6 +251,8 @@ def serve(server):
 
 def main(config):
     """`inboxlayer smtpd`: the production server with the database backend."""
+    # Imported here, not for a cycle: the database stack (psycopg2, peewee, redis, rq) is loaded
+    # only by the production server; discard_main (protocol tests, the memory benchmark) never is.
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()  # before any connection: psycopg2 must yield to other sessions while it waits
@@ -282,6 +284,7 @@ def use_greenlet_local_connections():
     state would be shared by every session: one session's query would run on another's
     connection ("Connection already opened"). A gevent ``local`` is per greenlet.
     """
+    # peewee and models: only the production server loads the database stack (see main).
     import peewee
     from gevent.local import local
 
@@ -296,6 +299,7 @@ def use_greenlet_local_connections():
 def discard_main(argv=None):
     """A server with the DiscardBackend (protocol tests, benchmark peers). Settings come from
     the usual config.toml + INBOXLAYER_* environment; users from --user address:password."""
+    # Imported here, not for a cycle: what the discard server needs, without the database stack.
     import runtime
     import settings
     from smtpd_worker.backend import DiscardBackend

@@ -5,10 +5,19 @@ from flask import Flask
 from flask import request
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import models
 import runtime
 import settings
+from webapp import api
+from webapp import api_keys
+from webapp import auth
+from webapp import dashboard
+from webapp import domains
+from webapp import ops
+from webapp import webhooks
+from webapp.auth import LoginUser
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -47,8 +56,6 @@ def create_app(config=None):
     if proxies:
         # Behind a load balancer the client address (login throttling) and scheme come from
         # X-Forwarded-*; trust exactly as many hops as the operator says are ours.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     csrf.init_app(app)
     login_manager.init_app(app)
@@ -79,14 +86,6 @@ def create_app(config=None):
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
-    from webapp import api
-    from webapp import api_keys
-    from webapp import auth
-    from webapp import dashboard
-    from webapp import domains
-    from webapp import ops
-    from webapp import webhooks
-
     for module in (auth, dashboard, api_keys, domains, webhooks, ops):
         app.register_blueprint(module.bp)
     app.register_blueprint(api.bp)
@@ -97,7 +96,5 @@ def create_app(config=None):
 
 @login_manager.user_loader
 def load_user(user_id):
-    from webapp.auth import LoginUser
-
     user = models.User.get_or_none(models.User.id == int(user_id)) if str(user_id).isdigit() else None
     return LoginUser(user) if user else None

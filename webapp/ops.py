@@ -20,6 +20,11 @@ from flask import Blueprint
 from flask import current_app
 from flask import jsonify
 from flask import request
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import generate_latest
+
+from core import health
+from core import metrics as _collectors  # noqa: F401 - importing it defines the collectors /metrics serves
 
 bp = Blueprint("ops", __name__)
 
@@ -63,8 +68,6 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    from core import health
-
     results = health.run_all(_config())
     ready = all(ok for ok, _ in results.values())
     operator = is_operator()
@@ -78,9 +81,4 @@ def metrics():
     if not is_operator():
         return jsonify(error={"code": "forbidden", "message": "Metrics are for operators: send "
                                                               "Authorization: Bearer <web.ops_token>"}), 403
-    from prometheus_client import CONTENT_TYPE_LATEST
-    from prometheus_client import generate_latest
-
-    from core import metrics as _registered  # noqa: F401 - defines the collectors
-
     return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
