@@ -26,8 +26,8 @@ from peewee import TextField
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
-from core.mail import BIDI_CONTROLS  # one definition, for display names here and file names there
-from core.mail import ENCODED_WORD
+from core.text import BIDI_CONTROLS  # one definition, for display names here and file names in core.mail
+from core.text import ENCODED_WORD
 
 db = DatabaseProxy()
 

@@ -22,18 +22,15 @@ from email.policy import SMTP as SMTP_POLICY
 
 import email_validator
 
+from core.text import BIDI_CONTROLS
+from core.text import ENCODED_WORD
+from core.text import LINE_BREAKS
+
 # SES takes at most 50 addresses per message and counts the To: and Cc: header addresses with
 # each call's envelope recipients (the relay sends at least one per call), so a message listing
 # 50 or more there can never be sent: it is refused for SMTP (submit) and REST (send_request) alike.
 SES_MAX_ADDRESSES = 50  # per SendEmail call, as transport.SES_MAX_RECIPIENTS (the transport imports boto3)
 MAX_LISTED_RECIPIENTS = SES_MAX_ADDRESSES - 1
-LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks at
-# Unicode bidirectional controls (UAX #9: embeddings, overrides, isolates, marks; Arabic letter mark):
-# invisible, yet they reorder what a reader sees ("Trojan Source", CVE-2021-42574).
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Literal text shaped like an RFC 2047 encoded-word is decoded by every mail reader (RFC 2047 6.2),
-# so the recipient would see something else than what was sent.
-ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?.*?\?=", re.S)
 MAX_SUBJECT = 998  # characters; RFC 5322 2.1.1 line limit, before encoding
 MAX_HEADER_VALUE = 998  # characters
 MAX_CUSTOM_HEADERS = 50
