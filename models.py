@@ -34,8 +34,6 @@ db = DatabaseProxy()
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 TOKEN_PREFIX = "il_"
 TOKEN_PREFIX_SHOWN = 12  # characters of a token kept in lists: "il_" + 9 of the random part
-STATUSES = ("queued", "sending", "sent", "delivered", "bounced", "complained", "failed")
-TERMINAL_STATUSES = ("delivered", "bounced", "complained", "failed")
 DOMAIN_STATUSES = ("pending", "verified", "failed")
 
 

@@ -19,15 +19,16 @@ from cli.common import JsonOption
 from cli.common import console
 from cli.common import err_console
 from cli.common import print_json
+# The lifecycle's own lists (stdlib-only module: no peewee or Flask comes with it).
+from core.outbound_vocabulary import ACTIVE
+from core.outbound_vocabulary import DELIVERED
+from core.outbound_vocabulary import FINAL
+from core.outbound_vocabulary import STATUSES
+from core.outbound_vocabulary import UNDELIVERED
 
-STATUSES = ("queued", "sending", "sent", "delivered", "bounced", "complained", "failed")
-FINAL = ("delivered", "bounced", "complained", "failed")
-BAD = ("bounced", "complained", "failed")
 EXIT_TIMEOUT = 3
 EXIT_UNDELIVERED = 4
 POLL_INTERVAL = 1.0  # seconds between status requests while waiting
-STATUS_STYLE = {"queued": "yellow", "sending": "yellow", "sent": "cyan", "delivered": "green",
-                "bounced": "red", "complained": "red", "failed": "red"}
 
 app = typer.Typer(help="Outbound emails: status and history of what was sent.", no_args_is_help=True)
 
@@ -36,8 +37,19 @@ def fetch(client, outbound_id):
     return client.get(f"/v1/outbound/{urllib.parse.quote(outbound_id, safe='')}")
 
 
+def style_of(status):
+    """Red for undelivered, yellow while the relay works on it, green for delivered, cyan between."""
+    if status not in STATUSES:
+        return "white"
+    if status in UNDELIVERED:
+        return "red"
+    if status in ACTIVE:
+        return "yellow"
+    return "green" if status == DELIVERED else "cyan"
+
+
 def styled(status):
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+    return f"[{style_of(status)}]{status}[/]"
 
 
 def wait_for(client, outbound_id, until, timeout):
@@ -57,7 +69,7 @@ def wait_for(client, outbound_id, until, timeout):
 
 def check_outcome(row):
     """Exit non-zero when the message did not make it (agents script on this)."""
-    if row["status"] in BAD:
+    if row["status"] in UNDELIVERED:
         reason = f": {row['last_error']}" if row.get("last_error") else ""
         raise CliError(f"{row['id']} {row['status']}{reason}", EXIT_UNDELIVERED)
 

@@ -1,4 +1,5 @@
-"""SES delivery events arriving as SNS notifications: verify, then apply to OutboundEmail.
+"""SES delivery events arriving as SNS notifications: verify, parse, then hand each to
+``core.outbound.apply_ses_event`` (the lifecycle: ranks, which event moves which status).
 
 Verification (never switched off):
 - ``SigningCertURL`` must be https on a host in ``ses.sns_cert_hosts``. Plain http is accepted
@@ -13,10 +14,10 @@ Verification (never switched off):
 - ``Timestamp`` must be within ``MAX_AGE`` of now (a captured notification cannot be replayed
   later), and each SNS ``MessageId`` is applied once (``OutboundEvent.dedupe_key``).
 
-Applying: a row is found by SES message id, or by the ``outbound_id`` tag the relay attaches (so
-an event also settles a row whose worker died between SES accepting and the row recording it).
-Statuses only move forward by rank, so duplicates and out-of-order arrival are harmless: a late
-Delivery never overwrites a Bounce.
+Applying (core/outbound.py): a row is found by SES message id, or by the ``outbound_id`` tag the
+relay attaches (so an event also settles a row whose worker died between SES accepting and the row
+recording it). Statuses only move forward by rank, so duplicates and out-of-order arrival are
+harmless: a late Delivery never overwrites a Bounce.
 """
 import base64
 import datetime
@@ -32,11 +33,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
-from peewee import IntegrityError
-
-import models
 import settings
-from core import metrics
+from core import outbound
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +49,6 @@ CONFIRMATION_FIELDS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Tok
 MESSAGE_TYPES = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
 HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")  # Delivery, Bounce, DeliveryDelay, ...: a name, not text
-
-# How far along a message is; an event moves a row only to a higher rank.
-RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "failed": 4, "bounced": 4, "complained": 5}
-STATUS_OF_EVENT = {"Delivery": "delivered", "Bounce": "bounced", "Complaint": "complained", "Reject": "failed"}
-EVENT_NAMES = {"Delivery": "delivered", "Bounce": "bounced", "Complaint": "complained", "Reject": "rejected",
-               "DeliveryDelay": "delivery_delayed", "Send": "ses_accepted"}
 
 
 class Rejected(Exception):
@@ -211,8 +203,8 @@ def ses_event(envelope):
 
 
 def apply(sns_message_id, kind, event):
-    """Record the event and move the row's status if it advances it. Returns what happened:
-    "applied", "recorded" (history only), "duplicate" or "unknown" (no such message here)."""
+    """Take what the lifecycle needs out of the SES event and apply it (outbound.apply_ses_event).
+    Returns what happened: "applied", "recorded" (history only), "duplicate" or "unknown"."""
     mail = event["mail"]
     ses_message_id = mail.get("messageId")
     if not isinstance(ses_message_id, str):
@@ -223,52 +215,9 @@ def apply(sns_message_id, kind, event):
     detail_key = kind[0].lower() + kind[1:]
     detail = {"ses_message_id": ses_message_id, "sns_message_id": sns_message_id,
               detail_key: event.get(detail_key) or event.get(kind.lower()) or {}}
-    e = models.OutboundEmail
-    with models.db.atomic():
-        row = e.get_or_none(e.ses_message_id == ses_message_id) if ses_message_id else None
-        other_copy = False
-        if row is None and public_ids:
-            row = e.get_or_none(e.public_id == str(public_ids[0]))
-            # Same row, another SES id: a second copy sent in the at-least-once window. Its events
-            # confirm the duplicate in the history but never move the row's status.
-            other_copy = (row is not None and row.ses_message_id not in (None, ses_message_id)
-                          and not _is_batch_of(row, ses_message_id))
-        if row is None:
-            return "unknown"
-        event_type = EVENT_NAMES.get(kind, f"ses_{kind.lower()}")
-        if other_copy:
-            detail["message"] = f"SES {kind} for a second copy of this message (sent in the at-least-once window)"
-            event_type = "duplicate_copy"
-        try:
-            with models.db.atomic():
-                models.OutboundEvent.create(outbound=row, type=event_type, detail=json.dumps(detail),
-                                            dedupe_key=f"sns:{sns_message_id}")
-        except IntegrityError:
-            return "duplicate"
-        status = None if other_copy else STATUS_OF_EVENT.get(kind)
-        if status is None:
-            return "recorded"
-        earlier = [s for s, rank in RANK.items() if rank < RANK[status]]
-        if row.ses_message_id is None and "failed" not in earlier:
-            earlier.append("failed")  # "gave up" on an interrupted attempt that SES had in fact accepted
-        now = models.utcnow()
-        changes = {"status": status, "updated_at": now, "completed_at": now, "next_attempt_at": None}
-        if row.ses_message_id is None and ses_message_id:
-            changes["ses_message_id"] = ses_message_id
-        reason = describe(kind, event)
-        if reason:
-            changes["last_error"] = reason
-        moved = e.update(**changes).where(e.id == row.id, e.status.in_(earlier)).execute()
-    if not moved:
-        return "recorded"
-    metrics.STATUS_CHANGES.labels(status=status).inc()
-    return "applied"
-
-
-def _is_batch_of(row, ses_message_id):
-    """True when ``ses_message_id`` is one of the row's recipient batches (see jobs._record_batch)."""
-    ev = models.OutboundEvent
-    return ev.select().where(ev.outbound == row.id, ev.dedupe_key == f"batch:{ses_message_id}").exists()
+    return outbound.apply_ses_event(kind, sns_message_id, ses_message_id,
+                                    str(public_ids[0]) if public_ids else None, detail,
+                                    lambda: describe(kind, event))
 
 
 def describe(kind, event):

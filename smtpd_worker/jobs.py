@@ -1,19 +1,18 @@
 """RQ jobs of the relay: ``relay_outbound(id)`` and the periodic ``reconcile_stale()``.
 
-The database is the truth; Redis only carries hints ("look at row N"). A job may run twice, late,
-or never; the row decides what happens:
+Orchestration only: the row's transitions (claim, record_sent, retry, fail with its quota
+give-back, release) are core/outbound.py's, each a conditional UPDATE; this module calls them, the
+SES transport, and the queue. The database is the truth; Redis only carries hints ("look at row
+N"). A job may run twice, late, or never; the row decides what happens:
 
-- A worker *claims* a row with one conditional UPDATE (queued/sending, not leased -> sending,
-  attempts + 1, ``next_attempt_at`` = lease expiry) and writes an ``attempt`` event in the same
-  transaction, before it calls SES. Two workers can never both hold a row. While the attempt
-  runs, a thread renews the lease (``relay.lease``), so only a dead worker's lease lapses.
+- A worker *claims* a row (``outbound.claim``) before it calls SES. Two workers can never both
+  hold a row. While the attempt runs, a thread renews the lease (``relay.lease``), so only a dead
+  worker's lease lapses.
 - The result is recorded only while the claim is still ours (same attempt number).
 - Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
   users see one final outcome and a list of attempts, not a stream of soft failures.
 - ``reconcile_stale`` re-enqueues rows whose lease or retry time passed ``relay.reconcile_after``
   ago without progress (enqueue lost, Redis flushed, worker SIGKILLed before or after its claim).
-- A row failed without SES having accepted any part of it gives its sends back to the quota, in
-  the transaction that fails it (``_give_back_quota``).
 
 At-least-once window: if SES accepted a message and the worker died before recording it, the row
 still ends with an ``attempt`` event and no result. The next claim sees that, records a
@@ -29,7 +28,6 @@ import socket
 import threading
 import time
 
-from peewee import IntegrityError
 from peewee import InterfaceError
 from peewee import OperationalError
 from rq.exceptions import NoSuchJobError
@@ -41,18 +39,12 @@ import models
 import settings
 from core import blobs
 from core import metrics
+from core import outbound
 from core import outbox
 from smtpd_worker import transport
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "sending")
-RELAY_EVENT_TYPES = ("attempt", "batch_sent", "sent", "retry", "failed", "released")
-# Events that say nothing about SES having the message (a ``retry`` is looked at: see _refused).
-NO_SEND_EVENT_TYPES = ("queued", "attempt", "released", "failed")
-# Errors raised before any byte of the request reached SES: nothing can have been accepted.
-# (A read timeout or a dropped connection may hide an accepted message.)
-NEVER_REACHED_SES = ("EndpointConnectionError", "ConnectTimeoutError", "BlobUnavailable")
 DB_TRIES = 6  # a job rides out a database restart of a few seconds instead of failing
 RECONCILE_BATCH = 500  # rows per reconciler pass
 SCHEDULER_SLACK = 1  # seconds added to a retry's scheduled time (see _schedule)
@@ -60,14 +52,6 @@ WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 # Set by the worker on SIGTERM: a job that has not called SES yet hands its row back.
 SHUTDOWN = threading.Event()
-
-
-class Claim:
-    """A row this worker holds for one attempt."""
-
-    def __init__(self, row, attempt, blob_key, batches_done):
-        self.row, self.attempt, self.blob_key = row, attempt, blob_key
-        self.batches_done = batches_done  # {batch index: SES MessageId} from earlier attempts
 
 
 # -- relay ------------------------------------------------------------------------------------
@@ -82,15 +66,15 @@ def relay_outbound(outbound_id):
     row = claim.row
     extra = {"outbound_id": row.public_id}
     if result is _RELEASE:
-        _with_db(_release, claim, "worker shutting down before calling SES")
+        _with_db(outbound.release, claim, "worker shutting down before calling SES")
         _enqueue(row.id)
         log.info("released %s: worker shutting down", row.public_id, extra=extra)
         return "released"
     if isinstance(result, transport.RelayError):
         return _finish_error(claim, result)
-    _with_db(_record_sent, claim, result)
+    _with_db(outbound.record_sent, claim, result)
     metrics.RELAY_ATTEMPTS.labels(outcome="sent").inc()
-    metrics.STATUS_CHANGES.labels(status="sent").inc()
+    metrics.STATUS_CHANGES.labels(status=outbound.SENT).inc()
     log.info("sent %s as SES %s (attempt %d)", row.public_id, result, claim.attempt, extra=extra)
     return "sent"
 
@@ -118,7 +102,7 @@ def _attempt(claim):
         except transport.RelayError as err:
             return err
         if len(batches) > 1:
-            _with_db(_record_batch, claim, index, len(batches), done[index])
+            _with_db(outbound.record_batch, claim, index, len(batches), done[index])
     return done[0]
 
 
@@ -144,16 +128,10 @@ class LeaseKeeper(threading.Thread):
     def run(self):
         while not self.stopping.wait(self.lease / 3):
             try:
-                if not _with_db(_renew_lease, self.claim, self.lease):
+                if not _with_db(outbound.renew_lease, self.claim, self.lease):
                     return  # the row moved on (an SES event settled it): nothing left to hold
             except Exception as exc:  # the database is down: the lease may lapse; the claim check guards results
                 log.warning("could not renew the lease of row %s: %s", self.claim.row.id, exc)
-
-
-def _renew_lease(claim, lease):
-    e = models.OutboundEmail
-    now = models.utcnow()
-    return e.update(next_attempt_at=now + datetime.timedelta(seconds=lease)).where(_ours(claim)).execute()
 
 
 def _read_message(blob_key):
@@ -163,91 +141,9 @@ def _read_message(blob_key):
         return transport.strip_for_relay(stream)
 
 
-def _claimable(outbound_id, now):
-    e = models.OutboundEmail
-    return ((e.id == outbound_id) & e.status.in_(ACTIVE)
-            & (e.next_attempt_at.is_null() | (e.next_attempt_at <= now)))
-
-
 def _claim(outbound_id):
-    e = models.OutboundEmail
     relay_settings = settings.get()["relay"]
-    now = models.utcnow()
-    lease_until = now + datetime.timedelta(seconds=relay_settings["lease"])
-    with models.db.atomic():
-        # UPDATE first: it takes the write lock at once (SQLite) and is the compare-and-swap.
-        claimed = (e.update(status="sending", attempts=e.attempts + 1, next_attempt_at=lease_until, updated_at=now)
-                   .where(_claimable(outbound_id, now) & (e.attempts < relay_settings["max_attempts"]))
-                   .execute())
-        if not claimed:
-            _give_up_if_exhausted(outbound_id, now, relay_settings["max_attempts"])
-            return None
-        row = e.get_by_id(outbound_id)
-        if _last_relay_event(row.id) in ("attempt", "batch_sent"):
-            _event(row, "possible_duplicate", {
-                "attempt": row.attempts - 1,
-                "message": "the previous attempt stopped after calling SES without a recorded result; "
-                           "if SES accepted it, this attempt sends a second copy"})
-        _event(row, "attempt", {"attempt": row.attempts, "worker": WORKER_NAME})
-        return Claim(row, row.attempts, _blob_key(row), _batches_done(row.id))
-
-
-def _blob_key(row):
-    if row.message_id is None:
-        return None
-    return models.Message.select(models.Message.blob_key).where(models.Message.id == row.message_id).scalar()
-
-
-def _batches_done(outbound_id):
-    ev = models.OutboundEvent
-    done = {}
-    for event in ev.select(ev.detail).where(ev.outbound == outbound_id, ev.type == "batch_sent"):
-        detail = json.loads(event.detail)
-        done[detail["batch"]] = detail["ses_message_id"]
-    return done
-
-
-def _give_up_if_exhausted(outbound_id, now, max_attempts):
-    """A claimable row with no attempts left: its last attempt was interrupted. Fail it."""
-    e = models.OutboundEmail
-    reason = f"gave up after {max_attempts} attempts; the last one was interrupted"
-    failed = (e.update(status="failed", last_error=reason, completed_at=now, updated_at=now, next_attempt_at=None)
-              .where(_claimable(outbound_id, now) & (e.attempts >= max_attempts)).execute())
-    if failed:
-        _event(e.get_by_id(outbound_id), "failed", {"message": reason, "attempts": max_attempts})
-
-
-def _last_relay_event(outbound_id):
-    ev = models.OutboundEvent
-    return (ev.select(ev.type).where(ev.outbound == outbound_id, ev.type.in_(RELAY_EVENT_TYPES))
-            .order_by(ev.id.desc()).limit(1).scalar())
-
-
-def _ours(claim):
-    e = models.OutboundEmail
-    return (e.id == claim.row.id) & (e.status == "sending") & (e.attempts == claim.attempt)
-
-
-def _record_sent(claim, ses_message_id):
-    e = models.OutboundEmail
-    now = models.utcnow()
-    with models.db.atomic():
-        updated = (e.update(status="sent", ses_message_id=ses_message_id, sent_at=now, updated_at=now,
-                            next_attempt_at=None, last_error=None)
-                   .where(_ours(claim)).execute())
-        detail = {"attempt": claim.attempt, "ses_message_id": ses_message_id}
-        if not updated:
-            # A delivery event (matched by tag) got here first, or our lease ran out: keep the id.
-            (e.update(ses_message_id=ses_message_id)
-             .where((e.id == claim.row.id) & e.ses_message_id.is_null()).execute())
-            detail["note"] = "the row had moved on before this result was recorded"
-        _event(claim.row, "sent", detail, dedupe_key=f"sent:{ses_message_id}")
-
-
-def _record_batch(claim, index, count, ses_message_id):
-    """SES accepted one recipient batch of a message with more recipients than one call takes."""
-    _event(claim.row, "batch_sent", {"attempt": claim.attempt, "batch": index, "batches": count,
-                                     "ses_message_id": ses_message_id}, dedupe_key=f"batch:{ses_message_id}")
+    return outbound.claim(outbound_id, relay_settings["lease"], relay_settings["max_attempts"], WORKER_NAME)
 
 
 def _finish_error(claim, err):
@@ -256,7 +152,7 @@ def _finish_error(claim, err):
     extra = {"outbound_id": claim.row.public_id}
     if delay is None:
         metrics.RELAY_ATTEMPTS.labels(outcome="failed").inc()
-        metrics.STATUS_CHANGES.labels(status="failed").inc()
+        metrics.STATUS_CHANGES.labels(status=outbound.FAILED).inc()
         log.warning("failed %s: %s", claim.row.public_id, err, extra=extra)
         return "failed"
     metrics.RELAY_ATTEMPTS.labels(outcome="retry").inc()
@@ -266,71 +162,15 @@ def _finish_error(claim, err):
 
 
 def _record_error(claim, err):
-    e = models.OutboundEmail
+    """Schedule a retry (its delay in seconds), or fail the row for good (None). None too when the
+    claim is no longer ours."""
     max_attempts = settings.get()["relay"]["max_attempts"]
-    now = models.utcnow()
-    with models.db.atomic():
-        if err.retryable and claim.attempt < max_attempts:
-            delay = backoff_delay(claim.attempt)
-            updated = (e.update(next_attempt_at=now + datetime.timedelta(seconds=delay), last_error=str(err),
-                                updated_at=now).where(_ours(claim)).execute())
-            if updated:
-                _event(claim.row, "retry", {**err.as_detail(), "attempt": claim.attempt, "delay": delay,
-                                            "message": f"retry scheduled in {delay} s: {err}"})
-            return delay if updated else None
-        reason = str(err) if not err.retryable else f"gave up after {claim.attempt} attempts: {err}"
-        updated = (e.update(status="failed", last_error=reason, completed_at=now, updated_at=now,
-                            next_attempt_at=None).where(_ours(claim)).execute())
-        if updated:
-            detail = {**err.as_detail(), "attempt": claim.attempt, "message": reason}
-            refund = _give_back_quota(claim.row, err)
-            if refund:
-                detail["quota_refunded"] = refund
-            _event(claim.row, "failed", detail)
-        return None
-
-
-def _give_back_quota(row, err):
-    """The row has just been failed, in this transaction: if SES certainly has no part of the
-    message, give its sends back to the day they were charged (its created_at, UTC). Only the
-    claim holder fails a row, and only once, so the give-back happens once with the status
-    change. Returns the event detail of the refund, or None."""
-    if not _certainly_unsent(row.id, err.as_detail()):
-        return None
-    sends = len(json.loads(row.recipients))
-    day = row.created_at.date()
-    if not models.refund_send(row.user_id, day, sends):
-        return None
-    return {"sends": sends, "day": day.isoformat()}
-
-
-def _certainly_unsent(outbound_id, final_error):
-    """True when no SES call can have accepted any batch: the final error and every earlier
-    retry were refusals (see _refused), no batch was accepted, no attempt was interrupted
-    (``possible_duplicate``) and no SES event arrived. Anything else may have reached someone."""
-    if not _refused(final_error):
-        return False
-    ev = models.OutboundEvent
-    for event in ev.select(ev.type, ev.detail).where(ev.outbound == outbound_id, ev.type.not_in(NO_SEND_EVENT_TYPES)):
-        if event.type != "retry" or not _refused(json.loads(event.detail)):
-            return False
-    return True
-
-
-def _refused(error_detail):
-    """SES answered the call with an error (it has an HTTP status), or the call never left us."""
-    return error_detail.get("status") is not None or error_detail.get("code") in NEVER_REACHED_SES
-
-
-def _release(claim, reason):
-    """Hand the row back untouched (the attempt does not count): nobody called SES."""
-    e = models.OutboundEmail
-    with models.db.atomic():
-        released = (e.update(status="queued" if claim.attempt == 1 else "sending", attempts=e.attempts - 1,
-                             next_attempt_at=None, updated_at=models.utcnow())
-                    .where(_ours(claim)).execute())
-        if released:
-            _event(claim.row, "released", {"attempt": claim.attempt, "message": reason})
+    if err.retryable and claim.attempt < max_attempts:
+        delay = backoff_delay(claim.attempt)
+        return delay if outbound.retry(claim, str(err), err.as_detail(), delay) else None
+    reason = str(err) if not err.retryable else f"gave up after {claim.attempt} attempts: {err}"
+    outbound.fail(claim, reason, err.as_detail())
+    return None
 
 
 def backoff_delay(attempt):
@@ -361,16 +201,6 @@ def _enqueue(outbound_id):
         log.warning("could not enqueue row %s, left to the reconciler: %s", outbound_id, exc)
 
 
-def _event(row, type_, detail, dedupe_key=None):
-    try:
-        with models.db.atomic():
-            models.OutboundEvent.create(outbound=row.id, type=type_, detail=json.dumps(detail),
-                                        dedupe_key=dedupe_key)
-    except IntegrityError:
-        if dedupe_key is None:
-            raise  # only a dedupe key may collide; anything else is a real error
-
-
 def _with_db(function, *args):
     """Run ``function`` in its own connection scope, retrying on a lost connection or a busy
     database. Keeps a recorded SES result from being lost to a database restart."""
@@ -395,12 +225,8 @@ def reconcile_stale(now=None):
     """
     now = now or models.utcnow()
     cutoff = now - datetime.timedelta(seconds=settings.get()["relay"]["reconcile_after"])
-    e = models.OutboundEmail
     with models.db.connection_context():
-        stale = [(row.id, row.status) for row in e.select(e.id, e.status).where(
-            e.status.in_(ACTIVE),
-            (e.next_attempt_at.is_null() & (e.updated_at < cutoff)) | (e.next_attempt_at < cutoff),
-        ).order_by(e.id).limit(RECONCILE_BATCH)]
+        stale = outbound.stale(cutoff, RECONCILE_BATCH)
     requeued = [outbound_id for outbound_id, status in stale if not _job_alive(outbound_id, status)]
     for outbound_id in requeued:
         outbox.enqueue_relay(outbound_id)
@@ -426,7 +252,7 @@ def _job_alive(outbound_id, status):
         return False
     job_status = job.get_status()
     if job_status == JobStatus.STARTED:
-        return status == "queued" and outbox.worker_alive(job.worker_name)
+        return status == outbound.QUEUED and outbox.worker_alive(job.worker_name)
     if job_status != JobStatus.QUEUED:
         return False
     return outbox.connection().lpos(outbox.relay_queue().key, job_id) is not None

@@ -17,6 +17,7 @@ import models
 import settings
 from webapp.forms import MAX_ID
 from core import blobs
+from core import outbound
 from core import quota
 from webapp.forms import InboxForm
 
@@ -24,7 +25,7 @@ bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
 log = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN_CHOICE = 0  # the select's value for the default domain (domain ids start at 1)
-IN_FLIGHT = ("queued", "sending")  # statuses whose relay job may still read the message file
+IN_FLIGHT = outbound.ACTIVE  # statuses whose relay job may still read the message file
 
 
 def owned_inbox(inbox_id):

@@ -12,6 +12,7 @@ from peewee import JOIN
 
 import models
 from core import ids
+from core.outbound import STATUSES
 from webapp.sent import page_number
 
 bp = Blueprint("outbound", __name__, url_prefix="/outbound")
@@ -33,10 +34,10 @@ def _parse_filters(args, inboxes):
             errors.append("Unknown inbox.")
     status = args.get("status", "").strip()
     if status:
-        if status in models.STATUSES:
+        if status in STATUSES:
             filters["status"] = status
         else:
-            errors.append(f"Status must be one of: {', '.join(models.STATUSES)}.")
+            errors.append(f"Status must be one of: {', '.join(STATUSES)}.")
     for key, label in (("since", "From date"), ("until", "To date")):
         value = args.get(key, "").strip()
         if value:
@@ -70,7 +71,7 @@ def index():
     total = query.count()
     rows = list(query.paginate(page, PAGE_SIZE))
     return render_template("outbound/index.html", rows=rows, inboxes=inboxes, filters=filters, errors=errors,
-                           statuses=models.STATUSES, page=page, pages=max(1, -(-total // PAGE_SIZE)), total=total,
+                           statuses=STATUSES, page=page, pages=max(1, -(-total // PAGE_SIZE)), total=total,
                            args={k: v for k, v in request.args.items() if k in FILTER_KEYS}), 422 if errors else 200
 
 

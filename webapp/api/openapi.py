@@ -5,8 +5,8 @@ the blueprint's routes and schemathesis checks every response against it.
 """
 from flask import jsonify
 
-import models
 from core import ids
+from core import outbound
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -40,7 +40,7 @@ SCHEMAS = {
         "required": ["id", "status", "via", "inbox", "mail_from", "recipients", "attempts", "created_at"],
         "properties": {
             "id": {"type": "string", "pattern": f"^{ids.PATTERN}$"},
-            "status": {"type": "string", "enum": list(models.STATUSES)},
+            "status": {"type": "string", "enum": list(outbound.STATUSES)},
             "via": {"type": "string", "enum": ["smtp", "api"]},
             "inbox": STRING,
             "mail_from": STRING,
@@ -271,7 +271,7 @@ PATHS = {
         (), [ADDRESS, MESSAGE_ID])},
     "/v1/outbound": {"get": _op(
         "List outbound emails", _ok("Outbound emails, newest first", "OutboundList"), (422,),
-        [_query_param("status", {"type": "string", "enum": list(models.STATUSES)}, "Only this status."),
+        [_query_param("status", {"type": "string", "enum": list(outbound.STATUSES)}, "Only this status."),
          _query_param("inbox", {"type": "string"}, "Only sends from this inbox address."), LIMIT, CURSOR])},
     "/v1/outbound/{public_id}": {"get": _op(
         "One outbound email with its status history", _ok("Outbound email", "Outbound"), (), [PUBLIC_ID])},

@@ -8,6 +8,7 @@ from peewee import JOIN
 
 import models
 from core import ids
+from core import outbound
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -79,8 +80,8 @@ def list_outbound():
     query = _query()
     status = request.args.get("status")
     if status is not None:
-        if status not in models.STATUSES:
-            raise Invalid("status", f"must be one of {', '.join(models.STATUSES)}")
+        if status not in outbound.STATUSES:
+            raise Invalid("status", f"must be one of {', '.join(outbound.STATUSES)}")
         query = query.where(models.OutboundEmail.status == status)
     inbox = request.args.get("inbox")
     if inbox is not None:

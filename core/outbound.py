@@ -1,0 +1,323 @@
+"""THE OutboundEmail lifecycle: its vocabulary and every transition, each one conditional UPDATE.
+
+```
+queued ──claim──> sending ──record_sent──> sent ──apply_ses_event──> delivered | bounced | complained
+   ^                 │  └─retry──> (stays sending, next_attempt_at = retry time) ──┐
+   └──release────────┤                                                        claim
+                     └─fail (permanent error, or attempts used up)──> failed
+```
+
+The database is the truth. Every transition is an UPDATE whose WHERE clause is the state it
+starts from, written with its ``OutboundEvent`` in one transaction; a transition that finds the
+row elsewhere changes nothing and says so (returns None/False/0), so a job may run twice, late,
+or never (smtpd_worker/jobs.py orchestrates them; docs/relay.md tells the whole story):
+
+- ``claim``: queued/sending, not leased, attempts left -> sending, attempts + 1, leased until
+  ``now + lease``, plus an ``attempt`` event, before SES is called. Two workers never both hold a
+  row. A row with no attempts left whose last attempt was interrupted is failed instead.
+- ``record_sent`` / ``retry`` / ``fail`` / ``release`` / ``renew_lease`` / ``record_batch``
+  apply only while the claim is still ours (``sending`` and the same attempt number).
+- ``fail`` gives the row's sends back to the quota in the same transaction when SES certainly has
+  no part of the message (``_give_back_quota``): only the claim holder fails a row, and only once.
+- ``apply_ses_event``: statuses only move up ``RANK``, so duplicate and out-of-order SES events
+  are harmless; each SNS message is applied once.
+
+Nothing here commits on its caller's behalf beyond its own ``db.atomic()``; the caller scopes the
+connection (``db.connection_context()``).
+"""
+import datetime
+import json
+from typing import Callable
+from typing import Optional
+
+from peewee import IntegrityError
+
+import models
+from core import metrics
+from core import outbound_vocabulary as vocabulary
+
+# The vocabulary, re-exported: core/outbound_vocabulary.py is stdlib-only so that the client CLI can
+# read it without peewee; every other reader takes these names from here.
+QUEUED = vocabulary.QUEUED
+SENDING = vocabulary.SENDING
+SENT = vocabulary.SENT
+DELIVERED = vocabulary.DELIVERED
+BOUNCED = vocabulary.BOUNCED
+COMPLAINED = vocabulary.COMPLAINED
+FAILED = vocabulary.FAILED
+STATUSES = vocabulary.STATUSES
+ACTIVE = vocabulary.ACTIVE
+FINAL = vocabulary.FINAL
+UNDELIVERED = vocabulary.UNDELIVERED
+RANK = vocabulary.RANK
+EVENT_TYPES = vocabulary.EVENT_TYPES
+STATUS_OF_SES_EVENT = vocabulary.STATUS_OF_SES_EVENT
+
+# Error codes raised before any byte of the request reached SES: nothing can have been accepted.
+# (A read timeout or a dropped connection may hide an accepted message.)
+NEVER_REACHED_SES = ("EndpointConnectionError", "ConnectTimeoutError", "BlobUnavailable")
+
+
+class Claim:
+    """A row this worker holds for one attempt."""
+
+    def __init__(self, row, attempt: int, blob_key, batches_done: dict):
+        self.row, self.attempt, self.blob_key = row, attempt, blob_key
+        self.batches_done = batches_done  # {batch index: SES MessageId} from earlier attempts
+
+
+# -- the relay's transitions ------------------------------------------------------------------
+
+def claim(outbound_id: int, lease: float, max_attempts: int, worker: str):
+    """Take the row for one attempt (see the module docstring). Returns a Claim, or None when the
+    row is not claimable: sent, settled, leased by another worker, not due, or out of attempts."""
+    e = models.OutboundEmail
+    now = models.utcnow()
+    lease_until = now + datetime.timedelta(seconds=lease)
+    with models.db.atomic():
+        # UPDATE first: it takes the write lock at once (SQLite) and is the compare-and-swap.
+        claimed = (e.update(status=SENDING, attempts=e.attempts + 1, next_attempt_at=lease_until, updated_at=now)
+                   .where(_claimable(outbound_id, now) & (e.attempts < max_attempts))
+                   .execute())
+        if not claimed:
+            _give_up_if_exhausted(outbound_id, now, max_attempts)
+            return None
+        row = e.get_by_id(outbound_id)
+        if _last_attempt_event(row.id) in ("attempt", "batch_sent"):
+            _event(row, "possible_duplicate", {
+                "attempt": row.attempts - 1,
+                "message": "the previous attempt stopped after calling SES without a recorded result; "
+                           "if SES accepted it, this attempt sends a second copy"})
+        _event(row, "attempt", {"attempt": row.attempts, "worker": worker})
+        return Claim(row, row.attempts, _blob_key(row), _batches_done(row.id))
+
+
+def renew_lease(claim: Claim, lease: float) -> int:
+    """Push the lease of a claim still ours ``lease`` seconds ahead. 0 when the row moved on."""
+    e = models.OutboundEmail
+    now = models.utcnow()
+    return e.update(next_attempt_at=now + datetime.timedelta(seconds=lease)).where(_ours(claim)).execute()
+
+
+def record_batch(claim: Claim, index: int, count: int, ses_message_id: str) -> None:
+    """SES accepted one recipient batch of a message with more recipients than one call takes."""
+    _event(claim.row, "batch_sent", {"attempt": claim.attempt, "batch": index, "batches": count,
+                                     "ses_message_id": ses_message_id}, dedupe_key=f"batch:{ses_message_id}")
+
+
+def record_sent(claim: Claim, ses_message_id: str) -> bool:
+    """SES accepted the message: sending -> sent. When the row had moved on (an SES event settled
+    it, or our lease ran out) only a missing ``ses_message_id`` is filled in. Either way a ``sent``
+    event records the id (once per id). Returns whether the status moved."""
+    e = models.OutboundEmail
+    now = models.utcnow()
+    with models.db.atomic():
+        updated = (e.update(status=SENT, ses_message_id=ses_message_id, sent_at=now, updated_at=now,
+                            next_attempt_at=None, last_error=None)
+                   .where(_ours(claim)).execute())
+        detail = {"attempt": claim.attempt, "ses_message_id": ses_message_id}
+        if not updated:
+            (e.update(ses_message_id=ses_message_id)
+             .where((e.id == claim.row.id) & e.ses_message_id.is_null()).execute())
+            detail["note"] = "the row had moved on before this result was recorded"
+        _event(claim.row, "sent", detail, dedupe_key=f"sent:{ses_message_id}")
+    return bool(updated)
+
+
+def retry(claim: Claim, message: str, error_detail: dict, delay: int) -> bool:
+    """A retryable error: the row stays ``sending``, due again in ``delay`` seconds. Returns False
+    (nothing written) when the claim is no longer ours."""
+    e = models.OutboundEmail
+    now = models.utcnow()
+    with models.db.atomic():
+        updated = (e.update(next_attempt_at=now + datetime.timedelta(seconds=delay), last_error=message,
+                            updated_at=now).where(_ours(claim)).execute())
+        if updated:
+            _event(claim.row, "retry", {**error_detail, "attempt": claim.attempt, "delay": delay,
+                                        "message": f"retry scheduled in {delay} s: {message}"})
+    return bool(updated)
+
+
+def fail(claim: Claim, reason: str, error_detail: dict) -> bool:
+    """Fail the row for good with ``reason``, giving its sends back when SES certainly has none of
+    it. Returns False (nothing written) when the claim is no longer ours."""
+    e = models.OutboundEmail
+    now = models.utcnow()
+    with models.db.atomic():
+        updated = (e.update(status=FAILED, last_error=reason, completed_at=now, updated_at=now,
+                            next_attempt_at=None).where(_ours(claim)).execute())
+        if updated:
+            detail = {**error_detail, "attempt": claim.attempt, "message": reason}
+            refund = _give_back_quota(claim.row, error_detail)
+            if refund:
+                detail["quota_refunded"] = refund
+            _event(claim.row, "failed", detail)
+    return bool(updated)
+
+
+def release(claim: Claim, reason: str) -> bool:
+    """Hand the row back untouched (the attempt does not count): nobody called SES."""
+    e = models.OutboundEmail
+    with models.db.atomic():
+        released = (e.update(status=QUEUED if claim.attempt == 1 else SENDING, attempts=e.attempts - 1,
+                             next_attempt_at=None, updated_at=models.utcnow())
+                    .where(_ours(claim)).execute())
+        if released:
+            _event(claim.row, "released", {"attempt": claim.attempt, "message": reason})
+    return bool(released)
+
+
+def stale(cutoff: datetime.datetime, limit: int) -> list:
+    """(id, status) of up to ``limit`` active rows without progress since ``cutoff``: their lease
+    or retry time (or, with none, their last update) is older. The reconciler looks at these."""
+    e = models.OutboundEmail
+    return [(row.id, row.status) for row in e.select(e.id, e.status).where(
+        e.status.in_(ACTIVE),
+        (e.next_attempt_at.is_null() & (e.updated_at < cutoff)) | (e.next_attempt_at < cutoff),
+    ).order_by(e.id).limit(limit)]
+
+
+def _claimable(outbound_id, now):
+    e = models.OutboundEmail
+    return ((e.id == outbound_id) & e.status.in_(ACTIVE)
+            & (e.next_attempt_at.is_null() | (e.next_attempt_at <= now)))
+
+
+def _ours(claim):
+    e = models.OutboundEmail
+    return (e.id == claim.row.id) & (e.status == SENDING) & (e.attempts == claim.attempt)
+
+
+def _give_up_if_exhausted(outbound_id, now, max_attempts):
+    """A claimable row with no attempts left: its last attempt was interrupted. Fail it."""
+    e = models.OutboundEmail
+    reason = f"gave up after {max_attempts} attempts; the last one was interrupted"
+    failed = (e.update(status=FAILED, last_error=reason, completed_at=now, updated_at=now, next_attempt_at=None)
+              .where(_claimable(outbound_id, now) & (e.attempts >= max_attempts)).execute())
+    if failed:
+        _event(e.get_by_id(outbound_id), "failed", {"message": reason, "attempts": max_attempts})
+
+
+def _blob_key(row):
+    if row.message_id is None:
+        return None
+    return models.Message.select(models.Message.blob_key).where(models.Message.id == row.message_id).scalar()
+
+
+def _batches_done(outbound_id):
+    ev = models.OutboundEvent
+    done = {}
+    for event in ev.select(ev.detail).where(ev.outbound == outbound_id, ev.type == "batch_sent"):
+        detail = json.loads(event.detail)
+        done[detail["batch"]] = detail["ses_message_id"]
+    return done
+
+
+def _last_attempt_event(outbound_id):
+    ev = models.OutboundEvent
+    return (ev.select(ev.type).where(ev.outbound == outbound_id, ev.type.in_(vocabulary.ATTEMPT_EVENT_TYPES))
+            .order_by(ev.id.desc()).limit(1).scalar())
+
+
+def _give_back_quota(row, error_detail):
+    """The row has just been failed, in this transaction: if SES certainly has no part of the
+    message, give its sends back to the day they were charged (its created_at, UTC). Only the
+    claim holder fails a row, and only once, so the give-back happens once with the status
+    change. Returns the event detail of the refund, or None."""
+    if not _certainly_unsent(row.id, error_detail):
+        return None
+    sends = len(json.loads(row.recipients))
+    day = row.created_at.date()
+    if not models.refund_send(row.user_id, day, sends):
+        return None
+    return {"sends": sends, "day": day.isoformat()}
+
+
+def _certainly_unsent(outbound_id, final_error):
+    """True when no SES call can have accepted any batch: the final error and every earlier
+    retry were refusals (see _refused), no batch was accepted, no attempt was interrupted
+    (``possible_duplicate``) and no SES event arrived. Anything else may have reached someone."""
+    if not _refused(final_error):
+        return False
+    ev = models.OutboundEvent
+    for event in ev.select(ev.type, ev.detail).where(ev.outbound == outbound_id,
+                                                     ev.type.not_in(vocabulary.NO_SEND_EVENT_TYPES)):
+        if event.type != "retry" or not _refused(json.loads(event.detail)):
+            return False
+    return True
+
+
+def _refused(error_detail):
+    """SES answered the call with an error (it has an HTTP status), or the call never left us."""
+    return error_detail.get("status") is not None or error_detail.get("code") in NEVER_REACHED_SES
+
+
+# -- SES events -------------------------------------------------------------------------------
+
+def apply_ses_event(kind: str, sns_message_id: str, ses_message_id, tagged_id, detail: dict,
+                    describe: Callable[[], Optional[str]]) -> str:
+    """Record an SES event (``kind``: Delivery, Bounce, ...) and move the row's status if it
+    advances it. The row is found by ``ses_message_id``, else by ``tagged_id`` (the ``outbound_id``
+    tag the relay attaches), so an event also settles a row whose worker died between SES
+    accepting and the row recording it. ``describe()`` (called only when the status moves, so a
+malformed sub-object matters only then) gives ``last_error``, or None to keep it.
+
+    Returns "applied", "recorded" (history only), "duplicate" (this SNS message was applied
+    before) or "unknown" (no such message here)."""
+    e = models.OutboundEmail
+    with models.db.atomic():
+        row = e.get_or_none(e.ses_message_id == ses_message_id) if ses_message_id else None
+        other_copy = False
+        if row is None and tagged_id is not None:
+            row = e.get_or_none(e.public_id == tagged_id)
+            # Same row, another SES id: a second copy sent in the at-least-once window. Its events
+            # confirm the duplicate in the history but never move the row's status.
+            other_copy = (row is not None and row.ses_message_id not in (None, ses_message_id)
+                          and not _is_batch_of(row, ses_message_id))
+        if row is None:
+            return "unknown"
+        event_type = vocabulary.ses_event_type(kind)
+        if other_copy:
+            detail = {**detail, "message": f"SES {kind} for a second copy of this message "
+                                           "(sent in the at-least-once window)"}
+            event_type = vocabulary.DUPLICATE_COPY
+        try:
+            with models.db.atomic():
+                models.OutboundEvent.create(outbound=row, type=event_type, detail=json.dumps(detail),
+                                            dedupe_key=f"sns:{sns_message_id}")
+        except IntegrityError:
+            return "duplicate"
+        status = None if other_copy else STATUS_OF_SES_EVENT.get(kind)
+        if status is None:
+            return "recorded"
+        earlier = [s for s, rank in RANK.items() if rank < RANK[status]]
+        if row.ses_message_id is None and FAILED not in earlier:
+            earlier.append(FAILED)  # "gave up" on an interrupted attempt that SES had in fact accepted
+        now = models.utcnow()
+        changes = {"status": status, "updated_at": now, "completed_at": now, "next_attempt_at": None}
+        if row.ses_message_id is None and ses_message_id:
+            changes["ses_message_id"] = ses_message_id
+        reason = describe()
+        if reason:
+            changes["last_error"] = reason
+        moved = e.update(**changes).where(e.id == row.id, e.status.in_(earlier)).execute()
+    if not moved:
+        return "recorded"
+    metrics.STATUS_CHANGES.labels(status=status).inc()
+    return "applied"
+
+
+def _is_batch_of(row, ses_message_id):
+    """True when ``ses_message_id`` is one of the row's recipient batches (see record_batch)."""
+    ev = models.OutboundEvent
+    return ev.select().where(ev.outbound == row.id, ev.dedupe_key == f"batch:{ses_message_id}").exists()
+
+
+def _event(row, type_, detail, dedupe_key=None):
+    try:
+        with models.db.atomic():
+            models.OutboundEvent.create(outbound=row.id, type=type_, detail=json.dumps(detail),
+                                        dedupe_key=dedupe_key)
+    except IntegrityError:
+        if dedupe_key is None:
+            raise  # only a dedupe key may collide; anything else is a real error
