@@ -16,6 +16,7 @@ from peewee import DateField
 from peewee import DateTimeField
 from peewee import ForeignKeyField
 from peewee import IntegerField
+from peewee import IntegrityError
 from peewee import Model
 from peewee import PostgresqlDatabase
 from peewee import TextField

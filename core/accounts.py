@@ -11,8 +11,6 @@ import hmac
 import logging
 import secrets
 
-from email_validator import EmailNotValidError
-from email_validator import validate_email
 from peewee import IntegrityError
 from werkzeug.security import generate_password_hash  # password hashing only: no HTTP in it
 
@@ -85,6 +83,10 @@ class InboxBusy(Exception):
 
 def normalize_email(email):
     """The address as stored: validated (syntax only, no DNS), normalised, lower-case."""
+    # Loaded on first use (not for a cycle): keeps `inboxlayer --help` and SMTP start-up fast.
+    from email_validator import EmailNotValidError
+    from email_validator import validate_email
+
     try:
         return validate_email(email or "", check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
