@@ -4,9 +4,6 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 ``with db.atomic():`` and scopes the connection (``with db.connection_context():``).
 """
 import datetime
-import hashlib
-import hmac
-import secrets
 import unicodedata
 from pathlib import Path
 
@@ -32,8 +29,6 @@ from core.text import ENCODED_WORD
 db = DatabaseProxy()
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-TOKEN_PREFIX = "il_"
-TOKEN_PREFIX_SHOWN = 12  # characters of a token kept in lists: "il_" + 9 of the random part
 DOMAIN_STATUSES = ("pending", "verified", "failed")
 
 
@@ -175,46 +170,12 @@ def schema_status():
     return Runner(db.obj, str(MIGRATIONS_DIR)).status()
 
 
-# -- API tokens -------------------------------------------------------------------------------
+# -- API tokens (the rules: core/accounts) -------------------------------------------------------
 
-def hash_token(token):
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def create_token(user, name):
-    """Create a token; returns (ApiToken, full_token). The full token is never stored."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken.create(user=user, name=name, prefix=token[:TOKEN_PREFIX_SHOWN],
-                          token_hash=hash_token(token))
-    return row, token
-
-
-def lookup_token(token):
-    """The live ApiToken for ``token`` (and mark it used), or None.
-
-    The lookup is by sha256 of the presented token, so the database compares hashes, not
-    secrets; the final compare_digest keeps the check constant-time on our side too.
-    """
-    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        return None
-    digest = hash_token(token)
-    row = (ApiToken.select(ApiToken, User).join(User)
-           .where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_null()).first())
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
-        return None
-    now = utcnow()
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-        # Throttled write: a busy SMTP client should not turn every AUTH into an UPDATE.
-        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
-        row.last_used_at = now
-    return row
-
-
-def revoke_token(user, token_id):
-    """Revoke one of ``user``'s tokens. Returns True if a live token was revoked."""
-    return bool(ApiToken.update(revoked_at=utcnow())
-                .where(ApiToken.id == token_id, ApiToken.user == user, ApiToken.revoked_at.is_null())
-                .execute())
+def live_token_by_hash(token_hash):
+    """The unrevoked ApiToken whose sha256 is ``token_hash``, its User joined, or None."""
+    return (ApiToken.select(ApiToken, User).join(User)
+            .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_null()).first())
 
 
 # -- addresses --------------------------------------------------------------------------------
@@ -237,7 +198,7 @@ MAX_DISPLAY_NAME = 100  # characters, the Inbox.display_name column
 
 def clean_display_name(value):
     """The display name as stored, or DisplayNameError: the one rule for every front-end
-    (dashboard form, REST API, CLI; ``create_inbox`` applies it again).
+    (dashboard form, REST API, CLI; ``core.accounts.create_inbox`` applies it again).
 
     One line of at most MAX_DISPLAY_NAME characters after runs of spaces and tabs are folded to
     one space; no control characters, line or paragraph separators, lone surrogates or bidi
@@ -295,64 +256,6 @@ def sender_key(address):
 
 
 LOCAL_PART_ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
-
-
-# Role addresses on the shared default domain belong to its operator, never to a tenant: RFC 2142's
-# mailbox names, the names a CA may mail to validate a domain (CA/B Baseline Requirements 3.2.2.4.4:
-# admin, administrator, webmaster, hostmaster, postmaster) and what bounces and receipts come from.
-RESERVED_LOCAL_PARTS = frozenset({
-    "abuse", "noc", "security", "info", "marketing", "sales", "support", "hostmaster", "postmaster",
-    "usenet", "news", "webmaster", "www", "uucp", "ftp",  # RFC 2142
-    "admin", "administrator",  # CA/B BR 3.2.2.4.4 (with hostmaster, postmaster, webmaster)
-    "noreply", "no-reply", "no_reply", "no.reply", "billing", "mailer-daemon", "root",
-})
-
-
-class ReservedAddress(AddressError):
-    """The name is a role address of the shared domain (postmaster@, abuse@, ...)."""
-
-
-class InboxLimitReached(Exception):
-    """The account already has its plan's ``max_inboxes``."""
-
-
-def is_reserved_local_part(local_part):
-    """True for a role name, compared lower-case and without a ``+tag``."""
-    return (local_part or "").strip().lower().split("+", 1)[0] in RESERVED_LOCAL_PARTS
-
-
-def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev", display_name="",
-                 max_inboxes=0, allow_reserved=False):
-    """Create an inbox ``local_part@(domain or default_domain)``; AddressError on bad input.
-
-    The one place the inbox rules live (dashboard, API and CLI all call it): a role name on the
-    default domain is ReservedAddress unless ``allow_reserved`` (the operator's CLI); an account
-    holding ``max_inboxes`` (its plan's; 0 = no limit) gets InboxLimitReached. Raises IntegrityError
-    (from the unique index, not a racy pre-check) if the address is taken. Call inside a transaction.
-    """
-    local_part = (local_part or "").strip().lower()
-    if not local_part or len(local_part) > 64:
-        raise AddressError("the inbox name must be 1 to 64 characters")
-    if domain is None and not allow_reserved and is_reserved_local_part(local_part):
-        raise ReservedAddress(f"{local_part}@{default_domain} is a reserved role address (postmaster, abuse, "
-                              "admin, support and the like belong to the operator of the shared domain); "
-                              "choose another name")
-    if not set(local_part) <= LOCAL_PART_ALLOWED or local_part[0] in ".-" or local_part[-1] in ".-" \
-            or ".." in local_part:
-        raise AddressError("the inbox name may use letters, digits, '.', '-' and '_' "
-                           "(not first or last, no '..')")
-    if domain is not None and domain.user_id != user.id:
-        raise AddressError("that domain is not yours")
-    if max_inboxes:
-        # Lock the account row first (a write: Postgres row lock, SQLite's write lock) so that two
-        # concurrent creates count one after the other and the cap holds.
-        User.update(plan=User.plan).where(User.id == user.id).execute()
-        if Inbox.select().where(Inbox.user == user.id).count() >= max_inboxes:
-            raise InboxLimitReached(f"this account has reached its plan's limit of {max_inboxes} inboxes; "
-                                    "delete one or upgrade the plan")
-    address = f"{local_part}@{domain.name if domain else default_domain}"
-    return Inbox.create(user=user, local_part=local_part, domain=domain, address=address,
-                        display_name=clean_display_name(display_name))
 
 
 def inbox_can_send(inbox):

@@ -248,14 +248,15 @@ class Bench:
 
     def _create_account(self):
         import models
+        from core import accounts
 
         models.init_database(self.db_url)
         with models.db.connection_context():
             models.migrate_schema()
             with models.db.atomic():
                 user = models.User.create(email="bench@example.com", password_hash="x", plan="free")
-                _, token = models.create_token(user, "bench")
-                models.create_inbox(user, "agent")
+                _, token = accounts.create_token(user, "bench")
+                accounts.create_inbox(user, "agent")
         models.db.obj.close_all()
         return token
 

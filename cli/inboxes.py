@@ -1,10 +1,10 @@
 """`inboxlayer inboxes`: sending addresses."""
 import typer
-from peewee import IntegrityError
 from rich.table import Table
 
 import models
 import settings
+from core import accounts
 from cli.common import JsonOption
 from cli.common import console
 from cli.common import database
@@ -43,17 +43,16 @@ def create(address: str = typer.Argument(..., help="name@inboxlayer.dev or name@
             if domain is None:
                 fail(f"{domain_name} is neither {config['server']['default_domain']} nor a domain of {user.email}")
         try:
-            with models.db.atomic():
-                inbox = models.create_inbox(user, local, domain, config["server"]["default_domain"], display_name,
-                                            max_inboxes=settings.plan_limits(config, user.plan)["max_inboxes"],
-                                            allow_reserved=allow_reserved)
-        except models.InboxLimitReached as exc:
+            inbox = accounts.create_inbox(user, local, domain, config["server"]["default_domain"], display_name,
+                                          max_inboxes=settings.plan_limits(config, user.plan)["max_inboxes"],
+                                          allow_reserved=allow_reserved)
+        except accounts.InboxLimitReached as exc:
             fail(f"{user.email}: {exc}")
-        except models.ReservedAddress as exc:
+        except accounts.ReservedAddress as exc:
             fail(f"{exc} (an operator may take it with --allow-reserved)")
         except models.AddressError as exc:
             fail(f"invalid address {address!r}: {exc}")
-        except IntegrityError:
+        except accounts.InboxExists:
             fail(f"{normalized} is already taken")
         data = inbox_json(inbox)
     if json_out:

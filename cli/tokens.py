@@ -3,6 +3,7 @@ import typer
 from rich.table import Table
 
 import models
+from core import accounts
 from cli.common import JsonOption
 from cli.common import console
 from cli.common import database
@@ -30,8 +31,7 @@ def create(email: str = typer.Argument(..., help="Owner's email."),
         fail("token name must be 1 to 100 characters")
     with database():
         user = user_by_email(email)
-        with models.db.atomic():
-            row, token = models.create_token(user, name)
+        row, token = accounts.create_token(user, name)
     if quiet:
         print(token)
     elif json_out:
@@ -64,8 +64,7 @@ def revoke(email: str = typer.Argument(..., help="Owner's email."),
     """Revoke a token; the next SMTP AUTH or API request with it fails."""
     with database():
         user = user_by_email(email)
-        with models.db.atomic():
-            revoked = models.revoke_token(user, token_id)
+        revoked = accounts.revoke_token(user, token_id)
     if not revoked:
         fail(f"no active token {token_id} for {email}")
     console.print(f"[green]revoked[/] token {token_id}")

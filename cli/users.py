@@ -2,10 +2,9 @@
 import sys
 
 import typer
-from peewee import IntegrityError
-from werkzeug.security import generate_password_hash
 
 import models
+from core import accounts
 from cli.common import JsonOption
 from cli.common import console
 from cli.common import database
@@ -14,20 +13,6 @@ from cli.common import iso
 from cli.common import print_json
 
 app = typer.Typer(help="User accounts.", no_args_is_help=True)
-
-MIN_PASSWORD_LENGTH = 8
-
-
-def validate_email(email):
-    # Loaded by the commands that need it (not for a cycle): keeps `inboxlayer --help` fast.
-    from email_validator import EmailNotValidError
-    from email_validator import validate_email as check
-
-    try:
-        return check(email, check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        fail(f"invalid email {email!r}: {exc}")
-
 
 @app.command()
 def create(email: str = typer.Argument(..., help="The account's email address."),
@@ -39,17 +24,19 @@ def create(email: str = typer.Argument(..., help="The account's email address.")
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        fail(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
-    email = validate_email(email)
+    if len(password) < accounts.MIN_PASSWORD_LENGTH:
+        fail(f"password must be at least {accounts.MIN_PASSWORD_LENGTH} characters")
+    try:
+        email = accounts.normalize_email(email)
+    except accounts.InvalidEmail as exc:
+        fail(f"invalid email {email!r}: {exc}")
     with database() as config:
         plan = plan or config["server"]["default_plan"]
         if plan not in config["plans"]:
             fail(f"unknown plan {plan!r} (known: {', '.join(config['plans'])})")
         try:
-            with models.db.atomic():
-                user = models.User.create(email=email, password_hash=generate_password_hash(password), plan=plan)
-        except IntegrityError:
+            user = accounts.create_user(email, password, plan)
+        except accounts.AccountExists:
             fail(f"a user {email!r} already exists")
     if json_out:
         print_json({"id": user.id, "email": user.email, "plan": user.plan, "created_at": iso(user.created_at)})

@@ -16,7 +16,8 @@ from core.headers import display_text
 from core.headers import unfold
 
 SHOWN_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID")
-MAX_TEXT_CHARS = 500_000  # characters of the text part shown on the page; the .eml has the rest
+MAX_BODY_CHARS = 1_000_000  # characters of a text or HTML part shown inline (Sent page, API); the .eml has the rest
+TRUNCATED_NOTE = "\n[… truncated; download the .eml for the rest]"  # ends a cut text part on the Sent page
 MAX_HEADER_CHARS = 10_000  # characters of one header value shown; the .eml has the rest
 MAX_HEADERS = 1000  # header fields listed by all_headers(); the .eml has the rest
 MAX_PARSED_HEADER = 998  # characters of a header the MIME code may read parameters from (RFC 5322 line)
@@ -93,15 +94,25 @@ def _content(part):
     return content
 
 
-def text_body(message):
-    part = message.get_body(preferencelist=("plain",))
+def body(message, kind):
+    """(content, truncated) of the ``kind`` ("plain" or "html") body part, at most MAX_BODY_CHARS
+    characters; (None, False) when there is none. A part in an unknown charset or a broken
+    transfer encoding is decoded as UTF-8 with replacement characters, never refused."""
+    part = message.get_body(preferencelist=(kind,))
     if part is None:
-        return None
-    text = _content(part)
-    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "\n[… truncated; download the .eml for the rest]"
+        return None, False
+    content = _content(part)
+    return content[:MAX_BODY_CHARS], len(content) > MAX_BODY_CHARS
+
+
+def text_body(message):
+    """The text part for the Sent page: cut at MAX_BODY_CHARS, saying so."""
+    text, truncated = body(message, "plain")
+    return text + TRUNCATED_NOTE if truncated else text
 
 
 def html_body(message):
+    """The whole HTML part, for the sandboxed page that shows it (not capped: it is the part itself)."""
     part = message.get_body(preferencelist=("html",))
     return None if part is None else _content(part)
 
@@ -120,3 +131,12 @@ def attachment_parts(message):
 def attachments(message):
     return [{"filename": filename or "(unnamed)", "type": content_type, "size": size}
             for _, filename, content_type, size in attachment_parts(message)]
+
+
+def content(message):
+    """What the REST API returns of a stored message: every header (``all_headers``), the text
+    and html bodies (``body``, cut at MAX_BODY_CHARS) and the attachment list."""
+    return {"headers": [{"name": name, "value": value} for name, value in all_headers(message)],
+            "text": body(message, "plain")[0], "html": body(message, "html")[0],
+            "attachments": [{"filename": filename, "content_type": content_type, "size": size}
+                            for _, filename, content_type, size in attachment_parts(message)]}

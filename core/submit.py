@@ -248,12 +248,9 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = models.OutboundEmail.get_or_none(models.OutboundEmail.user == user,
-                                                    models.OutboundEmail.idempotency_key == idempotency_key)
+        existing = earlier_send(user, idempotency_key, request_hash)
         if existing is None:
             raise
-        if existing.request_hash != request_hash:
-            raise IdempotencyConflict("This Idempotency-Key was used with a different request") from None
         raise _Replay(existing) from None
     if ids is None:
         raise quota.exceeded(models.sends_today(user), limit)
@@ -263,6 +260,20 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         id=outbound_id, public_id=public_id, user=user, inbox=inbox, message=sent_id, via=via, mail_from=mail_from,
         recipients=fields["recipients"], status="queued", attempts=0, idempotency_key=idempotency_key,
         request_hash=request_hash, created_at=now, updated_at=now)
+
+
+def earlier_send(user, idempotency_key, request_hash):
+    """The send ``idempotency_key`` already made for ``user`` (to be replayed), or None;
+    IdempotencyConflict if that send was for another request (``request_hash`` differs).
+
+    The one replay rule: the REST API asks before building a message, and submit asks again when
+    the unique index on (user, idempotency_key) refuses a concurrent duplicate.
+    """
+    existing = models.OutboundEmail.get_or_none(models.OutboundEmail.user == user,
+                                                models.OutboundEmail.idempotency_key == idempotency_key)
+    if existing is not None and existing.request_hash != request_hash:
+        raise IdempotencyConflict("This Idempotency-Key was used with a different request")
+    return existing
 
 
 def _discard_blob(blob_key):

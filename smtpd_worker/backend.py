@@ -19,6 +19,7 @@ from pathlib import Path
 from peewee import JOIN
 
 import models
+from core import accounts
 from core import errors
 from core import limits
 from core import quota
@@ -86,7 +87,7 @@ class DbBackend:
             return None
         try:
             with models.db.connection_context():
-                row = models.lookup_token(token)
+                row = accounts.lookup_token(token)
                 if row is None:
                     return None
                 inbox = self._inbox(address)

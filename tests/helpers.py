@@ -5,6 +5,7 @@ import time
 from types import SimpleNamespace
 
 import models
+from core import accounts
 
 
 def free_port():
@@ -69,7 +70,7 @@ def make_account(email="agent-owner@example.com", local_part="agent", password="
     with models.db.connection_context(), models.db.atomic():
         user = models.User.create(email=email, password_hash=generate_password_hash(password),
                                   plan=plan or config["server"]["default_plan"])
-        token_row, token = models.create_token(user, token_name)
-        inbox = models.create_inbox(user, local_part, None, config["server"]["default_domain"])
+        token_row, token = accounts.create_token(user, token_name)
+        inbox = accounts.create_inbox(user, local_part, None, config["server"]["default_domain"])
     return SimpleNamespace(user=user, token=token, token_row=token_row, inbox=inbox, address=inbox.address,
                            email=email, password=password)

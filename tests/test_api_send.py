@@ -7,6 +7,7 @@ import json
 
 
 import models
+from core import accounts
 from core import blobs
 from core import outbox
 from tests.fixtures_api import send_body
@@ -203,7 +204,7 @@ def test_send_without_valid_token_is_401(anonymous_api, account, subtests):
 def test_send_with_revoked_token_is_refused_immediately(api, account):
     assert api.post(f"/v1/inboxes/{account.address}/send", json=send_body()).status_code == 202
     with models.db.connection_context(), models.db.atomic():
-        assert models.revoke_token(account.user, account.token_row.id)
+        assert accounts.revoke_token(account.user, account.token_row.id)
     response = api.post(f"/v1/inboxes/{account.address}/send", json=send_body())
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "Invalid or revoked API token"
@@ -224,7 +225,7 @@ def test_send_from_someone_elses_inbox_is_404(api, account):
 def test_send_from_unverified_custom_domain_is_403(api, account):
     with models.db.connection_context(), models.db.atomic():
         domain = models.Domain.create(user=account.user, name="agents.example.org", verification_token="t")
-        models.create_inbox(account.user, "bot", domain)
+        accounts.create_inbox(account.user, "bot", domain)
     response = api.post("/v1/inboxes/bot@agents.example.org/send", json=send_body())
     assert response.status_code == 403
     assert response.json()["error"] == {"code": "domain_not_verified",

@@ -237,12 +237,13 @@ def submit_message(email, local_part, subject, html_part=None, to="customer@exam
 
     import models
     import settings
+    from core import accounts
     from core import submit
 
     with models.db.connection_context():
         user = models.User.get(models.User.email == email)
         with models.db.atomic():
-            inbox = models.create_inbox(user, local_part, None, settings.get()["server"]["default_domain"])
+            inbox = accounts.create_inbox(user, local_part, None, settings.get()["server"]["default_domain"])
         msg = EmailMessage()
         msg["From"] = inbox.address
         msg["To"] = to

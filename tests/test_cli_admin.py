@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import models
+from core import accounts
 
 CLI = [sys.executable, "-m", "cli"]
 
@@ -53,7 +54,7 @@ def test_cli_users_tokens_inboxes_bootstrap(subprocess_env):
     revoked = run(["tokens", "revoke", "ops@example.com", str(rows[0]["id"])], env)
     assert revoked.returncode == 0
     with models.db.connection_context():
-        assert models.lookup_token(full) is None
+        assert accounts.lookup_token(full) is None
 
 
 def test_cli_errors_are_one_line(subprocess_env):

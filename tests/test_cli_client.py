@@ -8,6 +8,7 @@ import json
 import stat
 
 import models
+from core import accounts
 from core import blobs
 from tests.fixtures_api import send_body
 from tests.helpers import make_account
@@ -200,7 +201,7 @@ def test_cli_send_wait_exits_4_when_the_relay_fails(run_cli, api_server, account
     with models.db.connection_context(), models.db.atomic():
         domain = models.Domain.create(user=account.user, name="unverified-at-ses.example", verification_token="t",
                                       status="verified")
-        models.create_inbox(account.user, "bot", domain)
+        accounts.create_inbox(account.user, "bot", domain)
     start_worker()
     env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": api_server}
     result = run_cli("send", "--from", "bot@unverified-at-ses.example", "--to", "bob@example.com", "--text", "hi",

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import models
+from core import accounts
 
 BIDI_CONTROLS = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
                  "\u200e", "\u200f", "\u061c"]
@@ -64,7 +65,7 @@ def test_display_name_accepted_alike_by_dashboard_and_api(web, api, name, stored
 
 
 def test_display_name_refused_by_cli(subprocess_env, account, subtests):
-    """The admin CLI reaches the same rule through models.create_inbox."""
+    """The admin CLI reaches the same rule through accounts.create_inbox."""
     for name, reason in [REFUSED[0], REFUSED[2], REFUSED[-8]]:  # encoded-word, CRLF, U+202E
         with subtests.test(name=name):
             done = subprocess.run([sys.executable, "-m", "cli", "inboxes", "create", "bot@inboxlayer.dev", "--owner",

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import models
+from core import accounts
 from core import domains
 from smtpd_worker import periodic
 from core import outbox
@@ -142,7 +143,7 @@ def test_check_domain_verified_losing_txt_keeps_sending_within_grace(config, acc
 def test_check_domain_verified_failing_past_grace_is_failed_and_stops_sending(config, account, dns_server):
     domain = add_verified(account.user, dns_server)
     with models.db.connection_context(), models.db.atomic():
-        inbox = models.create_inbox(account.user, "bot", domain)
+        inbox = accounts.create_inbox(account.user, "bot", domain)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
     domains.check_domain(domain.id)
     set_fields(domain.id, failing_since=models.utcnow() - datetime.timedelta(seconds=config["dns"]["recheck_grace"]))

@@ -1,40 +1,40 @@
 import threading
 
 import pytest
-from peewee import IntegrityError
 
 import models
+from core import accounts
 from tests.helpers import make_account
 
 
 def test_token_created_shown_once_and_looked_up_by_hash(account):
     with models.db.connection_context():
         row = models.ApiToken.get_by_id(account.token_row.id)
-        assert row.token_hash == models.hash_token(account.token)
+        assert row.token_hash == accounts.hash_token(account.token)
         assert account.token not in (row.token_hash, row.prefix)
-        assert account.token.startswith(row.prefix) and len(row.prefix) == models.TOKEN_PREFIX_SHOWN
+        assert account.token.startswith(row.prefix) and len(row.prefix) == accounts.TOKEN_PREFIX_SHOWN
         assert row.last_used_at is None
-        found = models.lookup_token(account.token)
+        found = accounts.lookup_token(account.token)
         assert found.id == row.id and found.user.id == account.user.id
         assert models.ApiToken.get_by_id(row.id).last_used_at is not None
-        assert models.lookup_token(account.token[:-1] + ("A" if account.token[-1] != "A" else "B")) is None
-        assert models.lookup_token("") is None
-        assert models.lookup_token("not-a-token") is None
+        assert accounts.lookup_token(account.token[:-1] + ("A" if account.token[-1] != "A" else "B")) is None
+        assert accounts.lookup_token("") is None
+        assert accounts.lookup_token("not-a-token") is None
 
 
 def test_token_revoked_is_refused_on_next_lookup(account):
     with models.db.connection_context():
-        assert models.lookup_token(account.token) is not None
-        assert models.revoke_token(account.user, account.token_row.id) is True
-        assert models.lookup_token(account.token) is None
-        assert models.revoke_token(account.user, account.token_row.id) is False
+        assert accounts.lookup_token(account.token) is not None
+        assert accounts.revoke_token(account.user, account.token_row.id) is True
+        assert accounts.lookup_token(account.token) is None
+        assert accounts.revoke_token(account.user, account.token_row.id) is False
 
 
 def test_token_revoke_other_users_token_refused(account):
     other = make_account(email="other@example.com", local_part="other")
     with models.db.connection_context():
-        assert models.revoke_token(other.user, account.token_row.id) is False
-        assert models.lookup_token(account.token) is not None
+        assert accounts.revoke_token(other.user, account.token_row.id) is False
+        assert accounts.lookup_token(account.token) is not None
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -63,17 +63,17 @@ def test_sender_key_drops_tag_and_case(raw, expected):
 
 def test_inbox_address_unique_case_insensitive(account, config):
     with models.db.connection_context():
-        with pytest.raises(IntegrityError), models.db.atomic():
-            models.create_inbox(account.user, "AGENT", None, config["server"]["default_domain"])
+        with pytest.raises(accounts.InboxExists):
+            accounts.create_inbox(account.user, "AGENT", None, config["server"]["default_domain"])
         for bad in ["", "a b", "-x", "x.", "a..b", "é", "x" * 65]:
             with pytest.raises(models.AddressError):
-                models.create_inbox(account.user, bad, None, config["server"]["default_domain"])
+                accounts.create_inbox(account.user, bad, None, config["server"]["default_domain"])
 
 
 def test_custom_domain_inbox_cannot_send_until_verified(account):
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="example.org", verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+        inbox = accounts.create_inbox(account.user, "bot", domain)
         assert inbox.address == "bot@example.org"
         assert models.inbox_can_send(inbox) == (False, "Domain example.org is not verified")
         models.Domain.update(status="verified").where(models.Domain.id == domain.id).execute()

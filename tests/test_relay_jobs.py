@@ -4,6 +4,7 @@ import io
 import threading
 
 import models
+from core import accounts
 import settings
 from smtpd_worker import jobs
 from smtpd_worker import periodic
@@ -84,7 +85,7 @@ def test_relay_outbound_rejected_sender_fails_without_retry(relay_config, accoun
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="unverified.example", status="verified",
                                       verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+        inbox = accounts.create_inbox(account.user, "bot", domain)
     row = core_submit.submit(account.user, inbox, inbox.address, ["rcpt@example.com"],
                             io.BytesIO(make_message(inbox.address)), via="api")
 
@@ -281,7 +282,7 @@ def _sender_inbox(account, domain_name, verified_at_ses):
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name=domain_name, status="verified",
                                       verification_token="t")
-        inbox = models.create_inbox(account.user, "bot", domain)
+        inbox = accounts.create_inbox(account.user, "bot", domain)
     if verified_at_ses:
         _ses_admin().create_email_identity(EmailIdentity=domain_name)
     return inbox

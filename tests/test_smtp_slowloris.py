@@ -14,6 +14,7 @@ import time
 import pytest
 
 import models
+from core import accounts
 from smtpd_worker.server import client_key
 from tests import smtp_codes as codes
 from tests.fixtures_smtp import RawClient
@@ -224,7 +225,7 @@ def test_data_at_full_speed_accepted_under_minimum_rate(deadline_smtp):
 
 def add_inbox(account, local_part):
     with models.db.connection_context(), models.db.atomic():
-        return models.create_inbox(account.user, local_part, None, "inboxlayer.dev").address
+        return accounts.create_inbox(account.user, local_part, None, "inboxlayer.dev").address
 
 
 def test_data_uploads_per_account_capped_with_451(start_smtp_server, account):
@@ -255,7 +256,7 @@ def test_token_revoked_during_data_gets_no_250(start_smtp_server, account):
     data = message(account.address)
     client.send(data[:20])
     with models.db.connection_context():
-        assert models.revoke_token(account.user, account.token_row.id)
+        assert accounts.revoke_token(account.user, account.token_row.id)
     client.send(data[20:] + b".\r\n")
     assert client.reply() == codes.CREDENTIALS_REVOKED
     with models.db.connection_context():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import models
+from core import accounts
 from core import outbox
 from tests import smtp_codes as codes
 from tests.fixtures_smtp import RawClient
@@ -136,14 +137,14 @@ def test_auth_wrong_token_refused(smtp_client, account):
 def test_auth_revoked_token_refused(smtp_client, account):
     assert login_reply(smtp_client, account.address, account.token) == "235"
     with models.db.connection_context():
-        assert models.revoke_token(account.user, account.token_row.id)
+        assert accounts.revoke_token(account.user, account.token_row.id)
     assert login_reply(smtp_client, account.address, account.token) == codes.AUTH_FAILED
 
 
 def test_revoked_token_stops_an_open_session_at_next_mail(smtp_client, account):
     client = smtp_client(account.address, account.token)
     with models.db.connection_context():
-        models.revoke_token(account.user, account.token_row.id)
+        accounts.revoke_token(account.user, account.token_row.id)
     assert client.mail(account.address) == (530, codes.AUTH_REQUIRED[4:].encode())
 
 
@@ -200,7 +201,7 @@ def custom_domain_inbox(account, status):
     """bot@example.com on a custom domain of ``account`` in ``status``."""
     with models.db.connection_context():
         domain = models.Domain.create(user=account.user, name="example.com", status=status, verification_token="t")
-        return domain, models.create_inbox(account.user, "bot", domain)
+        return domain, accounts.create_inbox(account.user, "bot", domain)
 
 
 def test_custom_domain_not_verified_refused_at_mail(smtp_client, account):

@@ -7,6 +7,7 @@ from email.message import EmailMessage
 import pytest
 
 import models
+from core import accounts
 from core import errors
 from core import submit as core_submit
 
@@ -46,7 +47,7 @@ def test_api_key_create_shows_full_token_once(web):
     assert response.headers["Cache-Control"] == "no-store"
     assert 'data-copy="new-token-value"' in page
     with models.db.connection_context():
-        row = models.lookup_token(token)
+        row = accounts.lookup_token(token)
         assert row.name == "support agent" and row.user.email == web.email
     listing = web.get("/account/keys/").get_data(as_text=True)
     assert token not in listing
@@ -56,7 +57,7 @@ def test_api_key_create_shows_full_token_once(web):
 def test_api_key_list_shows_last_used(web):
     token = web.create_token("used")
     with models.db.connection_context():
-        models.lookup_token(token)
+        accounts.lookup_token(token)
     listing = web.get("/account/keys/").get_data(as_text=True)
     row_html = listing.split("data-token-id")[1]
     assert "UTC" in re.split(r"<td[^>]*>", row_html.split("</tr>")[0])[4]  # the "Last used" column has a time
@@ -65,11 +66,11 @@ def test_api_key_list_shows_last_used(web):
 def test_api_key_revoke_takes_effect_immediately(web):
     token = web.create_token("doomed")
     with models.db.connection_context():
-        token_id = models.lookup_token(token).id
+        token_id = accounts.lookup_token(token).id
     response = web.post(f"/account/keys/{token_id}/revoke")
     assert response.status_code == 302
     with models.db.connection_context():
-        assert models.lookup_token(token) is None
+        assert accounts.lookup_token(token) is None
     listing = web.get("/account/keys/").get_data(as_text=True)
     assert "revoked" in listing
     assert f"/account/keys/{token_id}/revoke" not in listing

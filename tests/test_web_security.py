@@ -2,6 +2,7 @@
 import pytest
 
 import models
+from core import accounts
 from tests.test_web_pages import submit
 
 
@@ -13,7 +14,7 @@ def victim(web, dns_server):
     inbox_id = web.create_inbox("victim")
     outbound = submit(web, inbox_id, html="<p>secret</p>")
     with models.db.connection_context():
-        token_id = models.lookup_token(token).id
+        token_id = accounts.lookup_token(token).id
     return {"token_id": token_id, "domain_id": domain_id, "inbox_id": inbox_id,
             "message_id": outbound.message_id, "public_id": outbound.public_id}
 

@@ -9,6 +9,7 @@ from flask_login import current_user
 from flask_login import login_required
 
 import models
+from core import accounts
 from webapp.forms import MAX_ID
 from webapp.forms import TokenForm
 
@@ -40,8 +41,7 @@ def create():
     form = TokenForm()
     if not form.validate_on_submit():
         return _render(form, status=422)
-    with models.db.atomic():
-        row, token = models.create_token(current_user.user, form.name.data)
+    row, token = accounts.create_token(current_user.user, form.name.data)
     # Rendered directly, never flashed: the session cookie is signed, not encrypted.
     return _render(TokenForm(formdata=None), new_token={"row": row, "token": token}, status=201)
 
@@ -52,8 +52,7 @@ def revoke(token_id):
     token = models.ApiToken.get_or_none(models.ApiToken.id == token_id, models.ApiToken.user == current_user.user)
     if token is None:
         abort(404)
-    with models.db.atomic():
-        revoked = models.revoke_token(current_user.user, token.id)
+    revoked = accounts.revoke_token(current_user.user, token.id)
     if revoked:
         flash(f"Key “{token.name}” ({token.prefix}…) is revoked. SMTP and API requests using it now fail.", "success")
     else:

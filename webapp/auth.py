@@ -18,12 +18,12 @@ from flask_login import current_user
 from flask_login import login_required
 from flask_login import login_user
 from flask_login import logout_user
-from peewee import IntegrityError
 import redis
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
 import models
+from core import accounts
 from core import limits
 from core import outbox
 from webapp.forms import ChangePasswordForm
@@ -118,11 +118,8 @@ def signup():
             form.form_errors.append(refusal[0])
             return render_template("auth/signup.html", form=form), refusal[1]
         try:
-            with models.db.atomic():
-                user = models.User.create(email=form.email.data,
-                                          password_hash=generate_password_hash(form.password.data),
-                                          plan=_settings()["server"]["default_plan"])
-        except IntegrityError:
+            user = accounts.create_user(form.email.data, form.password.data, _settings()["server"]["default_plan"])
+        except accounts.AccountExists:
             form.email.errors.append("An account with this address already exists. Log in instead.")
         else:
             _count_signup()

@@ -1,6 +1,4 @@
 """Inboxes: create on the default domain or a custom one, list, show SMTP settings, delete."""
-import logging
-
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -11,21 +9,17 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 from peewee import JOIN
-from peewee import IntegrityError
 
 import models
 import settings
 from webapp.forms import MAX_ID
-from core import blobs
-from core import outbound
+from core import accounts
 from core import quota
 from webapp.forms import InboxForm
 
 bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
-log = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN_CHOICE = 0  # the select's value for the default domain (domain ids start at 1)
-IN_FLIGHT = outbound.ACTIVE  # statuses whose relay job may still read the message file
 
 
 def owned_inbox(inbox_id):
@@ -81,17 +75,16 @@ def create():
             form.domain.errors.append("Choose one of your domains.")
             return _render_index(form, 422)
     try:
-        with models.db.atomic():
-            inbox = models.create_inbox(current_user.user, form.local_part.data, domain,
-                                        _settings()["server"]["default_domain"], form.display_name.data,
-                                        max_inboxes=_max_inboxes())
-    except models.InboxLimitReached as exc:
+        inbox = accounts.create_inbox(current_user.user, form.local_part.data, domain,
+                                      _settings()["server"]["default_domain"], form.display_name.data,
+                                      max_inboxes=_max_inboxes())
+    except accounts.InboxLimitReached as exc:
         form.form_errors.append(str(exc).capitalize() + ".")
         return _render_index(form, 403)
     except models.AddressError as exc:
         form.local_part.errors.append(str(exc).capitalize() + ".")
         return _render_index(form, 422)
-    except IntegrityError:
+    except accounts.InboxExists:
         form.local_part.errors.append("That address is already taken. Choose another name.")
         return _render_index(form, 422)
     flash(f"Inbox {inbox.address} created.", "success")
@@ -117,27 +110,13 @@ def show(inbox_id):
 @login_required
 def delete(inbox_id):
     inbox = owned_inbox(inbox_id)
-    in_flight = models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox,
-                                                    models.OutboundEmail.status.in_(IN_FLIGHT)).count()
-    if in_flight:
-        # Deleting now would pull the message file from under the relay worker.
+    try:
+        accounts.delete_inbox(inbox)
+    except accounts.InboxBusy as exc:
+        in_flight = exc.in_flight
         flash(f"{in_flight} message{'s' if in_flight != 1 else ''} from {inbox.address} "
               f"{'are' if in_flight != 1 else 'is'} still being sent. Try again once "
               f"{'they are' if in_flight != 1 else 'it is'} sent.", "error")
         return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
-    blob_keys = [m.blob_key for m in models.Message.select(models.Message.blob_key)
-                 .where(models.Message.inbox == inbox)]
-    with models.db.atomic():
-        # Children first, explicitly: we do not rely on each backend enforcing ON DELETE CASCADE.
-        outbound_ids = models.OutboundEmail.select(models.OutboundEmail.id).where(models.OutboundEmail.inbox == inbox)
-        models.OutboundEvent.delete().where(models.OutboundEvent.outbound.in_(outbound_ids)).execute()
-        models.OutboundEmail.delete().where(models.OutboundEmail.inbox == inbox).execute()
-        models.Message.delete().where(models.Message.inbox == inbox).execute()
-        inbox.delete_instance()
-    for key in blob_keys:  # after the commit: a failed blob delete leaves an orphan file, never a dangling row
-        try:
-            blobs.store().delete(key)
-        except blobs.BlobError as exc:
-            log.warning("could not delete blob %s of deleted inbox: %s", key, exc)
     flash(f"Inbox {inbox.address} deleted, with its Sent folder and outbound history.", "success")
     return redirect(url_for("dashboard.inboxes.index"))

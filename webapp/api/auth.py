@@ -3,6 +3,7 @@ from flask import g
 from flask import request
 
 import models
+from core import accounts
 from webapp.api.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="inboxlayer"'}
@@ -19,7 +20,7 @@ def authenticate():
         raise ApiError(401, "unauthorized", "Missing Authorization: Bearer <token> header", CHALLENGE)
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "Authorization must be 'Bearer <token>'", CHALLENGE)
-    row = models.lookup_token(token.strip())
+    row = accounts.lookup_token(token.strip())
     if row is None:
         raise ApiError(401, "unauthorized", "Invalid or revoked API token", CHALLENGE)
     g.token = row

@@ -2,10 +2,10 @@
 from flask import current_app
 from flask import g
 from flask import jsonify
-from peewee import IntegrityError
 
 import models
 import settings
+from core import accounts
 from core import quota
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -42,18 +42,16 @@ def create_inbox():
             if domain is None:
                 raise Invalid("domain", f"{domain_name} is neither {default_domain} nor a domain of this account")
     try:
-        with models.db.atomic():
-            inbox = models.create_inbox(g.user, name, domain, default_domain, display_name,
-                                        max_inboxes=settings.plan_limits(config, g.user.plan)["max_inboxes"])
-    except models.InboxLimitReached as exc:
+        inbox = accounts.create_inbox(g.user, name, domain, default_domain, display_name,
+                                      max_inboxes=settings.plan_limits(config, g.user.plan)["max_inboxes"])
+    except accounts.InboxLimitReached as exc:
         raise ApiError(403, "inbox_limit_reached", str(exc)[0].upper() + str(exc)[1:]) from None
-    except models.ReservedAddress as exc:
+    except accounts.ReservedAddress as exc:
         raise Invalid("name", str(exc), code="reserved_address") from None
     except models.AddressError as exc:
         raise Invalid("name", str(exc)) from None
-    except IntegrityError:
-        raise ApiError(409, "inbox_exists", f"The address {name.strip().lower()}@"
-                                            f"{domain.name if domain else default_domain} is already taken") from None
+    except accounts.InboxExists as exc:
+        raise ApiError(409, "inbox_exists", f"The address {exc.address} is already taken") from None
     response = jsonify(inbox_json(inbox))
     response.status_code = 201
     response.headers["Location"] = f"/v1/inboxes/{inbox.address}"

@@ -14,7 +14,6 @@ from webapp.api.outbound import iso
 from webapp.api.pagination import paginate
 
 FOLDERS = ("sent", "inbox")
-MAX_BODY_CHARS = 1_000_000  # characters of text/html returned inline; the .eml has everything
 
 
 def message_json(row):
@@ -52,25 +51,9 @@ def get_message(address, message_id):
     with blobs.store().open(row.blob_key) as f:
         parsed = mailview.parse(f)
     data = message_json(row)
-    data.update(_content(parsed))
+    data.update(mailview.content(parsed))
     data["raw_url"] = f"/v1/inboxes/{row.inbox.address}/messages/{row.id}.eml"
     return jsonify(data)
-
-
-def _content(parsed):
-    """Headers, the text and html bodies and the attachment list of a message parsed by
-    mailview.parse (bounded work: see mailview)."""
-    headers = [{"name": name, "value": value} for name, value in mailview.all_headers(parsed)]
-    bodies = {}
-    for kind in ("plain", "html"):
-        part = parsed.get_body(preferencelist=(kind,))
-        try:
-            bodies[kind] = part.get_content()[:MAX_BODY_CHARS] if part is not None else None
-        except (LookupError, ValueError, AssertionError):  # unknown charset or broken encoding
-            bodies[kind] = None
-    attachments = [{"filename": filename, "content_type": content_type, "size": size}
-                   for _, filename, content_type, size in mailview.attachment_parts(parsed)]
-    return {"headers": headers, "text": bodies["plain"], "html": bodies["html"], "attachments": attachments}
 
 
 def raw_message(address, message_id):

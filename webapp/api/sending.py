@@ -58,7 +58,7 @@ def _send(inbox):
     parsed = send_request(body, config["smtp"]["max_recipients"])
     del body  # the decoded attachments are in ``parsed``; do not hold both
     if key is not None:
-        earlier = _earlier_send(key, request_hash)
+        earlier = submit.earlier_send(g.user, key, request_hash)
         if earlier is not None:
             return _accepted(earlier, replayed=True)
     recipients = parsed.envelope_recipients()
@@ -131,15 +131,6 @@ def _idempotency_key():
         raise ApiError(400, "invalid_idempotency_key",
                        f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return key
-
-
-def _earlier_send(key, request_hash):
-    """The send this key already made (replay), a 409 if it was for another request, else None."""
-    earlier = models.OutboundEmail.get_or_none(models.OutboundEmail.user == g.user,
-                                               models.OutboundEmail.idempotency_key == key)
-    if earlier is not None and earlier.request_hash != request_hash:
-        raise errors.IdempotencyConflict("This Idempotency-Key was used with a different request")
-    return earlier
 
 
 def _accepted(outbound, replayed):
