@@ -103,7 +103,8 @@ def main():
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.code)
     except typer.TyperException as exc:  # typer's (bundled click's) usage errors: usage + reason, exit 2
-        exc.show()
+        if exc.format_message():  # empty after a bare `inboxlayer`: rich already printed the help
+            exc.show()
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")

@@ -2,7 +2,6 @@
 load no server stack, `inboxlayer --help` imports no sub-command, and the lazily listed help is
 each command's own. Real `inboxlayer` child processes (the installed console script), which list
 the modules they loaded as they exit. Nothing is mocked."""
-import importlib
 import inspect
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 import cli
 
@@ -100,12 +100,11 @@ def test_cli_lazy_listing_matches_the_command_help(name):
     assert real.name == name
 
 
-def test_cli_lazy_command_imports_its_module_only_when_used():
-    group = importlib.import_module("typer.main").get_command(cli.app)
-    stub = group.get_command(None, "db")
+def test_cli_lazy_command_builds_the_real_command_on_first_use():
+    stub = typer.main.get_command(cli.app).get_command(None, "db")
     assert isinstance(stub, cli.LazyCommand)
     assert "command" not in vars(stub)  # listed, not yet built
-    assert stub.command.name == "db" and sorted(stub.command.commands) == ["init", "status"]
+    assert (stub.command.name, sorted(stub.command.commands)) == ("db", ["init", "status"])
 
 
 @pytest.mark.parametrize("args, reason", [
@@ -125,3 +124,12 @@ def test_cli_usage_error_exits_2_with_usage_and_reason(args, reason):
     assert lines[0].startswith("Usage: inboxlayer ")
     assert lines[-1] == reason
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, usage", [([], "Usage: inboxlayer [OPTIONS] COMMAND [ARGS]..."),
+                                         (["db"], "Usage: inboxlayer db [OPTIONS] COMMAND [ARGS]...")])
+def test_cli_bare_group_prints_its_help_and_exits_2(args, usage):
+    result = subprocess.run([INBOXLAYER, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (2, "")
+    assert result.stdout.lstrip().startswith(usage)
