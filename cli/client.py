@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import CliError
+from cli.output import CliError
 
 CREDENTIALS_FILE = "credentials.json"
 DEFAULT_API_URL = "http://127.0.0.1:8000"

@@ -1,31 +1,23 @@
-"""What every CLI command shares: settings start-up, output, and one-line errors."""
-import contextlib
-import json
-import sys
+"""What the admin commands share: settings start-up and one database connection per command.
 
-import typer
+Importing this opens the server stack (models, runtime: peewee, redis); client commands import
+cli/output.py instead. The output helpers are re-exported here for the admin modules.
+"""
+import contextlib
+
 from peewee import InterfaceError
 from peewee import OperationalError
-from rich.console import Console
 
 import models
 import runtime
 import settings
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit code ``code``."""
-
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message, code=1):
-    raise CliError(message, code)
+from cli.output import CliError
+from cli.output import JsonOption  # noqa: F401 (re-exported)
+from cli.output import console  # noqa: F401 (re-exported)
+from cli.output import err_console  # noqa: F401 (re-exported)
+from cli.output import fail
+from cli.output import iso  # noqa: F401 (re-exported)
+from cli.output import print_json  # noqa: F401 (re-exported)
 
 
 def load_settings():
@@ -47,19 +39,8 @@ def database():
         raise CliError(f"database unavailable: {exc}".strip()) from None
 
 
-def print_json(data):
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def iso(value):
-    return value.isoformat(timespec="seconds") + "Z" if value else None
-
-
 def user_by_email(email):
     user = models.User.get_or_none(models.User.email == email.strip().lower())
     if user is None:
         fail(f"no user {email!r}")
     return user
-
-
-JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")

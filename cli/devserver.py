@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from cli.common import console
-from cli.common import fail
+from cli.output import console
+from cli.output import fail
 
 
 def free_port():

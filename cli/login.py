@@ -8,8 +8,8 @@ from cli.client import check_url
 from cli.client import credentials_path
 from cli.client import load_credentials
 from cli.client import save_credentials
-from cli.common import CliError
-from cli.common import console
+from cli.output import CliError
+from cli.output import console
 
 
 def login(api_url: str = typer.Option(None, "--api-url", help=f"API base URL [default: {DEFAULT_API_URL}]."),

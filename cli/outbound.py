@@ -14,11 +14,11 @@ from cli.client import ApiClient
 from cli.client import ApiUrlOption
 from cli.client import TokenOption
 from cli.client import resolve
-from cli.common import CliError
-from cli.common import JsonOption
-from cli.common import console
-from cli.common import err_console
-from cli.common import print_json
+from cli.output import CliError
+from cli.output import JsonOption
+from cli.output import console
+from cli.output import err_console
+from cli.output import print_json
 # The lifecycle's own lists (stdlib-only module: no peewee or Flask comes with it).
 from core.outbound_vocabulary import ACTIVE
 from core.outbound_vocabulary import DELIVERED

@@ -27,14 +27,14 @@ from cli.client import ApiClient
 from cli.client import ApiUrlOption
 from cli.client import TokenOption
 from cli.client import resolve
-from cli.common import CliError
-from cli.common import JsonOption
-from cli.common import err_console
-from cli.common import print_json
 from cli.outbound import FINAL
 from cli.outbound import check_outcome
 from cli.outbound import fetch
 from cli.outbound import wait_for
+from cli.output import CliError
+from cli.output import JsonOption
+from cli.output import err_console
+from cli.output import print_json
 from core import ids
 
 PROGRESS_THRESHOLD = 1024 * 1024  # bytes of request body above which an upload shows a progress bar
@@ -311,7 +311,7 @@ def _text(reply):
 def _build_mime(sender, body, attachments):
     """The same MIME the API would build, from the same validation (so both paths agree)."""
     # Imported on use, not for a cycle: only --via smtp needs it, and email_validator plus the
-    # email package cost ~60 ms that every other command (and `inboxlayer --help`) would pay.
+    # email package cost ~60-80 ms that `send` through the API and `send --help` would pay.
     from core import mail
 
     try:

@@ -1,24 +1,19 @@
-"""Server commands: `web`, `smtpd`, `worker` (one process each, as in the Procfile) and `dev`."""
+"""Server commands: `web`, `smtpd`, `worker` (one process each, as in the Procfile), `dev` and `health`."""
 import os
 import sys
 
 import typer
 
-from cli.common import console
+import runtime
+from cli import devserver
 from cli.common import load_settings
-
-
-def register(app):
-    app.command(help="Serve the dashboard and REST API (gunicorn, gevent worker).")(web)
-    app.command(help="Serve SMTP submission on the STARTTLS and implicit-TLS ports.")(smtpd)
-    app.command(help="Run a relay worker (RQ) with the periodic reconciler.")(worker)
-    app.command(help="Everything on one machine: web, SMTP, worker and the SES stand-in.")(dev)
-    app.command(help="Check that the database, Redis and SES answer (exit 1 if not).")(health)
+from cli.output import console
 
 
 def web(host: str = typer.Option(None, help="Bind address (default web.host)."),
         port: int = typer.Option(None, help="Port (default web.port / $PORT)."),
         workers: int = typer.Option(int(os.environ.get("WEB_CONCURRENCY", "2")), help="gunicorn workers.")):
+    """Serve the dashboard and REST API (gunicorn, gevent worker)."""
     config = load_settings()
     bind = f"{host or config['web']['host']}:{port or config['web']['port']}"
     argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gevent", "--workers", str(workers),
@@ -27,23 +22,25 @@ def web(host: str = typer.Option(None, help="Bind address (default web.host)."),
 
 
 def smtpd():
+    """Serve SMTP submission on the STARTTLS and implicit-TLS ports."""
     load_settings()  # a settings mistake is reported here, as one line, before the exec
     # A fresh interpreter: gevent must patch ssl/socket before anything imports them.
     os.execv(sys.executable, [sys.executable, "-m", "smtpd_worker"])
 
 
-# Each command imports its process's stack when it runs (not for a cycle): `inboxlayer --help` and
-# the client commands must not load the SMTP server, the relay worker or the database.
+# The commands below import their stack when they run (not for a cycle): `web` and `smtpd` exec a
+# fresh interpreter, so this module must not load the relay worker or the SES client first.
 
 
 def worker(burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
+    """Run a relay worker (RQ) with the periodic reconciler."""
     from smtpd_worker import worker as relay_worker
 
     relay_worker.main(load_settings(), burst=burst)
 
 
 def health():
-    import runtime
+    """Check that the database, Redis and SES answer (exit 1 if not)."""
     from core import health as checks
 
     config = load_settings()
@@ -55,6 +52,5 @@ def health():
 
 
 def dev():
-    from cli import devserver
-
+    """Everything on one machine: web, SMTP, worker and the SES stand-in."""
     devserver.run(load_settings())
