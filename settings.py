@@ -3,6 +3,10 @@
 The defaults in config.toml are also the schema: a key that is not there is unknown, and an
 override must have the type of its default. Mistakes stop start-up with one line naming the key
 and where it came from (see ``SettingsError``).
+
+``load_config`` returns a plain nested dict (what ``create_app`` and ``runtime.configure`` take);
+code reads its typed, read-only view: ``settings.current()`` for the process's settings
+(``current().relay.lease``, ``current().plan(user.plan)``), ``settings.view(config)`` for a given dict.
 """
 import dataclasses
 import json
