@@ -16,9 +16,12 @@ from core import outbox
 
 
 def configure(config=None):
+    """Install ``config`` (a settings dict; default: config.toml + environment) and connect to what
+    it names. Returns the dict; ``settings.current()`` is its typed view."""
     config = settings.use(config or settings.get())
     private_state(config)
-    models.init_database(config["database"]["url"], config["database"]["max_connections"])
+    database = settings.view(config).database
+    models.init_database(database.url, database.max_connections)
     outbox.configure(config)
     blobs.configure(config)
     return config
@@ -28,9 +31,10 @@ def private_state(config):
     """Local state is its owner's alone: a new data_dir is created 0700 and the SQLite database 0600
     (SQLite gives its -wal and -shm files the database's mode). An existing SQLite file we own that
     others can read is tightened; an existing data_dir is left as the operator made it."""
-    data_dir = Path(config["server"]["data_dir"])
+    typed = settings.view(config)
+    data_dir = Path(typed.server.data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    url = config["database"]["url"]
+    url = typed.database.url
     if not url.startswith("sqlite:///") or url.endswith(":memory:"):
         return
     path = Path(url[len("sqlite:///"):])
@@ -62,13 +66,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(config):
+    server = settings.view(config).server
     handler = logging.StreamHandler(sys.stderr)
-    if config["server"]["log_format"] == "json":
+    if server.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(config["server"]["log_level"].upper())
+    root.setLevel(server.log_level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -3,11 +3,19 @@
 The defaults in config.toml are also the schema: a key that is not there is unknown, and an
 override must have the type of its default. Mistakes stop start-up with one line naming the key
 and where it came from (see ``SettingsError``).
+
+``load_config`` returns a plain nested dict (what ``create_app`` and ``runtime.configure`` take);
+code reads its typed, read-only view: ``settings.current()`` for the process's settings
+(``current().relay.lease``, ``current().plan(user.plan)``), ``settings.view(config)`` for a given dict.
 """
+import dataclasses
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 ENV_PREFIX = "INBOXLAYER_"
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.toml")
@@ -39,7 +47,7 @@ def load_config(path=None, environ=None):
             for part in section_path:
                 target = target[part]
             target[key] = _coerce(raw, target[key], name)
-    return derive(config)
+    return _watch(derive(config))
 
 
 def derive(config):
@@ -170,21 +178,295 @@ def _check_type(value, default, source):
     return value
 
 
+# -- Typed views ------------------------------------------------------------------------------------
+# The dict above stays the source: load_config returns it, create_app and runtime.configure take it,
+# tests hand in their own. Code reads the typed view of it: frozen dataclasses, one per section,
+# built once from the dict (``current()`` for the process's settings, ``view(config)`` for any
+# dict). Their tables are ``_Table`` dicts that mark the views stale when changed, so a test that
+# edits its config after start-up is seen; a serving process builds its view once.
+
+
+class Section:
+    """Base of the section views. ``section["key"]`` works too, so helpers that take a settings
+    table (``core.ses.policy``, ``core.health``) take a section view as well."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]):
+        """The view of ``table``. Keys without a field are left out (tests/test_settings.py checks
+        that every key of config.toml has one)."""
+        values = {name: table[name] for name in cls.__dataclass_fields__ if name in table}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Server(Section):
+    hostname: str
+    default_domain: str
+    data_dir: str
+    log_format: str
+    log_level: str
+    default_plan: str
+    environment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Database(Section):
+    url: str
+    max_connections: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Redis(Section):
+    url: str
+    prefix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Web(Section):
+    host: str
+    port: int
+    secret_key: str
+    public_url: str
+    login_max_failures: int
+    signups_per_hour: int
+    trusted_proxies: int
+    ops_token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Smtp(Section):
+    host: str
+    public_host: str
+    starttls_port: int
+    tls_port: int
+    cert_file: str
+    key_file: str
+    max_message_size: int  # bytes
+    max_recipients: int
+    max_line_length: int  # octets
+    max_data_line_length: int  # octets
+    idle_timeout: int  # seconds
+    max_auth_failures: int
+    auth_failure_window: int  # seconds
+    max_commands: int
+    max_bad_commands: int
+    max_connections: int
+    max_connections_per_ip: int
+    pre_auth_deadline: int  # seconds
+    command_deadline: int  # seconds
+    data_min_rate: int  # bytes per second
+    max_data_per_account: int
+    shutdown_grace: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Ses(Section):
+    region: str
+    endpoint_url: str
+    configuration_set: str
+    sns_cert_hosts: tuple[str, ...]
+    sns_topic_arns: tuple[str, ...]
+    max_attempts_per_call: int
+    connect_timeout: int  # seconds
+    read_timeout: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Blobs(Section):
+    backend: str
+    path: str
+    bucket: str
+    s3_endpoint_url: str
+    orphan_after: int  # seconds
+    sweep_interval: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Relay(Section):
+    max_attempts: int
+    backoff_base: int  # seconds
+    backoff_max: int  # seconds
+    reconcile_after: int  # seconds
+    reconcile_interval: int  # seconds
+    job_timeout: int  # seconds
+    lease: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Dns(Section):
+    resolver: str
+    check_interval: int  # seconds
+    recheck_interval: int  # seconds
+    recheck_grace: int  # seconds
+    pending_expiry: int  # seconds
+    timeout: float  # seconds
+    check_concurrency: int
+    check_budget: int  # seconds
+    reserved_domains: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics(Section):
+    host: str
+    smtp_port: int
+    worker_port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Dev(Section):
+    redis_port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan(Section):
+    daily_send_limit: int  # recipients per UTC day
+    send_rate_per_second: int
+    send_burst: int
+    max_inboxes: int  # 0 = no limit
+    max_domains: int
+
+
+SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "ses": Ses,
+            "blobs": Blobs, "relay": Relay, "dns": Dns, "metrics": Metrics, "dev": Dev}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The typed, read-only view of one settings dict."""
+    server: Server
+    database: Database
+    redis: Redis
+    web: Web
+    smtp: Smtp
+    ses: Ses
+    blobs: Blobs
+    relay: Relay
+    dns: Dns
+    metrics: Metrics
+    dev: Dev
+    plans: Mapping[str, Plan]
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "Settings":
+        sections = {name: section.from_dict(config[name]) for name, section in SECTIONS.items()}
+        plans = MappingProxyType({name: Plan.from_dict(table) for name, table in config["plans"].items()})
+        return cls(**sections, plans=plans)
+
+    def plan(self, name: str | None) -> Plan:
+        """The limits of plan ``name``; an unknown or empty plan gets ``server.default_plan``'s."""
+        return self.plans.get(name) or self.plans[self.server.default_plan]
+
+
+_generation = 0  # bumped by every change to a _Table: views built before it are stale
+
+
+class _Table(dict):
+    """A settings table (a plain dict to its readers) that marks the typed views stale when changed."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, _as_table(value))
+        _changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        _changed()
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            super().__setitem__(key, _as_table(value))
+        _changed()
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, *args):
+        _changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        _changed()
+        return super().popitem()
+
+    def clear(self):
+        _changed()
+        super().clear()
+
+
+def _changed():
+    global _generation
+    _generation += 1
+
+
+def _watch(value):
+    """Make every table nested in ``value`` a _Table, in place; return ``value``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict):
+                dict.__setitem__(value, key, _as_table(item))
+    return value
+
+
+def _as_table(value):
+    if isinstance(value, dict) and not isinstance(value, _Table):
+        value = _Table(value)
+    return _watch(value)
+
+
+_views = []  # [(config, (generation, ids of its tables), Settings)], newest first
+MAX_CACHED_VIEWS = 8  # dicts in use at once: the process's and a test's app or two
+
+
+def view(config: Mapping[str, Any]) -> Settings:
+    """The typed view of ``config``, built once and again only after ``config`` changed."""
+    key = (_generation, tuple(map(id, config.values())))
+    for entry in _views:
+        if entry[0] is config and entry[1] == key:
+            return entry[2]
+    _watch(config)  # a table handed in as a plain dict becomes a _Table: its changes are seen from now on
+    key = (_generation, tuple(map(id, config.values())))
+    built = Settings.from_dict(config)
+    _views[:] = [(config, key, built)] + [e for e in _views if e[0] is not config][:MAX_CACHED_VIEWS - 1]
+    return built
+
+
 _current = None
 
 
 def get():
-    """The process-wide settings, loaded on first use."""
+    """The process-wide settings dict, loaded on first use."""
     global _current
     if _current is None:
         _current = load_config()
     return _current
 
 
+def current() -> Settings:
+    """The typed view of the process-wide settings (``get()``)."""
+    return view(get())
+
+
+def typed(config: "Settings | Mapping[str, Any] | None" = None) -> Settings:
+    """``config`` as a typed view: a Settings as is, a dict's view, or (None) ``current()``."""
+    if config is None:
+        return current()
+    return config if isinstance(config, Settings) else view(config)
+
+
 def use(config):
     """Install ``config`` as the process-wide settings (start-up code and tests)."""
     global _current
-    _current = config
+    _current = _watch(config)
     return config
 
 

@@ -26,6 +26,7 @@ import secrets
 import string
 import threading
 import time
+from typing import Any
 
 import dns.exception
 import dns.resolver
@@ -65,8 +66,8 @@ class DomainSetupError(Exception):
 
 # -- SES identity ---------------------------------------------------------------------------------
 
-def ses_client():
-    return ses.new_client("domains", settings.get()["ses"])
+def ses_client() -> Any:
+    return ses.new_client("domains", settings.current().ses)
 
 
 def create_identity(name):
@@ -178,9 +179,10 @@ def expected_records(domain):
 
 # -- DNS ----------------------------------------------------------------------------------------------
 
-def make_resolver():
+def make_resolver() -> dns.resolver.Resolver:
     """dnspython resolver for ``dns.resolver`` = "ip[:port]" (``[v6]:port`` for IPv6); empty = system."""
-    configured = settings.get()["dns"]["resolver"].strip()
+    dns_settings = settings.current().dns
+    configured = dns_settings.resolver.strip()
     if not configured:
         resolver = dns.resolver.Resolver()
     else:
@@ -188,7 +190,7 @@ def make_resolver():
         host, port = _split_host_port(configured)
         resolver.nameservers = [host]
         resolver.port = port
-    resolver.lifetime = resolver.timeout = settings.get()["dns"]["timeout"]
+    resolver.lifetime = resolver.timeout = dns_settings.timeout
     return resolver
 
 
@@ -256,7 +258,7 @@ def evaluate(domain, resolver, deadline=None):
 
 # -- claims: add, delete, expire ----------------------------------------------------------------------
 
-def blocked_reason(name, config):
+def blocked_reason(name: str, config: "settings.Settings | dict | None" = None) -> str | None:
     """Why ``name`` may not be added by any account, or None.
 
     Our own names are refused with their parents and subdomains: a tenant holding ``inboxlayer.dev``'s
@@ -264,8 +266,9 @@ def blocked_reason(name, config):
     identity every default inbox sends from. Public suffixes (``com``, ``co.uk``, ``github.io``) are
     nobody's to prove.
     """
-    default = config["server"]["default_domain"].strip().lower().rstrip(".")
-    reserved = [n.strip().lower().rstrip(".") for n in config["dns"]["reserved_domains"] if n.strip()]
+    config = settings.typed(config)
+    default = config.server.default_domain.strip().lower().rstrip(".")
+    reserved = [n.strip().lower().rstrip(".") for n in config.dns.reserved_domains if n.strip()]
     for ours in [default] + reserved:
         if name == ours or name.endswith("." + ours):
             if ours == default:
@@ -279,14 +282,14 @@ def blocked_reason(name, config):
     return None
 
 
-def add_domain(user, name, config=None):
+def add_domain(user: models.User, name: str, config: "settings.Settings | dict | None" = None) -> models.Domain:
     """Add ``user``'s claim on ``name`` and set up the SES identity; returns the pending Domain.
 
     Raises DomainRefused (422: invalid, ours, a public suffix, already this account's, verified by
     another account, over the plan's ``max_domains``; 503: SES unreachable, nothing is kept). A
     pending claim of another account does not stop this one: DNS proof decides (see the module).
     """
-    config = config or settings.get()
+    config = settings.typed(config)
     try:
         name = models.normalize_domain(name)
     except models.AddressError:
@@ -294,7 +297,7 @@ def add_domain(user, name, config=None):
     reason = blocked_reason(name, config)
     if reason:
         raise DomainRefused(reason)
-    limit = settings.plan_limits(config, user.plan)["max_domains"]
+    limit = config.plan(user.plan).max_domains
     Domain = models.Domain
     try:
         with models.db.atomic():
@@ -356,16 +359,16 @@ def _release_identity(name):
         delete_identity(name)
 
 
-def expires_at(domain):
+def expires_at(domain: models.Domain) -> datetime.datetime:
     """When ``domain``, if never verified by then, is deleted by ``expire_pending``."""
-    return domain.created_at + datetime.timedelta(seconds=settings.get()["dns"]["pending_expiry"])
+    return domain.created_at + datetime.timedelta(seconds=settings.current().dns.pending_expiry)
 
 
-def expire_pending(now=None):
+def expire_pending(now: datetime.datetime | None = None) -> int:
     """Delete claims never verified within ``dns.pending_expiry`` (with their inboxes, which could
     never send): a name cannot be held forever by a claim that never proves it. Returns how many."""
     now = now or models.utcnow()
-    cutoff = now - datetime.timedelta(seconds=settings.get()["dns"]["pending_expiry"])
+    cutoff = now - datetime.timedelta(seconds=settings.current().dns.pending_expiry)
     Domain = models.Domain
     expired = list(Domain.select().where(Domain.verified_at.is_null(), Domain.status != "verified",
                                          Domain.created_at <= cutoff))
@@ -422,7 +425,7 @@ def _record(domain, status, reason, transient):
         pass
     elif domain.status == "verified" and status != "verified":
         since = domain.failing_since or now
-        grace = settings.get()["dns"]["recheck_grace"]
+        grace = settings.current().dns.recheck_grace
         if (now - since).total_seconds() < grace:
             until = since + datetime.timedelta(seconds=grace)
             changes.update(failing_since=since, last_error=(
@@ -490,15 +493,15 @@ def _drop_losing_claims(winner):
                  "dropped" if loser.verified_at is None else "failed", winner.user_id)
 
 
-def due_domain_ids(now=None):
+def due_domain_ids(now: datetime.datetime | None = None) -> list[int]:
     """Ids of domains due for a check, least recently checked first: pending and failed ones (and
     verified ones failing their re-check) every ``dns.check_interval``, verified ones every
     ``dns.recheck_interval``."""
-    dns_settings = settings.get()["dns"]
+    dns_settings = settings.current().dns
     now = now or models.utcnow()
-    slack = DUE_SLACK * dns_settings["check_interval"]
-    often = now - datetime.timedelta(seconds=dns_settings["check_interval"] - slack)
-    rarely = now - datetime.timedelta(seconds=dns_settings["recheck_interval"] - slack)
+    slack = DUE_SLACK * dns_settings.check_interval
+    often = now - datetime.timedelta(seconds=dns_settings.check_interval - slack)
+    rarely = now - datetime.timedelta(seconds=dns_settings.recheck_interval - slack)
     Domain = models.Domain
     unsettled = (Domain.status != "verified") | Domain.failing_since.is_null(False)
     query = (Domain.select(Domain.id)
@@ -509,14 +512,14 @@ def due_domain_ids(now=None):
     return [d.id for d in query]
 
 
-def check_domains():
+def check_domains() -> int:
     """The periodic pass: expire stale claims, then check every due domain, ``dns.check_concurrency``
     at a time, within ``dns.check_budget`` seconds (never more than 0.8 of ``dns.check_interval``,
     so the pass ends before its cluster lock does). Domains not reached wait for the next pass,
     which starts with them. Returns how many were checked. One domain's error does not stop the others.
     """
-    dns_settings = settings.get()["dns"]
-    budget = min(dns_settings["check_budget"], 0.8 * dns_settings["check_interval"])
+    dns_settings = settings.current().dns
+    budget = min(dns_settings.check_budget, 0.8 * dns_settings.check_interval)
     deadline = time.monotonic() + budget
     with models.db.connection_context():
         expire_pending()
@@ -540,7 +543,7 @@ def check_domains():
                 log.exception("domain check failed for domain %s", domain_id)
 
     workers = [threading.Thread(target=work, name="domain check", daemon=True)
-               for _ in range(max(1, min(dns_settings["check_concurrency"], len(ids))))]
+               for _ in range(max(1, min(dns_settings.check_concurrency, len(ids))))]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -1,6 +1,7 @@
 """Redis and the RQ relay queue: the one place that knows their names."""
 import redis
 from rq import Queue
+from rq.job import Job
 
 import settings
 from core.errors import QueueUnavailable
@@ -13,10 +14,11 @@ _redis = None
 _prefix = "inboxlayer"
 
 
-def configure(config):
+def configure(config: dict) -> redis.Redis:
     global _redis, _prefix
-    _prefix = config["redis"]["prefix"]
-    _redis = redis.Redis.from_url(config["redis"]["url"], socket_connect_timeout=3, socket_timeout=5,
+    redis_settings = settings.view(config).redis
+    _prefix = redis_settings.prefix
+    _redis = redis.Redis.from_url(redis_settings.url, socket_connect_timeout=3, socket_timeout=5,
                                   health_check_interval=30)
     return _redis
 
@@ -62,7 +64,7 @@ def worker_alive(worker_name):
         raise QueueUnavailable(str(exc)) from exc
 
 
-def enqueue_relay(outbound_id):
+def enqueue_relay(outbound_id: int) -> Job:
     """Enqueue the relay job for an OutboundEmail. Raises QueueUnavailable if Redis is down.
 
     The job id is derived from the row, so a second enqueue of a job still waiting is a no-op
@@ -71,7 +73,7 @@ def enqueue_relay(outbound_id):
     queue = relay_queue()
     try:
         return queue.enqueue(RELAY_JOB, outbound_id, job_id=relay_job_id(outbound_id),
-                             job_timeout=settings.get()["relay"]["job_timeout"],
+                             job_timeout=settings.current().relay.job_timeout,
                              result_ttl=3600, failure_ttl=86400)
     except redis.RedisError as exc:
         raise QueueUnavailable(str(exc)) from exc

@@ -77,11 +77,11 @@ def parse(body):
     return envelope
 
 
-def verify(envelope, now=None):
+def verify(envelope: dict, now: datetime.datetime | None = None) -> None:
     """Raise Rejected unless ``envelope`` is a fresh, genuinely signed message from an allowed topic."""
-    ses = settings.get()["ses"]
-    if envelope["TopicArn"] not in ses["sns_topic_arns"]:
-        if not ses["sns_topic_arns"]:
+    topics = settings.current().ses.sns_topic_arns
+    if envelope["TopicArn"] not in topics:
+        if not topics:
             log.error("SNS notification from %.300s refused: ses.sns_topic_arns is empty", envelope["TopicArn"])
         raise Rejected(403, "topic not accepted here")
     check_timestamp(envelope["Timestamp"], now)
@@ -113,7 +113,7 @@ def check_timestamp(value, now=None):
         raise Rejected(400, "stale or future Timestamp")
 
 
-def check_url(url, what):
+def check_url(url: str, what: str) -> str:
     """An SNS-supplied URL we are about to fetch: https on an allowlisted host (http only for an
     allowlisted loopback host), no credentials."""
     try:
@@ -122,7 +122,7 @@ def check_url(url, what):
         parts.port  # raises ValueError on a malformed port
     except ValueError:
         raise Rejected(403, f"{what} is not a valid URL") from None
-    allowed = {h.lower() for h in settings.get()["ses"]["sns_cert_hosts"]}
+    allowed = {h.lower() for h in settings.current().ses.sns_cert_hosts}
     if host not in allowed or parts.username or parts.password:
         raise Rejected(403, f"{what} host is not allowed")
     if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)):

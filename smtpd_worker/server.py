@@ -311,7 +311,7 @@ def discard_main(argv=None):
     config = settings.get()
     runtime.setup_logging(config)
     users = dict(item.split(":", 1) for item in args.user)
-    backend = DiscardBackend(users, capture_dir=args.capture_dir,
-                             max_auth_failures=config["smtp"]["max_auth_failures"],
-                             auth_failure_window=config["smtp"]["auth_failure_window"])
+    smtp = settings.current().smtp
+    backend = DiscardBackend(users, capture_dir=args.capture_dir, max_auth_failures=smtp.max_auth_failures,
+                             auth_failure_window=smtp.auth_failure_window)
     serve(build(config, backend))

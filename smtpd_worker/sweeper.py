@@ -27,7 +27,7 @@ def day_prefixes(today, days=DAYS):
 def sweep_orphan_blobs(now=None):
     """Delete unreferenced blobs older than ``blobs.orphan_after``; returns the keys deleted."""
     now = time.time() if now is None else now
-    cutoff = now - settings.get()["blobs"]["orphan_after"]
+    cutoff = now - settings.current().blobs.orphan_after
     store = blobs.store()
     today = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
     candidates = [key for prefix in day_prefixes(today) for key, modified in store.list(prefix) if modified < cutoff]

@@ -71,7 +71,7 @@ def client():
     global _client
     with _client_lock:
         if _client is None:
-            _client = _new_client(settings.get())
+            _client = _new_client(settings.current())
         return _client
 
 
@@ -83,7 +83,7 @@ def reset_client():
 
 
 def _new_client(config):
-    made = ses.new_client("relay", config["ses"])
+    made = ses.new_client("relay", config.ses)
     plan = os.environ.get(FAULT_PLAN_ENV)
     if plan:
         module_name, _, function_name = plan.partition(":")
@@ -99,7 +99,7 @@ def send_raw(mail_from, recipients, data, tags=None):
         "Destination": {"ToAddresses": list(recipients)},
         "Content": {"Raw": {"Data": data}},
     }
-    configuration_set = settings.get()["ses"]["configuration_set"]
+    configuration_set = settings.current().ses.configuration_set
     if configuration_set:
         request["ConfigurationSetName"] = configuration_set
     if tags:

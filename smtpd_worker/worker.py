@@ -38,7 +38,7 @@ class RelayWorker(SimpleWorker):
 
     def register_birth(self):
         super().register_birth()
-        self.liveness = Liveness(self.connection, self.name, settings.get()["relay"]["lease"])
+        self.liveness = Liveness(self.connection, self.name, settings.current().relay.lease)
         self.liveness.start()
 
     def register_death(self):

@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import subprocess
 import sys
 
@@ -76,3 +78,92 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: configuration error: environment INBOXLAYER_SMTP_MAX_MESSAGE_SIZE='abc': expected int"]
+
+
+# -- typed views -----------------------------------------------------------------------------------
+
+def test_settings_typed_view_has_a_field_for_every_key():
+    cfg = settings.load_config(environ={})
+    typed = settings.Settings.from_dict(cfg)
+    for name, section in settings.SECTIONS.items():
+        assert sorted(section.__dataclass_fields__) == sorted(cfg[name])
+        assert {key: getattr(getattr(typed, name), key) for key in cfg[name]} == {
+            key: tuple(value) if isinstance(value, list) else value for key, value in cfg[name].items()}
+    assert sorted([*settings.SECTIONS, "plans"]) == sorted(cfg)
+    assert {name: dataclasses.asdict(plan) for name, plan in typed.plans.items()} == cfg["plans"]
+
+
+def test_settings_typed_view_is_frozen():
+    typed = settings.view(settings.load_config(environ={}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.relay.lease = 1
+    with pytest.raises(TypeError):
+        typed.plans["free"] = typed.plans["pro"]
+
+
+def test_settings_typed_view_is_built_once():
+    cfg = settings.load_config(environ={"INBOXLAYER_RELAY_LEASE": "42"})
+    first = settings.view(cfg)
+    assert settings.view(cfg) is first
+    assert settings.view(dict(cfg)) == first  # another dict with the same tables: equal, its own view
+    assert first.relay.lease == 42
+    assert first.ses.sns_cert_hosts == ("sns.us-east-1.amazonaws.com",)
+
+
+@pytest.mark.parametrize("change, read, expected", [
+    (lambda c: c["dns"].__setitem__("timeout", 0.5), lambda s: s.dns.timeout, 0.5),
+    (lambda c: c["relay"].update(lease=3, max_attempts=2), lambda s: (s.relay.lease, s.relay.max_attempts), (3, 2)),
+    (lambda c: c["plans"]["free"].update(send_burst=7), lambda s: s.plan("free").send_burst, 7),
+    (lambda c: c["plans"].__setitem__("team", {**c["plans"]["free"], "max_inboxes": 3}),
+     lambda s: s.plan("team").max_inboxes, 3),
+    (lambda c: c.__setitem__("web", {**c["web"], "ops_token": "t"}), lambda s: s.web.ops_token, "t"),
+])
+def test_settings_typed_view_follows_a_changed_dict(change, read, expected):
+    cfg = settings.load_config(environ={})
+    before = settings.view(cfg)
+    change(cfg)
+    assert read(settings.view(cfg)) == expected
+    assert settings.view(cfg) is settings.view(cfg)  # rebuilt once, then cached again
+    assert read(before) != expected  # the old view is a snapshot
+
+
+def test_settings_typed_view_follows_tables_of_a_plain_dict():
+    """A dict that never went through load_config (a copy, a test's own): its tables are watched
+    from its first view on."""
+    plain = json.loads(json.dumps(settings.load_config(environ={})))
+    assert settings.view(plain).blobs.orphan_after == 3600
+    plain["blobs"]["orphan_after"] = 60
+    assert settings.view(plain).blobs.orphan_after == 60
+
+
+def test_settings_current_is_the_view_of_the_installed_dict(monkeypatch):
+    monkeypatch.setattr(settings, "_current", None)  # the process's settings come back after the test
+    cfg = settings.load_config(environ={"INBOXLAYER_SES_CONFIGURATION_SET": "events"})
+    settings.use(cfg)
+    assert settings.current() is settings.view(cfg)
+    assert settings.current().ses.configuration_set == "events"
+    cfg["ses"]["configuration_set"] = "other"
+    assert settings.current().ses.configuration_set == "other"
+
+
+def test_settings_plan_unknown_falls_back_to_default_plan():
+    typed = settings.view(settings.load_config(environ={"INBOXLAYER_SERVER_DEFAULT_PLAN": "pro"}))
+    assert typed.plan("nope") == typed.plans["pro"]
+    assert typed.plan(None) == typed.plans["pro"]
+    assert typed.plan("free").daily_send_limit == 500
+
+
+def test_settings_typed_accepts_a_view_a_dict_or_nothing(monkeypatch):
+    monkeypatch.setattr(settings, "_current", None)
+    cfg = settings.use(settings.load_config(environ={}))
+    other = settings.load_config(environ={"INBOXLAYER_RELAY_LEASE": "5"})
+    assert settings.typed(settings.view(other)) is settings.view(other)
+    assert settings.typed(other).relay.lease == 5
+    assert settings.typed() is settings.current() is settings.view(cfg)
+
+
+def test_settings_section_answers_by_key_like_its_table():
+    ses = settings.view(settings.load_config(environ={})).ses
+    assert (ses["region"], ses["read_timeout"]) == ("us-east-1", 120)
+    with pytest.raises(KeyError):
+        ses["no_such_key"]

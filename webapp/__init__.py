@@ -15,7 +15,9 @@ from webapp import api_keys
 from webapp import auth
 from webapp import dashboard
 from webapp import domains
+from webapp import errors
 from webapp import ops
+from webapp import views
 from webapp import webhooks
 from webapp.auth import LoginUser
 
@@ -34,13 +36,37 @@ def create_app(config=None):
     flask_overrides = {k: config.pop(k) for k in list(config) if k.isupper()}
     settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     runtime.configure(config)
+    web = settings.view(config).web
 
     app = Flask(__name__)
-    secret = config["web"]["secret_key"] or secrets.token_hex(32)
-    https = config["web"]["public_url"].startswith("https://")
-    app.config.from_mapping(
-        SECRET_KEY=secret,
-        INBOXLAYER=config,
+    app.config.from_mapping(flask_config(web), INBOXLAYER=config)
+    app.config.update(flask_overrides)
+    if web.trusted_proxies:
+        # Behind a load balancer the client address (login throttling) and scheme come from
+        # X-Forwarded-*; trust exactly as many hops as the operator says are ours.
+        proxies = web.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    app.before_request(open_db)
+    app.teardown_request(close_db)
+    app.after_request(security_headers)
+    errors.register(app)
+    app.jinja_env.filters.update(views.TEMPLATE_FILTERS)
+
+    for module in (auth, dashboard, api_keys, domains, webhooks, ops, api):
+        app.register_blueprint(module.bp)
+    csrf.exempt(api.bp)
+    csrf.exempt(webhooks.bp)
+    return app
+
+
+def flask_config(web):
+    """Flask's own settings for the ``[web]`` section ``web``."""
+    https = served_over_https(web)
+    return dict(
+        SECRET_KEY=web.secret_key or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=MAX_REQUEST_BODY,  # the API's send view raises its own limit (webapp/api/sending.py)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -50,48 +76,37 @@ def create_app(config=None):
         REMEMBER_COOKIE_SECURE=https,
         WTF_CSRF_TIME_LIMIT=None,
     )
-    app.config.update(flask_overrides)
 
-    proxies = config["web"]["trusted_proxies"]
-    if proxies:
-        # Behind a load balancer the client address (login throttling) and scheme come from
-        # X-Forwarded-*; trust exactly as many hops as the operator says are ours.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
-    csrf.init_app(app)
-    login_manager.init_app(app)
 
-    @app.before_request
-    def open_db():
-        # One connection per request, returned to the pool in teardown.
-        ctx = models.db.connection_context()
-        ctx.__enter__()
-        request.environ["inboxlayer.db_ctx"] = ctx
+def served_over_https(web):
+    return web.public_url.startswith("https://")
 
-    @app.teardown_request
-    def close_db(exc):
-        ctx = request.environ.pop("inboxlayer.db_ctx", None)
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
 
-    @app.after_request
-    def security_headers(response):
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        if https:
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        return response
+def open_db():
+    """One connection per request, returned to the pool in teardown."""
+    ctx = models.db.connection_context()
+    ctx.__enter__()
+    request.environ["inboxlayer.db_ctx"] = ctx
 
-    for module in (auth, dashboard, api_keys, domains, webhooks, ops):
-        app.register_blueprint(module.bp)
-    app.register_blueprint(api.bp)
-    csrf.exempt(api.bp)
-    csrf.exempt(webhooks.bp)
-    return app
+
+def close_db(exc):
+    ctx = request.environ.pop("inboxlayer.db_ctx", None)
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+
+
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                           "frame-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if served_over_https(views.app_settings().web):
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
 
 
 @login_manager.user_loader

@@ -1,7 +1,5 @@
 """The signed-in home page (usage, getting started) and the parent of the inbox, Sent and
 Outbound pages, which live in their own modules as nested blueprints."""
-import json
-
 from flask import Blueprint
 from flask import redirect
 from flask import render_template
@@ -11,7 +9,6 @@ from flask_login import login_required
 
 import models
 from core import quota
-from webapp import errors
 from webapp import inboxes
 from webapp import outbound
 from webapp import sent
@@ -20,17 +17,6 @@ bp = Blueprint("dashboard", __name__)
 bp.register_blueprint(inboxes.bp)
 bp.register_blueprint(sent.bp)
 bp.register_blueprint(outbound.bp)
-errors.register(bp)
-
-
-@bp.app_template_filter("fromjson")
-def fromjson(value):
-    """Decode a JSON column (e.g. OutboundEmail.recipients) for display; junk shows as-is."""
-    try:
-        decoded = json.loads(value or "[]")
-    except ValueError:
-        return [value]
-    return decoded if isinstance(decoded, list) else [decoded]
 
 
 @bp.get("/")

@@ -3,8 +3,6 @@
 The rules (who may claim a name, caps, which SES identity a delete may remove) live in
 ``core.domains``; these views render its answers."""
 from flask import Blueprint
-from flask import abort
-from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -17,6 +15,8 @@ from webapp.forms import MAX_ID
 from core import domains as domain_checks
 from core import limits
 from webapp.forms import DomainForm
+from webapp.views import app_settings
+from webapp.views import get_or_404
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")
 
@@ -26,10 +26,7 @@ MAX_CHECKS_PER_WINDOW = 6  # each check costs DNS lookups and an SES call
 
 def owned_domain(domain_id):
     """The logged-in user's domain or 404 (never 403: other users' ids are not confirmed to exist)."""
-    domain = models.Domain.get_or_none(models.Domain.id == domain_id, models.Domain.user == current_user.user)
-    if domain is None:
-        abort(404)
-    return domain
+    return get_or_404(models.Domain, models.Domain.id == domain_id, models.Domain.user == current_user.user)
 
 
 def _render_index(form, status=200):
@@ -51,7 +48,7 @@ def create():
     if not form.validate_on_submit():
         return _render_index(form, 422)
     try:
-        domain = domain_checks.add_domain(current_user.user, form.name.data, current_app.config["INBOXLAYER"])
+        domain = domain_checks.add_domain(current_user.user, form.name.data, app_settings())
     except domain_checks.DomainRefused as exc:
         form.name.errors.append(str(exc))
         return _render_index(form, exc.status)

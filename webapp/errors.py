@@ -1,6 +1,6 @@
 """Error pages: a readable page (or JSON under /v1 and /webhooks), never a traceback.
 
-Registered app-wide through the dashboard blueprint; blueprints with their own handlers
+Registered app-wide by the factory (``register(app)``); blueprints with their own handlers
 (the REST API's) still take precedence for errors raised in their views.
 """
 import logging
@@ -73,8 +73,9 @@ def handle_unexpected(exc):
     return _respond(500, *MESSAGES[500])
 
 
-def register(bp):
-    bp.app_errorhandler(CSRFError)(handle_csrf)
-    bp.app_errorhandler(HTTPException)(handle_http)
-    bp.app_errorhandler(InternalServerError)(handle_unexpected)
-    bp.app_errorhandler(Exception)(handle_unexpected)
+def register(app):
+    """Install the app-wide error pages on ``app``."""
+    app.register_error_handler(CSRFError, handle_csrf)
+    app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(InternalServerError, handle_unexpected)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -17,7 +17,6 @@ import hmac
 import ipaddress
 
 from flask import Blueprint
-from flask import current_app
 from flask import jsonify
 from flask import request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,14 +24,12 @@ from prometheus_client import generate_latest
 
 from core import health
 from core import metrics as _collectors  # noqa: F401 - importing it defines the collectors /metrics serves
+from webapp.views import app_config
+from webapp.views import app_settings
 
 bp = Blueprint("ops", __name__)
 
 FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
-
-
-def _config():
-    return current_app.config["INBOXLAYER"]
 
 
 def _from_loopback():
@@ -45,11 +42,11 @@ def _from_loopback():
     if not address.is_loopback:
         return False
     # With trusted_proxies set, ProxyFix already put the real client in remote_addr.
-    return bool(_config()["web"]["trusted_proxies"]) or not any(h in request.headers for h in FORWARDED_HEADERS)
+    return bool(app_settings().web.trusted_proxies) or not any(h in request.headers for h in FORWARDED_HEADERS)
 
 
 def _has_ops_token():
-    expected = _config()["web"]["ops_token"]
+    expected = app_settings().web.ops_token
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
     if not expected or scheme.lower() != "bearer" or not given.strip():
         return False
@@ -68,7 +65,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    results = health.run_all(_config())
+    results = health.run_all(app_config())
     ready = all(ok for ok, _ in results.values())
     operator = is_operator()
     body = {name: ({"ok": ok, "detail": detail} if operator else {"ok": ok})

@@ -5,7 +5,6 @@ from flask import Blueprint
 from flask import abort
 from flask import make_response
 from flask import render_template
-from flask import request
 from flask import send_file
 from flask_login import login_required
 
@@ -14,6 +13,9 @@ from webapp.forms import MAX_ID
 from core import blobs
 from core import mailview
 from webapp.inboxes import owned_inbox
+from webapp.views import get_or_404
+from webapp.views import page_number  # noqa: F401 - webapp/outbound.py imports it from here
+from webapp.views import paginate
 
 bp = Blueprint("sent", __name__, url_prefix=f"/inboxes/<int(max={MAX_ID}):inbox_id>/sent")
 log = logging.getLogger(__name__)
@@ -26,26 +28,9 @@ HTML_PART_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-sr
                  "frame-ancestors 'self'")
 
 
-@bp.app_template_filter("bidi_visible")
-def bidi_visible(text):
-    """``text`` with every bidi control shown as ``[U+202E]`` and so on: an attachment named
-    "invoice<U+202E>fdp.exe" must not display as "invoiceexe.pdf"."""
-    return "".join(f"[U+{ord(c):04X}]" if c in models.BIDI_CONTROLS else c for c in text or "")
-
-
-def page_number():
-    try:
-        return max(1, min(int(request.args.get("page", "1")), 10**6))
-    except ValueError:
-        return 1
-
-
 def _owned_message(inbox, message_id):
-    message = models.Message.get_or_none(models.Message.id == message_id, models.Message.inbox == inbox,
-                                         models.Message.folder == "sent")
-    if message is None:
-        abort(404)
-    return message
+    return get_or_404(models.Message, models.Message.id == message_id, models.Message.inbox == inbox,
+                      models.Message.folder == "sent")
 
 
 def _open_blob(message):
@@ -60,14 +45,11 @@ def _open_blob(message):
 @login_required
 def index(inbox_id):
     inbox = owned_inbox(inbox_id)
-    page = page_number()
     query = (models.Message.select().where(models.Message.inbox == inbox, models.Message.folder == "sent")
              .order_by(models.Message.created_at.desc(), models.Message.id.desc()))
-    total = query.count()
-    messages = list(query.paginate(page, PAGE_SIZE))
+    messages, page, pages, total = paginate(query, PAGE_SIZE)
     outbound = {o.message_id: o for o in models.OutboundEmail.select()
                 .where(models.OutboundEmail.message.in_([m.id for m in messages]))} if messages else {}
-    pages = max(1, -(-total // PAGE_SIZE))
     return render_template("sent/index.html", inbox=inbox, messages=messages, outbound=outbound, page=page,
                            pages=pages, total=total)
 

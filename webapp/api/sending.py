@@ -25,6 +25,7 @@ from webapp.api.inboxes import quota_json
 from webapp.api.outbound import outbound_json
 from webapp.api.validation import canonical_digest
 from webapp.api.validation import json_body
+from webapp.views import app_settings
 
 MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width
 # The JSON body may be twice the message limit: JSON escapes text (\uXXXX) that MIME encodes more
@@ -46,8 +47,8 @@ def send(address):
 
 
 def _send(inbox):
-    config = current_app.config["INBOXLAYER"]
-    max_size = config["smtp"]["max_message_size"]
+    smtp = app_settings().smtp
+    max_size = smtp.max_message_size
     body = json_body(max_size * BODY_LIMIT_FACTOR, f"; a message may be at most {max_size / 2**20:g} MB as sent, "
                                                    "i.e. after base64 encoding of attachments")
     at_least = size_lower_bound(body)
@@ -55,7 +56,7 @@ def _send(inbox):
         raise ApiError(413, "message_too_large", too_large(at_least, max_size, estimated=True))
     key = _idempotency_key()
     request_hash = canonical_digest(inbox.address.encode() + b"\n", body)
-    parsed = send_request(body, config["smtp"]["max_recipients"])
+    parsed = send_request(body, smtp.max_recipients)
     del body  # the decoded attachments are in ``parsed``; do not hold both
     if key is not None:
         earlier = submit.earlier_send(g.user, key, request_hash)

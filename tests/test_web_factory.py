@@ -1,0 +1,91 @@
+"""The app factory (issue 11): create_app installs the app-wide error pages and template filters
+itself (no blueprint does), and the views share one set of helpers (webapp/views.py) and read the
+typed settings of their own app. Real app, real database; nothing is mocked."""
+import pytest
+from flask import Flask
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import InternalServerError
+
+import models
+import settings
+from webapp import create_app
+from webapp import errors
+from webapp import views
+
+
+def test_error_pages_registered_by_the_factory(app):
+    app_wide = {exc: handler for by_class in app.error_handler_spec[None].values()
+                for exc, handler in by_class.items()}
+    assert app_wide == {CSRFError: errors.handle_csrf, HTTPException: errors.handle_http,
+                        InternalServerError: errors.handle_unexpected, Exception: errors.handle_unexpected}
+    assert sorted(name for name in app.error_handler_spec if name is not None) == ["api"]  # the API's own
+
+
+def test_error_pages_need_no_dashboard_blueprint(config):
+    """The dashboard blueprint no longer installs app-wide handlers: an app with only the error
+    module registered answers a crash with the readable 500 page."""
+    bare = Flask("bare", template_folder=str(errors.__file__).rsplit("/", 1)[0] + "/templates")
+    bare.config.update(SECRET_KEY="x")
+    errors.register(bare)
+
+    @bare.get("/boom")
+    def boom():
+        raise RuntimeError("kaput")
+
+    response = bare.test_client().get("/boom")
+    assert response.status_code == 500
+    assert "Something went wrong" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path, status, text", [
+    ("/no/such/page", 404, "Not found"),
+    ("/v1/no/such/route", 404, None),
+    ("/dashboard", 302, None),  # login_required still redirects, the error pages do not catch it
+])
+def test_error_pages_same_answers_as_before(client, path, status, text):
+    response = client.get(path)
+    assert response.status_code == status
+    if text:
+        assert text in response.get_data(as_text=True)
+
+
+def test_error_pages_crash_in_a_view_is_a_500_page(app, client):
+    @app.get("/test-only-crash")
+    def crash():
+        raise RuntimeError("kaput")
+
+    response = client.get("/test-only-crash")
+    assert response.status_code == 500
+    body = response.get_data(as_text=True)
+    assert "Something went wrong" in body and "kaput" not in body and "Traceback" not in body
+
+
+def test_template_filters_installed_by_the_factory(app):
+    assert app.jinja_env.filters["bidi_visible"]("invoice\u202efdp.exe") == "invoice[U+202E]fdp.exe"
+    assert app.jinja_env.filters["fromjson"]('["a@example.com"]') == ["a@example.com"]
+    assert app.jinja_env.filters["fromjson"]("junk") == ["junk"]
+
+
+@pytest.mark.parametrize("query, page", [("", 1), ("?page=3", 3), ("?page=abc", 1), ("?page=-4", 1),
+                                         ("?page=99999999999", views.MAX_PAGE)])
+def test_views_page_number_reads_the_query(app, query, page):
+    with app.test_request_context(f"/{query}"):
+        assert views.page_number() == page
+
+
+def test_views_get_or_404_is_not_found_for_another_accounts_row(app, account):
+    with app.test_request_context("/"), models.db.connection_context():
+        assert views.get_or_404(models.Inbox, models.Inbox.id == account.inbox.id) == account.inbox
+        with pytest.raises(HTTPException) as info:
+            views.get_or_404(models.Inbox, models.Inbox.id == account.inbox.id, models.Inbox.user == -1)
+        assert info.value.code == 404
+
+
+def test_views_app_settings_are_this_apps_typed_settings(config):
+    app = create_app({**config, "TESTING": True})
+    with app.app_context():
+        assert views.app_settings() is settings.view(app.config["INBOXLAYER"])
+        assert views.app_settings().web.secret_key == "test-secret"
+        config["web"]["ops_token"] = "changed"  # a test changing its config after start-up is seen
+        assert views.app_settings().web.ops_token == "changed"
