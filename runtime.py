@@ -20,7 +20,7 @@ def configure(config=None):
     it names. Returns the dict; ``settings.current()`` is its typed view."""
     config = settings.use(config or settings.get())
     private_state(config)
-    database = settings.view(config).database
+    database = settings.current().database
     models.init_database(database.url, database.max_connections)
     outbox.configure(config)
     blobs.configure(config)

@@ -5,8 +5,9 @@ override must have the type of its default. Mistakes stop start-up with one line
 and where it came from (see ``SettingsError``).
 
 ``load_config`` returns a plain nested dict (what ``create_app`` and ``runtime.configure`` take);
-code reads its typed, read-only view: ``settings.current()`` for the process's settings
-(``current().relay.lease``, ``current().plan(user.plan)``), ``settings.view(config)`` for a given dict.
+code reads its typed, read-only view, built once when the dict is installed: ``settings.current()``
+for the process's settings (``current().relay.lease``, ``current().plan(user.plan)``; installed by
+``use(config)``, which runtime.configure calls), ``webapp.views.app_settings()`` for a web app's.
 """
 import dataclasses
 import json
@@ -47,7 +48,7 @@ def load_config(path=None, environ=None):
             for part in section_path:
                 target = target[part]
             target[key] = _coerce(raw, target[key], name)
-    return _watch(derive(config))
+    return derive(config)
 
 
 def derive(config):
@@ -181,9 +182,9 @@ def _check_type(value, default, source):
 # -- Typed views ------------------------------------------------------------------------------------
 # The dict above stays the source: load_config returns it, create_app and runtime.configure take it,
 # tests hand in their own. Code reads the typed view of it: frozen dataclasses, one per section,
-# built once from the dict (``current()`` for the process's settings, ``view(config)`` for any
-# dict). Their tables are ``_Table`` dicts that mark the views stale when changed, so a test that
-# edits its config after start-up is seen; a serving process builds its view once.
+# built once from the dict when it is installed: ``use(config)`` (runtime.configure) for the process
+# (``current()``), ``create_app(config)`` for its app (webapp.views.app_settings()). Changing the
+# dict afterwards changes nothing until it is installed again.
 
 
 class Section:
@@ -362,98 +363,29 @@ class Settings:
         return self.plans.get(name) or self.plans[self.server.default_plan]
 
 
-_generation = 0  # bumped by every change to a _Table: views built before it are stale
-
-
-class _Table(dict):
-    """A settings table (a plain dict to its readers) that marks the typed views stale when changed."""
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, _as_table(value))
-        _changed()
-
-    def __delitem__(self, key):
-        super().__delitem__(key)
-        _changed()
-
-    def __ior__(self, other):
-        self.update(other)
-        return self
-
-    def update(self, *args, **kwargs):
-        for key, value in dict(*args, **kwargs).items():
-            super().__setitem__(key, _as_table(value))
-        _changed()
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def pop(self, *args):
-        _changed()
-        return super().pop(*args)
-
-    def popitem(self):
-        _changed()
-        return super().popitem()
-
-    def clear(self):
-        _changed()
-        super().clear()
-
-
-def _changed():
-    global _generation
-    _generation += 1
-
-
-def _watch(value):
-    """Make every table nested in ``value`` a _Table, in place; return ``value``."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, dict):
-                dict.__setitem__(value, key, _as_table(item))
-    return value
-
-
-def _as_table(value):
-    if isinstance(value, dict) and not isinstance(value, _Table):
-        value = _Table(value)
-    return _watch(value)
-
-
-_views = []  # [(config, (generation, ids of its tables), Settings)], newest first
-MAX_CACHED_VIEWS = 8  # dicts in use at once: the process's and a test's app or two
-
-
 def view(config: Mapping[str, Any]) -> Settings:
-    """The typed view of ``config``, built once and again only after ``config`` changed."""
-    key = (_generation, tuple(map(id, config.values())))
-    for entry in _views:
-        if entry[0] is config and entry[1] == key:
-            return entry[2]
-    _watch(config)  # a table handed in as a plain dict becomes a _Table: its changes are seen from now on
-    key = (_generation, tuple(map(id, config.values())))
-    built = Settings.from_dict(config)
-    _views[:] = [(config, key, built)] + [e for e in _views if e[0] is not config][:MAX_CACHED_VIEWS - 1]
-    return built
+    """Build the typed view of the settings dict ``config`` (anew on each call: code reads the one
+    ``use()`` installed, ``current()``, or the one its app keeps)."""
+    return Settings.from_dict(config)
 
 
-_current = None
+_current = None  # the process's settings dict
+_current_view = None  # its typed view, built by use()
 
 
 def get():
     """The process-wide settings dict, loaded on first use."""
-    global _current
     if _current is None:
-        _current = load_config()
+        use(load_config())
     return _current
 
 
 def current() -> Settings:
-    """The typed view of the process-wide settings (``get()``)."""
-    return view(get())
+    """The typed view of the process-wide settings, built once when they were installed (``use()``).
+    A dict changed after that is seen after ``use()`` again."""
+    if _current_view is None:
+        get()
+    return _current_view
 
 
 def typed(config: "Settings | Mapping[str, Any] | None" = None) -> Settings:
@@ -464,9 +396,11 @@ def typed(config: "Settings | Mapping[str, Any] | None" = None) -> Settings:
 
 
 def use(config):
-    """Install ``config`` as the process-wide settings (start-up code and tests)."""
-    global _current
-    _current = _watch(config)
+    """Install ``config`` as the process-wide settings and build its typed view once (start-up code;
+    tests call it again after changing their dict)."""
+    global _current, _current_view
+    _current_view = view(config)
+    _current = config
     return config
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+import weakref
 from pathlib import Path
 
 import psycopg2
@@ -183,11 +184,31 @@ def redis_conn(config):
     return outbox.connection()
 
 
+_apps = weakref.WeakSet()  # the apps the `app` fixture made, for `reconfigure`
+
+
 @pytest.fixture
 def app(config):
     from webapp import create_app
 
-    return create_app({**config, "TESTING": True})
+    made = create_app({**config, "TESTING": True})
+    _apps.add(made)
+    return made
+
+
+@pytest.fixture
+def reconfigure(config):
+    """Install the test's ``config`` again after the test changed it. Settings are read once into
+    their typed view when installed (``settings.use``, ``create_app``), as in a serving process, so
+    an edit made after start-up is seen only once ``reconfigure()`` installs it; the test's app
+    (the ``app`` fixture) gets its view rebuilt too."""
+    from webapp import views
+
+    def install():
+        settings.use(config)
+        for made in list(_apps):
+            made.extensions[views.SETTINGS_EXTENSION] = settings.view(made.config["INBOXLAYER"])
+    return install
 
 
 @pytest.fixture

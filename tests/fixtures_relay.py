@@ -64,9 +64,10 @@ class _Raw:
 
 
 @pytest.fixture
-def relay_config(config):
+def relay_config(config, reconfigure):
     """The test's settings with quick retries and a short reconcile threshold."""
     config["relay"].update(backoff_base=1, backoff_max=2, reconcile_after=1, job_timeout=10)
+    reconfigure()
     transport.reset_client()
     yield config
     transport.reset_client()
@@ -359,12 +360,13 @@ def ses_event(kind, row, **detail):
 
 
 @pytest.fixture
-def sns(app, ses_endpoint):
+def sns(app, ses_endpoint, reconfigure):
     """The webhook on a real WSGI server, moto's SNS subscribed to it through the edge."""
     server, url = serve_wsgi(app)
     harness = SnsHarness(url, ses_endpoint)
     # The webhook accepts only listed topics (an empty list accepts none): list this test's topic.
     app.config["INBOXLAYER"]["ses"]["sns_topic_arns"] = [harness.topic_arn]
+    reconfigure()
     yield harness
     harness.close()
     server.shutdown()

@@ -100,12 +100,14 @@ def web(web_factory, config):
 
 
 @pytest.fixture
-def dns_server(config):
+def dns_server(config, reconfigure):
     server = DNSServer().start()
     previous = config["dns"]["resolver"]
     config["dns"]["resolver"] = server.address
+    reconfigure()
     yield server
     config["dns"]["resolver"] = previous
+    reconfigure()
     server.stop()
 
 

@@ -9,8 +9,9 @@ import models
 from tests.fixtures_api import send_body
 
 
-def set_plan(config, **limits):
+def set_plan(config, **limits, reconfigure):
     config["plans"]["free"].update(limits)
+    reconfigure()
 
 
 def seconds_to_midnight():

@@ -25,8 +25,9 @@ def _age(key, seconds):
     os.utime(path, (then, then))
 
 
-def test_sweeper_deletes_old_unreferenced_blobs_and_keeps_the_rest(config, submit, ses_sent):
+def test_sweeper_deletes_old_unreferenced_blobs_and_keeps_the_rest(config, submit, ses_sent, reconfigure):
     config["blobs"]["orphan_after"] = 3600
+    reconfigure()
     row = submit()
     kept_key = _blob_key_of(row)
     kept_bytes = blobs.store().read_bytes(kept_key)
@@ -52,11 +53,12 @@ def test_sweeper_deletes_old_unreferenced_blobs_and_keeps_the_rest(config, submi
     assert sweeper.sweep_orphan_blobs() == []
 
 
-def test_sweeper_on_the_s3_store(config, submit, ses_endpoint):
+def test_sweeper_on_the_s3_store(config, submit, ses_endpoint, reconfigure):
     s3 = boto3.client("s3", endpoint_url=ses_endpoint, region_name="us-east-1")
     bucket = f"inboxlayer-sweep-{config['redis']['prefix'].lower()}"
     s3.create_bucket(Bucket=bucket)
     config["blobs"].update(backend="s3", bucket=bucket, s3_endpoint_url=ses_endpoint, orphan_after=60)
+    reconfigure()
     runtime.configure(config)
     kept_key = _blob_key_of(submit())
     orphan = f"{datetime.datetime.now(datetime.timezone.utc):%Y/%m/%d}/ob_orphan.eml"

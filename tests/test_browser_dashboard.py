@@ -48,11 +48,12 @@ def run_worker_burst(subprocess_env):
 
 
 def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser_page, smtp_server, config,
-                                                            subprocess_env):
+                                                            subprocess_env, reconfigure):
     page, base = browser_page, live_server.url
     # The inbox page shows the SMTP settings from settings; point them at the running server.
     config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = smtp_server.starttls_port, smtp_server.tls_port
     config["smtp"]["public_host"] = smtp_server.host
+    reconfigure()
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
 
@@ -139,7 +140,7 @@ def test_browser_signup_key_inbox_send_sent_outbound_revoke(live_server, browser
     assert any("the 'allow-scripts' permission is not set" in e for e in page.console_errors)
 
 
-def test_browser_custom_domain_pending_verified_failed(live_server, browser_page, dns_server, config):
+def test_browser_custom_domain_pending_verified_failed(live_server, browser_page, dns_server, config, reconfigure):
     page, base = browser_page, live_server.url
     signup(page, base, "domains@example.com")
     page.click("nav.mainnav >> text=Domains")
@@ -172,6 +173,7 @@ def test_browser_custom_domain_pending_verified_failed(live_server, browser_page
 
     # A verified domain whose records break goes failed once dns.recheck_grace is over; no grace here.
     config["dns"]["recheck_grace"] = 0
+    reconfigure()
     dkim_name = shown[2][1]
     dns_server.set(dkim_name, "CNAME", "attacker.dkim.amazonses.com.")
     page.click("#check-now")

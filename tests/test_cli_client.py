@@ -356,7 +356,7 @@ def test_cli_outbound_list_never_cuts_ids_at_80_columns(run_cli, api_server, api
     assert sent[0]["id"] in status.stdout
 
 
-def test_api_smtp_settings_publish_host_ports_and_dev_certificate(api, config):
+def test_api_smtp_settings_publish_host_ports_and_dev_certificate(api, config, reconfigure):
     from core import devcert
 
     response = api.get("/v1/smtp")
@@ -371,17 +371,20 @@ def test_api_smtp_settings_publish_host_ports_and_dev_certificate(api, config):
     # With a CA-issued certificate configured there is nothing extra to trust.
     config["smtp"]["cert_file"], config["smtp"]["key_file"] = devcert.certificate_paths(config)
     config["smtp"]["tls_port"] = 0
+    reconfigure()
     body = api.get("/v1/smtp").json()
     assert body["certificate"] is None
     assert body["tls_port"] is None
     assert api.__class__(api.base_url).get("/v1/smtp").status_code == 401  # a token is needed
 
 
-def test_cli_send_via_smtp_configures_itself_from_the_server(run_cli, api_server, account, smtp_server, config):
+def test_cli_send_via_smtp_configures_itself_from_the_server(run_cli, api_server, account, smtp_server, config,
+                                                             reconfigure):
     # The server publishes this test server's host, ports and self-signed certificate; the CLI gets
     # nothing but the API URL and the token.
     config["smtp"]["public_host"] = smtp_server.host
     config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = smtp_server.starttls_port, smtp_server.tls_port
+    reconfigure()
     env = {"INBOXLAYER_TOKEN": account.token, "INBOXLAYER_API_URL": api_server}
     result = run_cli("send", "--via", "smtp", "--from", account.address, "--to", "bob@example.com", "--text", "x",
                      env=env)

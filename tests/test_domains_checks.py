@@ -21,14 +21,16 @@ from tests.helpers import wait_until
 
 
 @pytest.fixture
-def silent_nameserver(config):
+def silent_nameserver(config, reconfigure):
     """A bound UDP port that reads nothing and answers nothing: every lookup runs to its timeout."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     previous = config["dns"]["resolver"]
     config["dns"]["resolver"] = f"127.0.0.1:{sock.getsockname()[1]}"
+    reconfigure()
     yield sock
     config["dns"]["resolver"] = previous
+    reconfigure()
     sock.close()
 
 
@@ -66,8 +68,9 @@ def domain_row(domain_id):
 
 # -- concurrency and the budget -----------------------------------------------------------------------
 
-def test_check_domains_silent_nameserver_checks_26_concurrently(config, account, silent_nameserver):
+def test_check_domains_silent_nameserver_checks_26_concurrently(config, account, silent_nameserver, reconfigure):
     config["dns"].update(timeout=1.0, check_concurrency=16)
+    reconfigure()
     ids = pending_domains(account.user, 26)
 
     started = time.monotonic()
@@ -81,8 +84,10 @@ def test_check_domains_silent_nameserver_checks_26_concurrently(config, account,
     assert {(r.status, r.last_error) for r in rows} == {("pending", "DNS lookup failed, will retry: LifetimeTimeout")}
 
 
-def test_check_domains_stops_at_budget_and_next_pass_starts_with_the_rest(config, account, silent_nameserver):
+def test_check_domains_stops_at_budget_and_next_pass_starts_with_the_rest(config, account, silent_nameserver,
+                                                                          reconfigure):
     config["dns"].update(timeout=1.0, check_concurrency=2, check_budget=1.8)
+    reconfigure()
     pending_domains(account.user, 10)
 
     started = time.monotonic()
@@ -96,18 +101,20 @@ def test_check_domains_stops_at_budget_and_next_pass_starts_with_the_rest(config
     assert len(second) == 4 and first < second  # never-checked domains first; the checked ones are not due
 
 
-def test_check_domain_without_deadline_records_dns_timeout(config, account, silent_nameserver):
+def test_check_domain_without_deadline_records_dns_timeout(config, account, silent_nameserver, reconfigure):
     config["dns"]["timeout"] = 0.5
+    reconfigure()
     [domain_id] = pending_domains(account.user, 1)
     checked = domains.check_domain(domain_id)
     assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: LifetimeTimeout")
 
 
 def test_periodic_runner_reconciler_runs_while_domain_checks_stall(relay_config, account, submit, redis_conn,
-                                                                   silent_nameserver):
+                                                                   silent_nameserver, reconfigure):
     relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
     # One domain at a time, 5 s a lookup: the pass waits on DNS until its 8-s budget is spent.
     relay_config["dns"].update(timeout=5.0, check_concurrency=1, check_budget=8)
+    reconfigure()
     pending_domains(account.user, 26)
     row = submit()
     lost = list(redis_conn.scan_iter(f"rq:*{outbox.relay_queue_name()}*"))
@@ -168,9 +175,10 @@ def test_check_domain_verified_records_back_within_grace_clears_failure(config, 
     assert (checked.status, checked.failing_since, checked.last_error) == ("verified", None, None)
 
 
-def test_check_domain_verified_dns_outage_starts_no_grace(config, account, dns_server):
+def test_check_domain_verified_dns_outage_starts_no_grace(config, account, dns_server, reconfigure):
     domain = add_verified(account.user, dns_server)
     config["dns"]["timeout"] = 0.5
+    reconfigure()
     dns_server.stop()
     checked = domains.check_domain(domain.id)
     assert (checked.status, checked.failing_since) == ("verified", None)
@@ -196,17 +204,19 @@ def test_check_domains_rechecks_failing_verified_domain_at_check_interval(config
     assert domains.check_domains() == 1  # within its grace it is checked as often as a pending one
 
 
-def test_check_domains_grace_zero_fails_verified_domain_at_once(config, account, dns_server):
+def test_check_domains_grace_zero_fails_verified_domain_at_once(config, account, dns_server, reconfigure):
     config["dns"]["recheck_grace"] = 0
+    reconfigure()
     domain = add_verified(account.user, dns_server)
     dns_server.set(f"_inboxlayer.{domain.name}", "TXT")
     assert domains.check_domain(domain.id).status == "failed"
 
 
-def test_check_domain_ses_identity_gone_is_a_problem(config, account, dns_server, ses_endpoint):
+def test_check_domain_ses_identity_gone_is_a_problem(config, account, dns_server, ses_endpoint, reconfigure):
     import boto3
 
     config["dns"]["recheck_grace"] = 0
+    reconfigure()
     domain = add_verified(account.user, dns_server)
     boto3.client("sesv2", endpoint_url=ses_endpoint, region_name="us-east-1").delete_email_identity(
         EmailIdentity=domain.name)

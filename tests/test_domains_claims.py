@@ -108,8 +108,10 @@ def test_domain_verified_by_another_account_cannot_be_added(web, other, dns_serv
     assert "This domain is already verified by another Inboxlayer account." in response.get_data(as_text=True)
 
 
-def test_domain_lost_verification_can_be_claimed_and_old_claim_stays_failed(web, other, dns_server, config):
+def test_domain_lost_verification_can_be_claimed_and_old_claim_stays_failed(web, other, dns_server, config,
+                                                                            reconfigure):
     config["dns"]["recheck_grace"] = 0
+    reconfigure()
     old_id = web.add_domain(NAME)
     prove(dns_server, old_id)
     check_now(web, old_id)
@@ -188,8 +190,9 @@ def test_domain_dropped_claim_passes_ses_identity_to_winner(web, other, dns_serv
     assert not identity_exists(sesv2, NAME)
 
 
-def test_domain_add_refused_creates_no_ses_identity(web, config, sesv2):
+def test_domain_add_refused_creates_no_ses_identity(web, config, sesv2, reconfigure):
     config["plans"]["free"]["max_domains"] = 1
+    reconfigure()
     web.add_domain("one.example.com")
     response = web.post("/domains/", {"name": "two.example.com"})
     assert response.status_code == 422
@@ -207,8 +210,9 @@ def test_domain_add_refused_creates_no_ses_identity(web, config, sesv2):
     ("mx.corp.example.net", "corp.example.net is reserved by this Inboxlayer service."),
     ("example.net", "example.net is a parent domain of corp.example.net, which is ours."),
 ])
-def test_domain_reserved_and_public_names_refused(web, config, sesv2, name, message):
+def test_domain_reserved_and_public_names_refused(web, config, sesv2, name, message, reconfigure):
     config["dns"]["reserved_domains"] = ["corp.example.net"]
+    reconfigure()
     response = web.post("/domains/", {"name": name})
     assert response.status_code == 422
     assert message in response.get_data(as_text=True)
@@ -218,8 +222,9 @@ def test_domain_reserved_and_public_names_refused(web, config, sesv2, name, mess
         assert not identity_exists(sesv2, name)
 
 
-def test_domain_parent_of_default_domain_refused(web, config):
+def test_domain_parent_of_default_domain_refused(web, config, reconfigure):
     config["server"]["default_domain"] = "mail.inboxlayer.dev"
+    reconfigure()
     response = web.post("/domains/", {"name": "inboxlayer.dev"})
     assert response.status_code == 422
     assert "inboxlayer.dev is a parent domain of mail.inboxlayer.dev, which is ours." in response.get_data(as_text=True)
@@ -232,8 +237,9 @@ def test_blocked_reason_allows_registrable_names(config, name):
 
 # -- the plan's cap ---------------------------------------------------------------------------------
 
-def test_domain_cap_refuses_one_over_the_plan(web, config):
+def test_domain_cap_refuses_one_over_the_plan(web, config, reconfigure):
     config["plans"]["free"]["max_domains"] = 2
+    reconfigure()
     web.add_domain("one.example.com")
     web.add_domain("two.example.com")
 
@@ -246,14 +252,16 @@ def test_domain_cap_refuses_one_over_the_plan(web, config):
         assert models.Domain.select().count() == 2
 
 
-def test_domain_cap_counts_per_account(web, other, config):
+def test_domain_cap_counts_per_account(web, other, config, reconfigure):
     config["plans"]["free"]["max_domains"] = 1
+    reconfigure()
     web.add_domain("one.example.com")
     other.add_domain("two.example.com")
 
 
-def test_domain_cap_frees_a_slot_on_delete(web, config):
+def test_domain_cap_frees_a_slot_on_delete(web, config, reconfigure):
     config["plans"]["free"]["max_domains"] = 1
+    reconfigure()
     first = web.add_domain("one.example.com")
     web.post(f"/domains/{first}/delete")
     web.add_domain("two.example.com")
@@ -294,8 +302,9 @@ def test_check_domains_keeps_young_and_once_verified_claims(web, other, config, 
     assert domain_row(once).status == "failed"
 
 
-def test_domain_cap_holds_under_concurrent_adds(config, account):
+def test_domain_cap_holds_under_concurrent_adds(config, account, reconfigure):
     config["plans"]["free"]["max_domains"] = 1
+    reconfigure()
     outcomes = []
 
     def add(n):

@@ -193,8 +193,9 @@ def test_sns_malformed_body_gets_400(relay_config, sns, body, status):
     ("https://user@sns.us-east-1.amazonaws.com/x.pem", False),
     ("http://127.0.0.1:9/x.pem", True),  # loopback test host may use http
 ])
-def test_check_url_allowlist(config, url, allowed):
+def test_check_url_allowlist(config, url, allowed, reconfigure):
     config["ses"]["sns_cert_hosts"] = ["sns.us-east-1.amazonaws.com", "127.0.0.1"]
+    reconfigure()
     try:
         ses_events.check_url(url, "SigningCertURL")
         outcome = True
@@ -245,8 +246,9 @@ def test_sns_event_for_another_recipient_batch_moves_status(relay_config, accoun
     assert outbound(row.id).status == "bounced"
 
 
-def test_sns_topic_not_in_allowlist_gets_403(relay_config, sent_row, sns):
+def test_sns_topic_not_in_allowlist_gets_403(relay_config, sent_row, sns, reconfigure):
     relay_config["ses"]["sns_topic_arns"] = ["arn:aws:sns:us-east-1:123456789012:the-only-topic"]
+    reconfigure()
 
     response = sns.post(json.dumps(sns.signed(ses_event("Delivery", sent_row))))
 
@@ -287,8 +289,9 @@ def cert_recorder(sns):
 
 @pytest.mark.parametrize("allowed", [[], [OTHER_TOPIC]], ids=["empty-list", "other-topic"])
 def test_sns_notification_from_unlisted_topic_is_refused_before_fetching_certificate(
-        relay_config, sent_row, sns, cert_recorder, allowed):
+        relay_config, sent_row, sns, cert_recorder, allowed, reconfigure):
     relay_config["ses"]["sns_topic_arns"] = allowed
+    reconfigure()
     url, hits = cert_recorder
     envelope = sns.signed(ses_event("Bounce", sent_row, **BOUNCE), SigningCertURL=f"{url}/cert.pem")
 
@@ -300,8 +303,9 @@ def test_sns_notification_from_unlisted_topic_is_refused_before_fetching_certifi
 
 
 @pytest.mark.parametrize("allowed", [[], [OTHER_TOPIC]], ids=["empty-list", "other-topic"])
-def test_sns_subscription_from_unlisted_topic_is_not_confirmed(relay_config, sns, allowed):
+def test_sns_subscription_from_unlisted_topic_is_not_confirmed(relay_config, sns, allowed, reconfigure):
     relay_config["ses"]["sns_topic_arns"] = allowed
+    reconfigure()
     envelope = sns.signed("You have chosen to subscribe", type_="SubscriptionConfirmation", Token="tok-3",
                           SubscribeURL=f"{sns.url}/confirm?Action=ConfirmSubscription&Token=tok-3")
 

@@ -16,8 +16,9 @@ def subjects_at_ses(ses_sent):
     return [m["raw_data"].split("Subject: ", 1)[1].split("\r\n", 1)[0] for m in ses_sent()]
 
 
-def test_two_smtp_nodes_two_workers_hold_the_plan_limit(config, cluster, ses_sent):
+def test_two_smtp_nodes_two_workers_hold_the_plan_limit(config, cluster, ses_sent, reconfigure):
     config["plans"]["free"].update(daily_send_limit=LIMIT, send_rate_per_second=100000, send_burst=100000)
+    reconfigure()
     account = make_account()
     nodes = [cluster.smtp(), cluster.smtp()]
     cluster.worker()

@@ -19,8 +19,9 @@ def test_readyz_reports_each_dependency(client):
     assert all(check["ok"] for check in body["checks"].values())
 
 
-def test_readyz_unavailable_when_ses_unreachable(app, config, free_tcp_port):
+def test_readyz_unavailable_when_ses_unreachable(app, config, free_tcp_port, reconfigure):
     config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_tcp_port}"  # nothing listens there
+    reconfigure()
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
@@ -47,13 +48,14 @@ def test_cli_health_checks_services(subprocess_env):
     assert "FAIL" not in result.stdout
 
 
-def test_trusted_proxy_supplies_client_address(config):
+def test_trusted_proxy_supplies_client_address(config, reconfigure):
     from flask import request
 
     from webapp import create_app
 
     seen = []
     config["web"]["trusted_proxies"] = 1
+    reconfigure()
     app = create_app({**config, "TESTING": True})
 
     @app.get("/_whoami")
@@ -64,6 +66,7 @@ def test_trusted_proxy_supplies_client_address(config):
     app.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
                           environ_base={"REMOTE_ADDR": "10.0.0.2"})
     config["web"]["trusted_proxies"] = 0
+    reconfigure()
     direct = create_app({**config, "TESTING": True})
     direct.add_url_rule("/_whoami", view_func=whoami)
     direct.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9"},
@@ -84,9 +87,10 @@ def test_cli_health_exits_nonzero_when_a_check_fails(subprocess_env, free_tcp_po
 PUBLIC_CLIENT = {"REMOTE_ADDR": "203.0.113.7"}
 
 
-def test_readyz_shows_details_only_to_operators(app, config, free_tcp_port):
+def test_readyz_shows_details_only_to_operators(app, config, free_tcp_port, reconfigure):
     config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_tcp_port}"  # a failing check has exception text
     config["web"]["ops_token"] = "ops-secret"
+    reconfigure()
     client = app.test_client()
     public = client.get("/readyz", environ_base=PUBLIC_CLIENT)
     assert public.status_code == 503
@@ -103,7 +107,7 @@ def test_readyz_shows_details_only_to_operators(app, config, free_tcp_port):
         assert "detail" not in client.get("/readyz", headers=headers, environ_base=environ).get_json()["checks"]["ses"]
 
 
-def test_metrics_only_for_operators(app, config):
+def test_metrics_only_for_operators(app, config, reconfigure):
     client = app.test_client()
     refused = client.get("/metrics", environ_base=PUBLIC_CLIENT)
     assert refused.status_code == 403
@@ -111,6 +115,7 @@ def test_metrics_only_for_operators(app, config):
     # No token configured: no bearer token opens it, whatever it is.
     assert client.get("/metrics", headers={"Authorization": "Bearer "}, environ_base=PUBLIC_CLIENT).status_code == 403
     config["web"]["ops_token"] = "ops-secret"
+    reconfigure()
     assert client.get("/metrics", headers={"Authorization": "Bearer ops-secret"},
                       environ_base=PUBLIC_CLIENT).status_code == 200
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200

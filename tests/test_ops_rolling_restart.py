@@ -58,8 +58,9 @@ def send_with_retries(fleet, n, cafile, account, subject, log):
     raise AssertionError(f"{subject} never accepted: {log[-3:]}")
 
 
-def test_rolling_restart_loses_nothing_and_sends_nothing_twice(config, cluster, ses_sent):
+def test_rolling_restart_loses_nothing_and_sends_nothing_twice(config, cluster, ses_sent, reconfigure):
     config["plans"]["free"].update(daily_send_limit=100000, send_rate_per_second=100000, send_burst=100000)
+    reconfigure()
     account = make_account()
     old_smtp = cluster.smtp()
     old_worker = cluster.worker()

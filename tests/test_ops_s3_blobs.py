@@ -13,10 +13,11 @@ from tests.fixtures_relay import make_message
 from tests.fixtures_relay import relay_until
 
 
-def test_s3_blob_store_keeps_the_message_and_the_relay_reads_it(config, account, ses_endpoint, ses_sent):
+def test_s3_blob_store_keeps_the_message_and_the_relay_reads_it(config, account, ses_endpoint, ses_sent, reconfigure):
     bucket = f"inboxlayer-{config['redis']['prefix'].lower()}"
     boto3.client("s3", endpoint_url=ses_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     config["blobs"].update(backend="s3", bucket=bucket, s3_endpoint_url=ses_endpoint)
+    reconfigure()
     runtime.configure(config)
     assert isinstance(blobs.store(), blobs.S3BlobStore)
 
@@ -35,8 +36,9 @@ def test_s3_blob_store_keeps_the_message_and_the_relay_reads_it(config, account,
     assert [m["raw_data"].encode() for m in ses_sent()] == [raw]
 
 
-def test_s3_blob_store_unavailable_is_a_temporary_failure(config, account, free_tcp_port):
+def test_s3_blob_store_unavailable_is_a_temporary_failure(config, account, free_tcp_port, reconfigure):
     config["blobs"].update(backend="s3", bucket="missing", s3_endpoint_url=f"http://127.0.0.1:{free_tcp_port}")
+    reconfigure()
     runtime.configure(config)
     raw = make_message(account.address)
     with pytest.raises(errors.TemporaryFailure) as refused:

@@ -65,8 +65,9 @@ def test_relay_outbound_throttled_then_succeeds(relay_config, account, submit, s
     assert retry["message"].startswith(f"retry scheduled in {retry['delay']} s: TooManyRequestsException")
 
 
-def test_relay_outbound_throttled_past_max_attempts_fails_once(relay_config, account, submit, ses_sent):
+def test_relay_outbound_throttled_past_max_attempts_fails_once(relay_config, account, submit, ses_sent, reconfigure):
     relay_config["relay"]["max_attempts"] = 2
+    reconfigure()
     transport.client().meta.events.register("before-send.sesv2.SendEmail",
                                          lambda request, **kw: throttle_response(request))
     row = submit()
@@ -191,9 +192,11 @@ def test_relay_outbound_during_shutdown_hands_row_back_before_calling_ses(relay_
     assert len(ses_sent()) == 1
 
 
-def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config, account, submit, ses_sent):
+def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config, account, submit, ses_sent,
+                                                                    reconfigure):
     endpoint = relay_config["ses"]["endpoint_url"]
     relay_config["ses"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    reconfigure()
     transport.reset_client()
     row = submit()
     run_worker_burst()
@@ -203,6 +206,7 @@ def test_relay_outbound_ses_unreachable_then_back_retries_and_sends(relay_config
     assert retry["code"] == "EndpointConnectionError"
 
     relay_config["ses"]["endpoint_url"] = endpoint  # SES is back
+    reconfigure()
     transport.reset_client()
     sent = relay_until(row.id)
 
@@ -351,8 +355,10 @@ def test_relay_outbound_partly_sent_then_rejected_keeps_quota(relay_config, acco
     assert _sends_charged(account.user, day) == 60
 
 
-def test_relay_outbound_throttled_past_max_attempts_gives_quota_back(relay_config, account, submit, ses_sent):
+def test_relay_outbound_throttled_past_max_attempts_gives_quota_back(relay_config, account, submit, ses_sent,
+                                                                     reconfigure):
     relay_config["relay"]["max_attempts"] = 2
+    reconfigure()
     transport.client().meta.events.register("before-send.sesv2.SendEmail",
                                          lambda request, **kw: throttle_response(request))
     row = submit(recipients=("a@example.com", "b@example.com", "c@example.com"))

@@ -78,8 +78,9 @@ def _assert_each_sent_once(accepted, ses_sent, workers):
 
 
 def test_relay_postgres_connections_killed_during_burst_every_accepted_message_sent_once(
-        relay_config, account, start_worker, ses_sent):
+        relay_config, account, start_worker, ses_sent, reconfigure):
     relay_config["relay"].update(reconcile_after=2, reconcile_interval=1)
+    reconfigure()
     database = urlsplit(relay_config["database"]["url"]).path.lstrip("/")
     workers = [start_worker(), start_worker()]
     accepted = []
@@ -101,8 +102,9 @@ def test_relay_postgres_connections_killed_during_burst_every_accepted_message_s
 
 
 def test_relay_postgres_restarted_during_burst_every_accepted_message_sent_once(
-        relay_config, account, start_worker, ses_sent):
+        relay_config, account, start_worker, ses_sent, reconfigure):
     relay_config["relay"].update(reconcile_after=2, reconcile_interval=1)
+    reconfigure()
     workers = [start_worker(), start_worker()]
     accepted = []
     restarted = []

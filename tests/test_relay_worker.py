@@ -53,9 +53,10 @@ def test_worker_sigterm_mid_job_finishes_job_and_exits(start_worker, submit, ses
 
 
 def test_worker_sigkill_mid_job_message_relayed_once_by_next_worker(relay_config, start_worker, submit, ses_sent,
-                                                                    tmp_path):
+                                                                    tmp_path, reconfigure):
     # The job timeout stays long: a dead worker's row must come free after its lease, not the timeout.
     relay_config["relay"].update(lease=2, job_timeout=300, reconcile_after=1, reconcile_interval=1)
+    reconfigure()
     mark = tmp_path / "calling"
     row = submit()
     doomed = start_worker(**_slow_ses(mark, 30))
@@ -122,10 +123,12 @@ def _started(job_id):
     return job if job.get_status() == JobStatus.STARTED and job.worker_name else None
 
 
-def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, submit, ses_sent, tmp_path):
+def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, submit, ses_sent, tmp_path,
+                                                    reconfigure):
     """An SES call longer than several leases: the worker renews its lease, so a second worker's
     reconciler (running every second, no grace) never takes the row over and sends it again."""
     relay_config["relay"].update(lease=3, reconcile_after=0, reconcile_interval=1)
+    reconfigure()
     mark = tmp_path / "calling"
     row = submit()
     slow = start_worker(**_slow_ses(mark, 8))
@@ -141,8 +144,10 @@ def test_live_worker_keeps_its_claim_past_the_lease(relay_config, start_worker, 
     assert mark.read_text().split() == [str(slow.proc.pid)]  # only the first worker ever called SES
 
 
-def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, submit, ses_sent, redis_conn):
+def test_worker_burst_reconciles_drains_and_exits(relay_config, start_worker, submit, ses_sent, redis_conn,
+                                                  reconfigure):
     relay_config["relay"]["reconcile_after"] = 0
+    reconfigure()
     lost, queued = submit(), submit()
     redis_conn.delete(f"rq:job:{outbox.relay_job_id(lost.id)}")  # one job lost, one still queued
     redis_conn.lrem(outbox.relay_queue().key, 0, outbox.relay_job_id(lost.id))

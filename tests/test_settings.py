@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import subprocess
 import sys
 
@@ -101,11 +100,14 @@ def test_settings_typed_view_is_frozen():
         typed.plans["free"] = typed.plans["pro"]
 
 
-def test_settings_typed_view_is_built_once():
+def test_settings_typed_view_is_built_once_per_use(monkeypatch):
+    monkeypatch.setattr(settings, "_current", None)  # the process's settings come back after the test
+    monkeypatch.setattr(settings, "_current_view", None)
     cfg = settings.load_config(environ={"INBOXLAYER_RELAY_LEASE": "42"})
-    first = settings.view(cfg)
-    assert settings.view(cfg) is first
-    assert settings.view(dict(cfg)) == first  # another dict with the same tables: equal, its own view
+    settings.use(cfg)
+    first = settings.current()
+    assert settings.current() is first
+    assert first == settings.view(cfg)  # the same settings, built anew by view()
     assert first.relay.lease == 42
     assert first.ses.sns_cert_hosts == ("sns.us-east-1.amazonaws.com",)
 
@@ -118,32 +120,38 @@ def test_settings_typed_view_is_built_once():
      lambda s: s.plan("team").max_inboxes, 3),
     (lambda c: c.__setitem__("web", {**c["web"], "ops_token": "t"}), lambda s: s.web.ops_token, "t"),
 ])
-def test_settings_typed_view_follows_a_changed_dict(change, read, expected):
-    cfg = settings.load_config(environ={})
-    before = settings.view(cfg)
+def test_settings_changed_dict_is_seen_after_use_again(monkeypatch, change, read, expected):
+    monkeypatch.setattr(settings, "_current", None)
+    monkeypatch.setattr(settings, "_current_view", None)
+    cfg = settings.use(settings.load_config(environ={}))
+    before = settings.current()
     change(cfg)
-    assert read(settings.view(cfg)) == expected
-    assert settings.view(cfg) is settings.view(cfg)  # rebuilt once, then cached again
+    assert settings.current() is before  # read once: a change is not seen until installed
+    assert read(before) != expected
+    settings.use(cfg)
+    assert read(settings.current()) == expected
     assert read(before) != expected  # the old view is a snapshot
 
 
-def test_settings_typed_view_follows_tables_of_a_plain_dict():
-    """A dict that never went through load_config (a copy, a test's own): its tables are watched
-    from its first view on."""
-    plain = json.loads(json.dumps(settings.load_config(environ={})))
-    assert settings.view(plain).blobs.orphan_after == 3600
-    plain["blobs"]["orphan_after"] = 60
-    assert settings.view(plain).blobs.orphan_after == 60
-
-
 def test_settings_current_is_the_view_of_the_installed_dict(monkeypatch):
-    monkeypatch.setattr(settings, "_current", None)  # the process's settings come back after the test
+    monkeypatch.setattr(settings, "_current", None)
+    monkeypatch.setattr(settings, "_current_view", None)
     cfg = settings.load_config(environ={"INBOXLAYER_SES_CONFIGURATION_SET": "events"})
-    settings.use(cfg)
-    assert settings.current() is settings.view(cfg)
+    assert settings.use(cfg) is cfg
+    assert settings.get() is cfg
+    assert settings.current() == settings.view(cfg)
     assert settings.current().ses.configuration_set == "events"
-    cfg["ses"]["configuration_set"] = "other"
-    assert settings.current().ses.configuration_set == "other"
+
+
+def test_settings_use_of_a_bad_dict_keeps_the_installed_settings(monkeypatch):
+    monkeypatch.setattr(settings, "_current", None)
+    monkeypatch.setattr(settings, "_current_view", None)
+    cfg = settings.use(settings.load_config(environ={}))
+    installed = settings.current()
+    broken = {name: table for name, table in cfg.items() if name != "relay"}
+    with pytest.raises(KeyError):
+        settings.use(broken)
+    assert (settings.get(), settings.current()) == (cfg, installed)
 
 
 def test_settings_plan_unknown_falls_back_to_default_plan():
@@ -155,11 +163,13 @@ def test_settings_plan_unknown_falls_back_to_default_plan():
 
 def test_settings_typed_accepts_a_view_a_dict_or_nothing(monkeypatch):
     monkeypatch.setattr(settings, "_current", None)
-    cfg = settings.use(settings.load_config(environ={}))
+    monkeypatch.setattr(settings, "_current_view", None)
+    settings.use(settings.load_config(environ={}))
     other = settings.load_config(environ={"INBOXLAYER_RELAY_LEASE": "5"})
-    assert settings.typed(settings.view(other)) is settings.view(other)
+    other_view = settings.view(other)
+    assert settings.typed(other_view) is other_view
     assert settings.typed(other).relay.lease == 5
-    assert settings.typed() is settings.current() is settings.view(cfg)
+    assert settings.typed() is settings.current()
 
 
 def test_settings_section_answers_by_key_like_its_table():

@@ -51,8 +51,9 @@ def test_login_wrong_password_is_refused_with_message(web_factory):
     assert "Wrong email or password." in unknown.get_data(as_text=True)
 
 
-def test_login_throttled_after_repeated_failures(web_factory, config):
+def test_login_throttled_after_repeated_failures(web_factory, config, reconfigure):
     config["web"]["login_max_failures"] = 3
+    reconfigure()
     web_factory().signup("victim@example.com", "the right password")
     attacker = web_factory()
     for _ in range(3):
@@ -63,8 +64,9 @@ def test_login_throttled_after_repeated_failures(web_factory, config):
     assert attacker.get("/dashboard").status_code == 302  # even the right password did not log in
 
 
-def test_login_throttle_is_per_address(web_factory, config):
+def test_login_throttle_is_per_address(web_factory, config, reconfigure):
     config["web"]["login_max_failures"] = 2
+    reconfigure()
     web_factory().signup("other@example.com", "the right password")
     client = web_factory()
     for _ in range(2):
@@ -163,9 +165,10 @@ def test_login_refused_cleanly_when_throttle_store_is_down(web_factory, config):
     assert "Signing in is temporarily unavailable." in response.get_data(as_text=True)
 
 
-def test_signups_limited_per_client_address(web_factory, config):
+def test_signups_limited_per_client_address(web_factory, config, reconfigure):
     """Every account gets a sending quota: one client address may not farm accounts."""
     config["web"]["signups_per_hour"] = 2
+    reconfigure()
     for n in range(2):
         web_factory().signup(f"farm{n}@example.com")
     third = web_factory()
@@ -180,10 +183,12 @@ def test_signups_limited_per_client_address(web_factory, config):
     elsewhere.signup("farm2@example.com")  # another network is not affected
 
 
-def test_failed_signups_do_not_count_toward_the_limit(web_factory, config):
+def test_failed_signups_do_not_count_toward_the_limit(web_factory, config, reconfigure):
     config["web"]["signups_per_hour"] = 1
+    reconfigure()
     web_factory().signup("taken@example.com")
     config["web"]["signups_per_hour"] = 2
+    reconfigure()
     duplicate = web_factory().post("/signup", {"email": "taken@example.com", "password": "a long enough password",
                                                "confirm": "a long enough password"}, page="/signup")
     assert duplicate.status_code == 422

@@ -122,9 +122,10 @@ def test_check_domain_dns_unreachable_keeps_status(config, account, dns_server):
     assert checked.last_error.startswith("DNS lookup failed, will retry: ")
 
 
-def test_check_domain_bad_resolver_setting_keeps_status(config, account):
+def test_check_domain_bad_resolver_setting_keeps_status(config, account, reconfigure):
     domain = add_domain(account.user)
     config["dns"]["resolver"] = "not-an-ip:53"
+    reconfigure()
     checked = domains.check_domain(domain.id)
     assert (checked.status, checked.last_error) == ("pending", "DNS lookup failed, will retry: resolver misconfigured")
 

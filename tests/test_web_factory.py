@@ -82,10 +82,25 @@ def test_views_get_or_404_is_not_found_for_another_accounts_row(app, account):
         assert info.value.code == 404
 
 
-def test_views_app_settings_are_this_apps_typed_settings(config):
+def test_views_app_settings_are_this_apps_typed_settings_built_once(config):
     app = create_app({**config, "TESTING": True})
     with app.app_context():
-        assert views.app_settings() is settings.view(app.config["INBOXLAYER"])
-        assert views.app_settings().web.secret_key == "test-secret"
-        config["web"]["ops_token"] = "changed"  # a test changing its config after start-up is seen
+        built = views.app_settings()
+        assert built is app.extensions[views.SETTINGS_EXTENSION]
+        assert built == settings.view(app.config["INBOXLAYER"])
+        assert built.web.secret_key == "test-secret"
+        config["web"]["ops_token"] = "changed"  # read once at creation: a later edit is not seen
+        assert views.app_settings() is built
+        assert views.app_settings().web.ops_token == ""
+    app = create_app({**config, "TESTING": True})  # an app made after the edit sees it
+    with app.app_context():
         assert views.app_settings().web.ops_token == "changed"
+
+
+def test_views_app_settings_are_the_apps_own_not_the_process(config):
+    app = create_app({**config, "TESTING": True})
+    other = {**config, "web": {**config["web"], "ops_token": "other-process"}}
+    settings.use(other)
+    with app.app_context():
+        assert views.app_settings().web.ops_token == ""
+    assert settings.current().web.ops_token == "other-process"

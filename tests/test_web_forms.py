@@ -129,9 +129,10 @@ def test_domain_unicode_name_is_stored_as_idna(web):
         assert models.Domain.get_by_id(domain_id).name == "xn--bcher-kva.example"
 
 
-def test_domain_ses_unreachable_shows_message(web, config):
+def test_domain_ses_unreachable_shows_message(web, config, reconfigure):
     config["ses"]["endpoint_url"] = "http://127.0.0.1:9"  # nothing listens on the discard port
     config["ses"]["connect_timeout"] = 1
+    reconfigure()
     response = web.post("/domains/", {"name": "mail.example.com"})
     assert response.status_code == 503
     assert "Amazon SES could not set up this domain right now" in response.get_data(as_text=True)

@@ -175,8 +175,9 @@ def test_cli_inboxes_create_role_address_refused_unless_allow_reserved(subproces
         assert models.Inbox.select().where(models.Inbox.address == f"abuse@{domain}").count() == 1
 
 
-def test_api_create_inbox_over_plan_cap_is_403(api, account, config):
+def test_api_create_inbox_over_plan_cap_is_403(api, account, config, reconfigure):
     config["plans"]["free"]["max_inboxes"] = 3  # the account fixture already has one inbox
+    reconfigure()
 
     created = [api.post("/v1/inboxes", json={"name": f"bot{n}"}).status_code for n in range(3)]
 
@@ -188,8 +189,9 @@ def test_api_create_inbox_over_plan_cap_is_403(api, account, config):
         assert models.Inbox.select().where(models.Inbox.user == account.user).count() == 3
 
 
-def test_dashboard_create_inbox_over_plan_cap_is_refused(web, config):
+def test_dashboard_create_inbox_over_plan_cap_is_refused(web, config, reconfigure):
     config["plans"]["free"]["max_inboxes"] = 1
+    reconfigure()
     web.create_inbox("first")
 
     response = web.post("/inboxes/", {"local_part": "second", "domain": "0", "display_name": ""})
@@ -198,8 +200,9 @@ def test_dashboard_create_inbox_over_plan_cap_is_refused(web, config):
     assert "This account has reached its plan&#39;s limit of 1 inboxes" in response.get_data(as_text=True)
 
 
-def test_inbox_cap_holds_under_parallel_creates_over_http(live_server, account, config):
+def test_inbox_cap_holds_under_parallel_creates_over_http(live_server, account, config, reconfigure):
     config["plans"]["free"]["max_inboxes"] = 4  # one exists; three more may be made
+    reconfigure()
     barrier = threading.Barrier(12)
     statuses = []
 

@@ -92,9 +92,10 @@ def test_inbox_create_on_default_domain_and_show_smtp_settings(web, config):
     assert "25 MB" in page and "of 500 sends today" in page
 
 
-def test_inbox_show_uses_production_ports_from_settings(web, config):
+def test_inbox_show_uses_production_ports_from_settings(web, config, reconfigure):
     config["smtp"]["starttls_port"], config["smtp"]["tls_port"] = 587, 465
     config["smtp"]["public_host"] = "smtp.inboxlayer.dev"
+    reconfigure()
     inbox_id = web.create_inbox("prod")
     page = web.get(f"/inboxes/{inbox_id}").get_data(as_text=True)
     assert "<code>587</code> (STARTTLS, recommended)" in page and "<code>465</code> (implicit TLS)" in page

@@ -36,10 +36,12 @@ def create_app(config=None):
     flask_overrides = {k: config.pop(k) for k in list(config) if k.isupper()}
     settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     runtime.configure(config)
-    web = settings.view(config).web
+    typed = settings.current()  # built once by runtime.configure from this dict
 
+    web = typed.web
     app = Flask(__name__)
     app.config.from_mapping(flask_config(web), INBOXLAYER=config)
+    app.extensions[views.SETTINGS_EXTENSION] = typed
     app.config.update(flask_overrides)
     if web.trusted_proxies:
         # Behind a load balancer the client address (login throttling) and scheme come from

@@ -12,6 +12,7 @@ from flask import request
 import models
 import settings
 
+SETTINGS_EXTENSION = "inboxlayer.settings"  # app.extensions key of the app's typed settings
 MAX_PAGE = 10**6  # a larger ?page= is read as this one (an empty page, not an error)
 
 
@@ -21,8 +22,8 @@ def app_config():
 
 
 def app_settings() -> settings.Settings:
-    """The typed view of this app's settings (built once; again only if a test changed the dict)."""
-    return settings.view(app_config())
+    """The typed view of this app's settings, built once by ``create_app``."""
+    return current_app.extensions[SETTINGS_EXTENSION]
 
 
 def get_or_404(model, *conditions):
