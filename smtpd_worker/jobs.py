@@ -114,7 +114,7 @@ class LeaseKeeper(threading.Thread):
     def __init__(self, claim):
         super().__init__(name=f"lease-{claim.row.id}", daemon=True)
         self.claim = claim
-        self.lease = settings.get()["relay"]["lease"]
+        self.lease = settings.current().relay.lease
         self.stopping = threading.Event()
 
     def __enter__(self):
@@ -142,8 +142,8 @@ def _read_message(blob_key):
 
 
 def _claim(outbound_id):
-    relay_settings = settings.get()["relay"]
-    return outbound.claim(outbound_id, relay_settings["lease"], relay_settings["max_attempts"], WORKER_NAME)
+    relay = settings.current().relay
+    return outbound.claim(outbound_id, relay.lease, relay.max_attempts, WORKER_NAME)
 
 
 def _finish_error(claim, err):
@@ -164,7 +164,7 @@ def _finish_error(claim, err):
 def _record_error(claim, err):
     """Schedule a retry (its delay in seconds), or fail the row for good (None). None too when the
     claim is no longer ours."""
-    max_attempts = settings.get()["relay"]["max_attempts"]
+    max_attempts = settings.current().relay.max_attempts
     if err.retryable and claim.attempt < max_attempts:
         delay = backoff_delay(claim.attempt)
         return delay if outbound.retry(claim, str(err), err.as_detail(), delay) else None
@@ -176,8 +176,8 @@ def _record_error(claim, err):
 def backoff_delay(attempt):
     """Seconds before retry after ``attempt``: base * 2**(attempt-1), capped, jittered into its
     upper half so that a throttled burst does not come back in lockstep."""
-    relay_settings = settings.get()["relay"]
-    ceiling = min(relay_settings["backoff_max"], relay_settings["backoff_base"] * 2 ** (attempt - 1))
+    relay = settings.current().relay
+    ceiling = min(relay.backoff_max, relay.backoff_base * 2 ** (attempt - 1))
     return max(1, math.ceil(ceiling * random.uniform(0.5, 1.0)))
 
 
@@ -189,7 +189,7 @@ def _schedule(outbound_id, attempt, delay):
         outbox.relay_queue().enqueue_in(
             datetime.timedelta(seconds=delay + SCHEDULER_SLACK), relay_outbound, outbound_id,
             job_id=f"{outbox.relay_job_id(outbound_id)}-retry{attempt}",
-            job_timeout=settings.get()["relay"]["job_timeout"], result_ttl=3600, failure_ttl=86400)
+            job_timeout=settings.current().relay.job_timeout, result_ttl=3600, failure_ttl=86400)
     except Exception as exc:  # Redis trouble: the row knows its due time; the reconciler will act
         log.warning("could not schedule retry of row %s: %s", outbound_id, exc)
 
@@ -224,7 +224,7 @@ def reconcile_stale(now=None):
     after the commit failed, Redis lost its data, or a worker died holding the lease.
     """
     now = now or models.utcnow()
-    cutoff = now - datetime.timedelta(seconds=settings.get()["relay"]["reconcile_after"])
+    cutoff = now - datetime.timedelta(seconds=settings.current().relay.reconcile_after)
     with models.db.connection_context():
         stale = outbound.stale(cutoff, RECONCILE_BATCH)
     requeued = [outbound_id for outbound_id, status in stale if not _job_alive(outbound_id, status)]

@@ -9,7 +9,7 @@ import models
 from tests.fixtures_api import send_body
 
 
-def set_plan(config, **limits, reconfigure):
+def set_plan(reconfigure, config, **limits):
     config["plans"]["free"].update(limits)
     reconfigure()
 
@@ -21,8 +21,8 @@ def seconds_to_midnight():
     return (midnight - now).total_seconds(), calendar.timegm(midnight.timetuple())
 
 
-def test_api_rate_limit_is_429_with_retry_after(api, account, config):
-    set_plan(config, send_burst=3, send_rate_per_second=0.1)
+def test_api_rate_limit_is_429_with_retry_after(api, account, config, reconfigure):
+    set_plan(reconfigure, config, send_burst=3, send_rate_per_second=0.1)
     for _ in range(3):
         assert api.post(f"/v1/inboxes/{account.address}/send", json=send_body()).status_code == 202
     response = api.post(f"/v1/inboxes/{account.address}/send", json=send_body())
@@ -36,8 +36,8 @@ def test_api_rate_limit_is_429_with_retry_after(api, account, config):
         assert models.OutboundEmail.select().count() == 3
 
 
-def test_api_quota_is_429_naming_usage_and_reset(api, account, config):
-    set_plan(config, daily_send_limit=3)
+def test_api_quota_is_429_naming_usage_and_reset(api, account, config, reconfigure):
+    set_plan(reconfigure, config, daily_send_limit=3)
     ok = api.post(f"/v1/inboxes/{account.address}/send", json=send_body(to=["a@example.com", "b@example.com"]))
     assert ok.status_code == 202
     assert ok.headers["X-RateLimit-Limit"] == "3"
@@ -78,8 +78,8 @@ def smtp_send(smtp_client, account, recipients):
             pass
 
 
-def test_quota_is_shared_by_smtp_and_api(api, account, config, start_smtp_server, smtp_client_for):
-    set_plan(config, daily_send_limit=5)
+def test_quota_is_shared_by_smtp_and_api(api, account, config, start_smtp_server, smtp_client_for, reconfigure):
+    set_plan(reconfigure, config, daily_send_limit=5)
     smtp = smtp_client_for(start_smtp_server(INBOXLAYER_PLANS_FREE_DAILY_SEND_LIMIT=5))
     assert api.post(f"/v1/inboxes/{account.address}/send",
                     json=send_body(to=["a@example.com", "b@example.com"])).status_code == 202
@@ -99,10 +99,10 @@ def test_quota_is_shared_by_smtp_and_api(api, account, config, start_smtp_server
         assert sorted(o.via for o in models.OutboundEmail.select()) == ["api", "smtp", "smtp"]
 
 
-def test_rate_limit_is_shared_by_smtp_and_api(api, account, config, start_smtp_server, smtp_client_for):
+def test_rate_limit_is_shared_by_smtp_and_api(api, account, config, start_smtp_server, smtp_client_for, reconfigure):
     # Plan rates are whole messages per second, so the burst refills after 1 s: the slow part
     # (TLS, AUTH) happens first and the rate-limited steps are cheap commands on an open session.
-    set_plan(config, send_burst=3, send_rate_per_second=1)
+    set_plan(reconfigure, config, send_burst=3, send_rate_per_second=1)
     server = start_smtp_server(INBOXLAYER_PLANS_FREE_SEND_BURST=3, INBOXLAYER_PLANS_FREE_SEND_RATE_PER_SECOND=1)
     smtp = smtp_client_for(server)(account.address, account.token)
     api.get("/v1/account").raise_for_status()  # warm the HTTP connection too

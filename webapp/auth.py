@@ -6,7 +6,6 @@ import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint
-from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -29,6 +28,7 @@ from core import outbox
 from webapp.forms import ChangePasswordForm
 from webapp.forms import LoginForm
 from webapp.forms import SignupForm
+from webapp.views import app_settings
 
 bp = Blueprint("auth", __name__)
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ def _dummy_hash():
     """Checked when the address is unknown, so a wrong address costs as much time as a wrong
     password (no account enumeration by timing). Made on first use, not at import."""
     return generate_password_hash(secrets.token_hex(16))
-
-
-def _settings():
-    return current_app.config["INBOXLAYER"]
 
 
 def _throttle_ident(email):
@@ -118,7 +114,7 @@ def signup():
             form.form_errors.append(refusal[0])
             return render_template("auth/signup.html", form=form), refusal[1]
         try:
-            user = accounts.create_user(form.email.data, form.password.data, _settings()["server"]["default_plan"])
+            user = accounts.create_user(form.email.data, form.password.data, app_settings().server.default_plan)
         except accounts.AccountExists:
             form.email.errors.append("An account with this address already exists. Log in instead.")
         else:
@@ -135,7 +131,7 @@ SIGNUP_WINDOW = 3600  # seconds over which a client's new accounts are counted
 def _signup_refusal():
     """(message, status) when this client address has made too many accounts lately, else None.
     Every account can send its plan's quota, so free sign-ups are what a spammer would farm."""
-    limit = _settings()["web"]["signups_per_hour"]
+    limit = app_settings().web.signups_per_hour
     if not limit:
         return None
     try:
@@ -149,7 +145,7 @@ def _signup_refusal():
 
 
 def _count_signup():
-    if _settings()["web"]["signups_per_hour"]:
+    if app_settings().web.signups_per_hour:
         try:
             limits.count_in_window("signup", request.remote_addr, SIGNUP_WINDOW)
         except limits.LimiterUnavailable:
@@ -165,7 +161,7 @@ def login():
         return render_template("auth/login.html", form=form), 200 if request.method == "GET" else 422
     email = form.email.data.strip().lower()
     ident = _throttle_ident(email)
-    max_failures = _settings()["web"]["login_max_failures"]
+    max_failures = app_settings().web.login_max_failures
     try:
         # Count the attempt as a failure first, then decide: a parallel burst cannot slip more
         # than max_failures tries in between a check and an increment. A success gives it back.

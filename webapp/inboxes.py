@@ -1,7 +1,6 @@
 """Inboxes: create on the default domain or a custom one, list, show SMTP settings, delete."""
 from flask import Blueprint
 from flask import abort
-from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -11,11 +10,11 @@ from flask_login import login_required
 from peewee import JOIN
 
 import models
-import settings
 from webapp.forms import MAX_ID
 from core import accounts
 from core import quota
 from webapp.forms import InboxForm
+from webapp.views import app_settings
 
 bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
 
@@ -30,18 +29,14 @@ def owned_inbox(inbox_id):
     return inbox
 
 
-def _settings():
-    return current_app.config["INBOXLAYER"]
-
-
 def _max_inboxes():
-    return settings.plan_limits(_settings(), current_user.user.plan)["max_inboxes"]
+    return app_settings().plan(current_user.user.plan).max_inboxes
 
 
 def _form():
     form = InboxForm()
     domains = models.Domain.select().where(models.Domain.user == current_user.user).order_by(models.Domain.name)
-    form.domain.choices = [(DEFAULT_DOMAIN_CHOICE, _settings()["server"]["default_domain"])] + [
+    form.domain.choices = [(DEFAULT_DOMAIN_CHOICE, app_settings().server.default_domain)] + [
         (d.id, d.name if d.status == "verified" else f"{d.name} ({d.status}: cannot send until verified)")
         for d in domains]
     return form
@@ -52,7 +47,7 @@ def _render_index(form, status=200):
                .join(models.Domain, join_type=JOIN.LEFT_OUTER, on=(models.Inbox.domain == models.Domain.id))
                .where(models.Inbox.user == current_user.user).order_by(models.Inbox.address))
     return render_template("inboxes/index.html", form=form, inboxes=list(inboxes),
-                           default_domain=_settings()["server"]["default_domain"]), status
+                           default_domain=app_settings().server.default_domain), status
 
 
 @bp.get("/")
@@ -76,7 +71,7 @@ def create():
             return _render_index(form, 422)
     try:
         inbox = accounts.create_inbox(current_user.user, form.local_part.data, domain,
-                                      _settings()["server"]["default_domain"], form.display_name.data,
+                                      app_settings().server.default_domain, form.display_name.data,
                                       max_inboxes=_max_inboxes())
     except accounts.InboxLimitReached as exc:
         form.form_errors.append(str(exc).capitalize() + ".")
@@ -96,13 +91,13 @@ def create():
 def show(inbox_id):
     inbox = owned_inbox(inbox_id)
     can_send, reason = models.inbox_can_send(inbox)
-    smtp = _settings()["smtp"]
+    smtp = app_settings().smtp
     recent = (models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox)
               .order_by(models.OutboundEmail.created_at.desc(), models.OutboundEmail.id.desc()).limit(5))
     sent_count = models.Message.select().where(models.Message.inbox == inbox, models.Message.folder == "sent").count()
     return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
-                           smtp_host=smtp["public_host"], starttls_port=smtp["starttls_port"],
-                           tls_port=smtp["tls_port"], max_size_mb=smtp["max_message_size"] // 2**20,
+                           smtp_host=smtp.public_host, starttls_port=smtp.starttls_port,
+                           tls_port=smtp.tls_port, max_size_mb=smtp.max_message_size // 2**20,
                            recent=list(recent), sent_count=sent_count, usage=quota.usage(current_user.user))
 
 

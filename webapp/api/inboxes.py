@@ -1,10 +1,8 @@
 """GET/POST /v1/inboxes and GET /v1/account."""
-from flask import current_app
 from flask import g
 from flask import jsonify
 
 import models
-import settings
 from core import accounts
 from core import quota
 from webapp.api.errors import ApiError
@@ -13,6 +11,7 @@ from webapp.api.outbound import iso
 from webapp.api.pagination import paginate
 from webapp.api.validation import inbox_request
 from webapp.api.validation import json_body
+from webapp.views import app_settings
 
 
 def inbox_json(inbox):
@@ -29,8 +28,8 @@ def list_inboxes():
 
 def create_inbox():
     name, domain_name, display_name = inbox_request(json_body())
-    config = current_app.config["INBOXLAYER"]
-    default_domain = config["server"]["default_domain"]
+    typed = app_settings()
+    default_domain = typed.server.default_domain
     domain = None
     if domain_name is not None:
         try:
@@ -43,7 +42,7 @@ def create_inbox():
                 raise Invalid("domain", f"{domain_name} is neither {default_domain} nor a domain of this account")
     try:
         inbox = accounts.create_inbox(g.user, name, domain, default_domain, display_name,
-                                      max_inboxes=settings.plan_limits(config, g.user.plan)["max_inboxes"])
+                                      max_inboxes=typed.plan(g.user.plan).max_inboxes)
     except accounts.InboxLimitReached as exc:
         raise ApiError(403, "inbox_limit_reached", str(exc)[0].upper() + str(exc)[1:]) from None
     except accounts.ReservedAddress as exc:
