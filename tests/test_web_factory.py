@@ -1,14 +1,18 @@
 """The app factory (issue 11): create_app installs the app-wide error pages and template filters
 itself (no blueprint does), and the views share one set of helpers (webapp/views.py) and read the
 typed settings of their own app. Real app, real database; nothing is mocked."""
+import types
+
 import pytest
 from flask import Flask
+from flask import render_template_string
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 import models
 import settings
+from core import outbound
 from webapp import create_app
 from webapp import errors
 from webapp import views
@@ -104,3 +108,22 @@ def test_views_app_settings_are_the_apps_own_not_the_process(config):
     with app.app_context():
         assert views.app_settings().web.ops_token == ""
     assert settings.current().web.ops_token == "other-process"
+
+
+def test_template_globals_are_core_outbounds_status_groups(app):
+    assert {name: app.jinja_env.globals[name] for name in views.TEMPLATE_GLOBALS} == {
+        "OUTBOUND_ACTIVE": outbound.ACTIVE, "OUTBOUND_FINAL": outbound.FINAL,
+        "OUTBOUND_UNDELIVERED": outbound.UNDELIVERED}
+
+
+@pytest.mark.parametrize("status, shown", [
+    ("queued", "not yet (SES has not accepted it)"),
+    ("sending", "not yet (SES has not accepted it)"),
+    ("failed", "none (failed before SES accepted it)"),
+    ("bounced", "none"),
+])
+def test_macro_ses_message_id_reads_the_active_group(app, status, shown):
+    template = '{% import "_macros.html" as m %}{{ m.ses_message_id(row) }}'
+    row = types.SimpleNamespace(ses_message_id="", status=status)
+    with app.test_request_context("/"):
+        assert render_template_string(template, row=row) == f'<span class="muted">{shown}</span>'

@@ -56,6 +56,7 @@ def create_app(config=None):
     app.after_request(security_headers)
     errors.register(app)
     app.jinja_env.filters.update(views.TEMPLATE_FILTERS)
+    app.jinja_env.globals.update(views.TEMPLATE_GLOBALS)
 
     for module in (auth, dashboard, api_keys, domains, webhooks, ops, api):
         app.register_blueprint(module.bp)

@@ -1,6 +1,5 @@
 """Account settings > API keys: create (the full token shown once), list, revoke."""
 from flask import Blueprint
-from flask import abort
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -12,6 +11,7 @@ import models
 from core import accounts
 from webapp.forms import MAX_ID
 from webapp.forms import TokenForm
+from webapp.views import get_or_404
 
 bp = Blueprint("api_keys", __name__, url_prefix="/account/keys")
 
@@ -49,9 +49,7 @@ def create():
 @bp.post(f"/<int(max={MAX_ID}):token_id>/revoke")
 @login_required
 def revoke(token_id):
-    token = models.ApiToken.get_or_none(models.ApiToken.id == token_id, models.ApiToken.user == current_user.user)
-    if token is None:
-        abort(404)
+    token = get_or_404(models.ApiToken, models.ApiToken.id == token_id, models.ApiToken.user == current_user.user)
     revoked = accounts.revoke_token(current_user.user, token.id)
     if revoked:
         flash(f"Key “{token.name}” ({token.prefix}…) is revoked. SMTP and API requests using it now fail.", "success")

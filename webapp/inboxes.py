@@ -1,6 +1,5 @@
 """Inboxes: create on the default domain or a custom one, list, show SMTP settings, delete."""
 from flask import Blueprint
-from flask import abort
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -15,6 +14,7 @@ from core import accounts
 from core import quota
 from webapp.forms import InboxForm
 from webapp.views import app_settings
+from webapp.views import get_or_404
 
 bp = Blueprint("inboxes", __name__, url_prefix="/inboxes")
 
@@ -23,10 +23,7 @@ DEFAULT_DOMAIN_CHOICE = 0  # the select's value for the default domain (domain i
 
 def owned_inbox(inbox_id):
     """The logged-in user's inbox or 404."""
-    inbox = models.Inbox.get_or_none(models.Inbox.id == inbox_id, models.Inbox.user == current_user.user)
-    if inbox is None:
-        abort(404)
-    return inbox
+    return get_or_404(models.Inbox, models.Inbox.id == inbox_id, models.Inbox.user == current_user.user)
 
 
 def _max_inboxes():

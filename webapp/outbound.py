@@ -13,7 +13,7 @@ from peewee import JOIN
 import models
 from core import ids
 from core.outbound import STATUSES
-from webapp.sent import page_number
+from webapp.views import paginate
 
 bp = Blueprint("outbound", __name__, url_prefix="/outbound")
 
@@ -67,11 +67,9 @@ def index():
         end = datetime.datetime.combine(filters["until"] + datetime.timedelta(days=1), datetime.time())
         query = query.where(models.OutboundEmail.created_at < end)
     query = query.order_by(models.OutboundEmail.created_at.desc(), models.OutboundEmail.id.desc())
-    page = page_number()
-    total = query.count()
-    rows = list(query.paginate(page, PAGE_SIZE))
+    rows, page, pages, total = paginate(query, PAGE_SIZE)
     return render_template("outbound/index.html", rows=rows, inboxes=inboxes, filters=filters, errors=errors,
-                           statuses=STATUSES, page=page, pages=max(1, -(-total // PAGE_SIZE)), total=total,
+                           statuses=STATUSES, page=page, pages=pages, total=total,
                            args={k: v for k, v in request.args.items() if k in FILTER_KEYS}), 422 if errors else 200
 
 

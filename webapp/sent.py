@@ -14,7 +14,6 @@ from core import blobs
 from core import mailview
 from webapp.inboxes import owned_inbox
 from webapp.views import get_or_404
-from webapp.views import page_number  # noqa: F401 - webapp/outbound.py imports it from here
 from webapp.views import paginate
 
 bp = Blueprint("sent", __name__, url_prefix=f"/inboxes/<int(max={MAX_ID}):inbox_id>/sent")

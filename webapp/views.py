@@ -11,6 +11,7 @@ from flask import request
 
 import models
 import settings
+from core import outbound
 
 SETTINGS_EXTENSION = "inboxlayer.settings"  # app.extensions key of the app's typed settings
 MAX_PAGE = 10**6  # a larger ?page= is read as this one (an empty page, not an error)
@@ -68,3 +69,7 @@ def bidi_visible(text):
 
 
 TEMPLATE_FILTERS = {"fromjson": fromjson, "bidi_visible": bidi_visible}
+# Template globals (the factory installs them): core.outbound's status groups, so templates do not
+# spell them out again.
+TEMPLATE_GLOBALS = {"OUTBOUND_ACTIVE": outbound.ACTIVE, "OUTBOUND_FINAL": outbound.FINAL,
+                    "OUTBOUND_UNDELIVERED": outbound.UNDELIVERED}
