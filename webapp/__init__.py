@@ -37,8 +37,8 @@ def create_app(config=None):
     settings.check_web_production(config)  # SettingsError: no secret key or SNS topics in production
     runtime.configure(config)
     typed = settings.current()  # built once by runtime.configure from this dict
-
     web = typed.web
+
     app = Flask(__name__)
     app.config.from_mapping(flask_config(web), INBOXLAYER=config)
     app.extensions[views.SETTINGS_EXTENSION] = typed
