@@ -30,7 +30,7 @@ SPOOL_IN_MEMORY = 256 * 1024  # bytes of DATA held in RAM before the spool moves
 HANDSHAKE_TIMEOUT = 30  # seconds a client gets to finish a TLS handshake, however it trickles it
 LAST_REPLY_TIMEOUT = 5  # seconds the parting 421 may take to send before the socket is just closed
 
-# -- replies (RFC 5321 codes with RFC 3463 enhanced codes; the DESIGN table's wording) -------------
+# -- replies (RFC 5321 codes with RFC 3463 enhanced codes; docs/smtp.md's reply table) -------------
 READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
 AUTH_OK = "235 2.7.0 Authentication successful"
 OK = "250 2.0.0 OK"

@@ -1,11 +1,11 @@
 """The SMTP replies clients see, written out independently of smtpd_worker/session.py.
 
-The first block is DESIGN.md's reply table, word for word; the rest are the protocol replies
-documented in docs/smtp.md. Tests compare with ``==`` against these, so a reply that drifts
+The first block is the submission reply table of docs/smtp.md, word for word; the rest are the
+protocol replies documented there too. Tests compare with ``==`` against these, so a reply that drifts
 from the documented one fails a test.
 """
 
-# -- DESIGN.md reply table --------------------------------------------------------------------------
+# -- the submission reply table (docs/smtp.md) ------------------------------------------------------
 TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"

@@ -1,7 +1,7 @@
 """The DATA reader against a line-by-line reference, over many random splits of tricky input.
 
 receive_data() works on blocks of lines for speed; the reference below reads one line at a
-time exactly as RFC 5321 4.5.2 and DESIGN.md describe (only CRLF '.' CRLF after a CRLF ends
+time exactly as RFC 5321 4.5.2 and docs/smtp.md describe (only CRLF '.' CRLF after a CRLF ends
 the data; bare LF becomes CRLF; bare CR stays; a leading dot is dropped when more follows).
 The bytes travel through a real socket pair, received in random small pieces so every
 position of the end marker across reads is exercised.

@@ -1,5 +1,5 @@
 """The real SMTP server (`inboxlayer smtpd` as a child process) with the real database, Redis
-and blob store: what a client's 250 means, and each refusal of the DESIGN reply table."""
+and blob store: what a client's 250 means, and each refusal of the reply table (docs/smtp.md)."""
 import json
 import re
 import smtplib
@@ -119,7 +119,7 @@ def test_message_of_25mb_accepted_and_stored(smtp_client, account):
         assert models.Message.get_by_id(outbound.message_id).size == 26214400
 
 
-# -- the DESIGN reply table ---------------------------------------------------------------------------
+# -- the reply table (docs/smtp.md) -------------------------------------------------------------------
 
 def login_reply(smtp_client, username, password, **kwargs):
     client = smtp_client(**kwargs)
