@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests import smtp_codes as codes
 from tests.helpers import free_port
 from tests.helpers import wait_for_port
 
@@ -210,6 +211,19 @@ class RawClient:
     def login(self, username, password):
         token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
         return self.cmd(f"AUTH PLAIN {token}")
+
+    def authenticate(self, username, password, ehlo="client.example"):
+        """Read the greeting, then STARTTLS, EHLO and AUTH PLAIN (asserted 235); returns the greeting."""
+        greeting = self.reply()
+        self.starttls()
+        self.cmd(f"EHLO {ehlo}")
+        assert self.login(username, password) == codes.AUTH_OK
+        return greeting
+
+    def start_data(self, sender, recipient="someone@example.com"):
+        """MAIL, RCPT and DATA pipelined, asserting their 250, 250 and 354."""
+        self.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+        assert [self.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
 
     def is_closed(self):
         """True when the server has closed the connection (EOF with nothing left unread)."""

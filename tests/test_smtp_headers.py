@@ -24,7 +24,6 @@ from core import submit
 from tests import smtp_codes as codes
 from tests.fixtures_api import send_body
 from tests.fixtures_smtp import RawClient
-from tests.fixtures_smtp import message
 from tests.helpers import wait_until
 
 FAR_ENOUGH = 1.0  # seconds: "another client's 220 arrives within a second"
@@ -90,12 +89,8 @@ def greeting_delay(server):
 def test_huge_to_header_refused_at_once_while_other_clients_are_greeted(smtp_server, account, to, expected):
     data = (f"From: Agent <{account.address}>\r\nTo: {to}\r\nSubject: flood\r\n\r\nbody\r\n").encode()
     hostile = RawClient(smtp_server, timeout=120)
-    hostile.reply()
-    hostile.starttls()
-    hostile.cmd("EHLO hostile.example")
-    assert hostile.login(account.address, account.token) == codes.AUTH_OK
-    hostile.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [hostile.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    hostile.authenticate(account.address, account.token, ehlo="hostile.example")
+    hostile.start_data(account.address)
     outcome = {}
 
     def submit_hostile():
@@ -170,16 +165,11 @@ def test_bare_cr_in_header_refused(smtp_server, account):
     """A bare CR hides "Bcc: ..." from a line-based reader (the relay's Bcc stripping) while other
     parsers see a header there; smtplib would turn it into CRLF, so the bytes go raw."""
     client = RawClient(smtp_server)
-    client.reply()
-    client.starttls()
-    client.cmd("EHLO client.example")
-    assert client.login(account.address, account.token) == codes.AUTH_OK
-    client.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [client.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    client.authenticate(account.address, account.token)
+    client.start_data(account.address)
     client.send(f"From: {account.address}\r\nSubject: hi\rBcc: hidden@example.com\r\n\r\nbody\r\n.\r\n")
     assert client.reply() == codes.BARE_CR_IN_HEADER
-    client.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [client.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    client.start_data(account.address)
     client.send(f"From: {account.address}\r\nSubject: hi\r\n\r\nbare \r CR in the body is data\r\n.\r\n")
     assert client.reply().startswith(codes.QUEUED_PREFIX)
     assert counts() == (1, 1)

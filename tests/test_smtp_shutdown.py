@@ -11,10 +11,7 @@ from tests.helpers import wait_until
 
 def logged_in(server, account):
     client = RawClient(server)
-    assert client.reply().startswith("220 ")
-    client.starttls()
-    client.cmd("EHLO client.example")
-    assert client.login(account.address, account.token) == codes.AUTH_OK
+    assert client.authenticate(account.address, account.token).startswith("220 ")
     return client
 
 
@@ -30,8 +27,7 @@ def in_data_at_sigterm(server, account):
     """A session halfway through DATA when the server gets SIGTERM; returns it and the rest of
     its message, once the listeners are closed."""
     busy = logged_in(server, account)
-    busy.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [busy.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    busy.start_data(account.address)
     data = message(account.address)
     busy.send(data[:20])
     server.proc.send_signal(signal.SIGTERM)

@@ -32,16 +32,8 @@ TRICKLE = 0.5  # seconds between the bytes of a trickling client
 
 def logged_in(server, username=SENDER, password=None, source=None):
     client = RawClient(server, source=source)
-    assert client.reply() == GREETING
-    client.starttls()
-    client.cmd("EHLO client.example")
-    assert client.login(username, password or server.password) == codes.AUTH_OK
+    assert client.authenticate(username, password or server.password) == GREETING
     return client
-
-
-def start_data(client, sender=SENDER):
-    client.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [client.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
 
 
 def readable_within(sock, seconds):
@@ -86,7 +78,7 @@ def test_connections_from_one_address_capped_at_50_others_still_served(cap_smtp)
         # normally; 5 s allows for a loaded test machine.
         started = time.monotonic()
         other = logged_in(cap_smtp, source="127.0.0.2")
-        start_data(other)
+        other.start_data(SENDER)
         other.send(HEADERS + "from another address\r\n.\r\n")
         assert other.reply().startswith(codes.QUEUED_PREFIX)
         assert time.monotonic() - started < 5
@@ -168,7 +160,7 @@ def test_authenticated_session_outlives_pre_auth_deadline(deadline_smtp):
     while time.monotonic() - started < 5:  # past the 4 s pre-AUTH deadline
         assert not readable_within(client.sock, 2 * TRICKLE)  # nothing unasked, no 421
         assert client.cmd("NOOP") == codes.OK
-    start_data(client)
+    client.start_data(SENDER)
     client.send(HEADERS + "still welcome\r\n.\r\n")
     assert client.reply().startswith(codes.QUEUED_PREFIX)
 
@@ -204,7 +196,7 @@ def test_tls_handshake_trickled_cut_at_pre_auth_deadline(deadline_smtp, port):
 def test_data_below_minimum_rate_cut_and_nothing_accepted(deadline_smtp):
     before = set(deadline_smtp.capture_dir.iterdir())
     client = logged_in(deadline_smtp)
-    start_data(client)
+    client.start_data(SENDER)
     client.send(HEADERS)
     reply, seconds = trickle_until_answered(client, b"slow body ", limit=9)  # 20 bytes/s
     assert reply == codes.DATA_TOO_SLOW
@@ -215,7 +207,7 @@ def test_data_below_minimum_rate_cut_and_nothing_accepted(deadline_smtp):
 
 def test_data_at_full_speed_accepted_under_minimum_rate(deadline_smtp):
     client = logged_in(deadline_smtp)
-    start_data(client)
+    client.start_data(SENDER)
     body = ("x" * 998 + "\r\n") * 3000  # 3 MB: more than the 2 s allowance buys at 2000 bytes/s
     client.send(HEADERS + body + ".\r\n")
     assert client.reply().startswith(codes.QUEUED_PREFIX)
@@ -232,8 +224,8 @@ def test_data_uploads_per_account_capped_with_451(start_smtp_server, account):
     server = start_smtp_server(INBOXLAYER_SMTP_MAX_DATA_PER_ACCOUNT=2)
     second = add_inbox(account, "second")  # same account, other inbox: counted together
     uploading = [logged_in(server, account.address, account.token), logged_in(server, second, account.token)]
-    start_data(uploading[0], account.address)
-    start_data(uploading[1], second)
+    uploading[0].start_data(account.address)
+    uploading[1].start_data(second)
     third = logged_in(server, account.address, account.token)
     third.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
     assert [third.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.TOO_MANY_TRANSFERS]
@@ -252,7 +244,7 @@ def test_data_uploads_per_account_capped_with_451(start_smtp_server, account):
 def test_token_revoked_during_data_gets_no_250(start_smtp_server, account):
     server = start_smtp_server(INBOXLAYER_SMTP_PRE_AUTH_DEADLINE=3)
     client = logged_in(server, account.address, account.token)
-    start_data(client, account.address)
+    client.start_data(account.address)
     data = message(account.address)
     client.send(data[:20])
     with models.db.connection_context():

@@ -315,12 +315,8 @@ def test_blob_store_down_refused_with_451_and_nothing_written(start_smtp_server,
     not_a_directory.write_text("")
     server = start_smtp_server(INBOXLAYER_BLOBS_PATH=str(not_a_directory))
     client = RawClient(server)
-    client.reply()
-    client.starttls()
-    client.cmd("EHLO client.example")
-    assert client.login(account.address, account.token) == codes.AUTH_OK
-    client.send(f"MAIL FROM:<{account.address}>\r\nRCPT TO:<someone@example.com>\r\nDATA\r\n")
-    assert [client.reply() for _ in range(3)] == [codes.SENDER_OK, codes.RECIPIENT_OK, codes.START_DATA]
+    client.authenticate(account.address, account.token)
+    client.start_data(account.address)
     client.send(message(account.address) + b".\r\n")
     assert client.reply() == codes.TEMPORARY_ERROR
     assert counts() == (0, 0, 0)
