@@ -85,18 +85,23 @@ def web_factory(app):
     return lambda: WebUser(app)
 
 
-@pytest.fixture
-def web(web_factory, config):
-    """A logged-in user. The account row is made directly with a cheap PBKDF2 hash so that the
-    hundreds of tests using this fixture do not each pay for scrypt; signup itself (scrypt) is
-    tested in test_web_auth.py. Logging in still goes through the real form."""
-    email, password = "owner@example.com", "a long enough password"
+def logged_in_user(web_factory, config, email):
+    """A new account ``email``, logged in through the real form. The account row is made directly
+    with a cheap PBKDF2 hash so that the hundreds of tests using it do not each pay for scrypt;
+    signup itself (scrypt) is tested in test_web_auth.py."""
+    password = "a long enough password"
     with models.db.connection_context(), models.db.atomic():
         models.User.create(email=email, password_hash=generate_password_hash(password, "pbkdf2:sha256:1000"),
                            plan=config["server"]["default_plan"])
     user = web_factory()
     user.login(email, password)
     return user
+
+
+@pytest.fixture
+def web(web_factory, config):
+    """A logged-in user (owner@example.com)."""
+    return logged_in_user(web_factory, config, "owner@example.com")
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import threading
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from werkzeug.security import generate_password_hash
 
 import models
 from core import domains
 from tests.dnsserver import publish
+from tests.fixtures_web import logged_in_user
 
 NAME = "mail.example.com"
 
@@ -22,13 +22,7 @@ NAME = "mail.example.com"
 @pytest.fixture
 def other(web_factory, config):
     """A second logged-in account (the real owner, or the squatter, depending on the test)."""
-    email, password = "other@example.com", "a long enough password"
-    with models.db.connection_context(), models.db.atomic():
-        models.User.create(email=email, password_hash=generate_password_hash(password, "pbkdf2:sha256:1000"),
-                           plan=config["server"]["default_plan"])
-    user = web_factory()
-    user.login(email, password)
-    return user
+    return logged_in_user(web_factory, config, "other@example.com")
 
 
 @pytest.fixture
@@ -183,6 +177,7 @@ def test_domain_dropped_claim_passes_ses_identity_to_winner(web, other, dns_serv
     squatter_id, owner_id = web.add_domain(NAME), other.add_domain(NAME)
     prove(dns_server, owner_id)
     check_now(other, owner_id)
+    assert domain_row(squatter_id) is None  # the squatter's claim, which created the identity, is dropped
     assert domain_row(owner_id).ses_identity_created is True
 
     other.post(f"/domains/{owner_id}/delete")
