@@ -4,7 +4,6 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 ``with db.atomic():`` and scopes the connection (``with db.connection_context():``).
 """
 import datetime
-import unicodedata
 from pathlib import Path
 
 from peewee import BigIntegerField
@@ -23,8 +22,6 @@ from peewee import TextField
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
-from core.text import BIDI_CONTROLS  # one definition, for display names here and file names in core.mail
-from core.text import ENCODED_WORD
 
 db = DatabaseProxy()
 
@@ -184,42 +181,7 @@ class AddressError(ValueError):
     pass
 
 
-class DisplayNameError(AddressError):
-    """A display name we refuse. ``reason`` ("must ...") is for a form field or a 422 naming the
-    field; str() names the display name, for callers that only catch AddressError."""
-
-    def __init__(self, reason):
-        super().__init__(f"the display name {reason}")
-        self.reason = reason
-
-
 MAX_DISPLAY_NAME = 100  # characters, the Inbox.display_name column
-
-
-def clean_display_name(value):
-    """The display name as stored, or DisplayNameError: the one rule for every front-end
-    (dashboard form, REST API, CLI; ``core.accounts.create_inbox`` applies it again).
-
-    One line of at most MAX_DISPLAY_NAME characters after runs of spaces and tabs are folded to
-    one space; no control characters, line or paragraph separators, lone surrogates or bidi
-    controls; no RFC 2047 encoded-words (the name is encoded when the From: header is written).
-    """
-    value = value or ""
-    if len(value) > 10 * MAX_DISPLAY_NAME:  # bound the scan below; folding never shrinks it this much
-        raise DisplayNameError(f"must be at most {MAX_DISPLAY_NAME} characters")
-    for char in value:
-        if char in BIDI_CONTROLS:
-            raise DisplayNameError(f"must not contain bidirectional control characters (U+{ord(char):04X}), "
-                                   "which change how the name reads")
-        if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
-            raise DisplayNameError("must be one line without control characters")
-    value = " ".join(value.split())
-    if len(value) > MAX_DISPLAY_NAME:
-        raise DisplayNameError(f"must be at most {MAX_DISPLAY_NAME} characters")
-    if ENCODED_WORD.search(value):
-        raise DisplayNameError("must not contain RFC 2047 encoded-words (=?charset?q?...?=): write the name "
-                               "itself, it is encoded as needed")
-    return value
 
 
 def normalize_address(address):

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import unicodedata
 
 from peewee import IntegrityError
 from werkzeug.security import generate_password_hash  # password hashing only: no HTTP in it
@@ -17,6 +18,8 @@ from werkzeug.security import generate_password_hash  # password hashing only: n
 import models
 from core import blobs
 from core import outbound
+from core.text import BIDI_CONTROLS
+from core.text import ENCODED_WORD
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,41 @@ class WeakPassword(AccountError):
 
 class AccountExists(AccountError):
     """An account with this email address exists (the unique index said so)."""
+
+
+class DisplayNameError(models.AddressError):
+    """A display name we refuse. ``reason`` ("must ...") is for a form field or a 422 naming the
+    field; str() names the display name, for callers that only catch AddressError."""
+
+    def __init__(self, reason):
+        super().__init__(f"the display name {reason}")
+        self.reason = reason
+
+
+def clean_display_name(value):
+    """The display name as stored, or DisplayNameError: the one rule for every front-end
+    (dashboard form, REST API, CLI; ``create_inbox`` applies it again).
+
+    One line of at most models.MAX_DISPLAY_NAME characters after runs of spaces and tabs are folded to
+    one space; no control characters, line or paragraph separators, lone surrogates or bidi
+    controls; no RFC 2047 encoded-words (the name is encoded when the From: header is written).
+    """
+    value = value or ""
+    if len(value) > 10 * models.MAX_DISPLAY_NAME:  # bound the scan below; folding never shrinks it this much
+        raise DisplayNameError(f"must be at most {models.MAX_DISPLAY_NAME} characters")
+    for char in value:
+        if char in BIDI_CONTROLS:
+            raise DisplayNameError(f"must not contain bidirectional control characters (U+{ord(char):04X}), "
+                                   "which change how the name reads")
+        if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            raise DisplayNameError("must be one line without control characters")
+    value = " ".join(value.split())
+    if len(value) > models.MAX_DISPLAY_NAME:
+        raise DisplayNameError(f"must be at most {models.MAX_DISPLAY_NAME} characters")
+    if ENCODED_WORD.search(value):
+        raise DisplayNameError("must not contain RFC 2047 encoded-words (=?charset?q?...?=): write the name "
+                               "itself, it is encoded as needed")
+    return value
 
 
 class ReservedAddress(models.AddressError):
@@ -166,7 +204,7 @@ def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev",
 
     The one place the inbox rules live (dashboard, API and CLI all call it): a role name on the
     default domain is ReservedAddress unless ``allow_reserved`` (the operator's CLI); the domain
-    must be ``user``'s; the display name passes models.clean_display_name; an account holding
+    must be ``user``'s; the display name passes clean_display_name; an account holding
     ``max_inboxes`` (its plan's; 0 = no limit) gets InboxLimitReached, counted under a lock on the
     account row; a taken address is InboxExists (from the unique index, not a racy pre-check).
     """
@@ -183,7 +221,7 @@ def create_inbox(user, local_part, domain=None, default_domain="inboxlayer.dev",
                                   "(not first or last, no '..')")
     if domain is not None and domain.user_id != user.id:
         raise models.AddressError("that domain is not yours")
-    display_name = models.clean_display_name(display_name)
+    display_name = clean_display_name(display_name)
     address = f"{local_part}@{domain.name if domain else default_domain}"
     try:
         with models.db.atomic():

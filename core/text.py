@@ -1,6 +1,6 @@
 """Characters and shapes that must not reach a header or a name as they are: one definition for
-display names (models), file names and header fields (core.mail). Stdlib only, so models can
-import it without the mail stack."""
+display names (core.accounts), file names and header fields (core.mail). Stdlib only, so the
+client CLI can load core.mail without the server stack."""
 import re
 
 LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() breaks at

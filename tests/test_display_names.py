@@ -1,5 +1,5 @@
 """One display-name rule for every front-end that sets one: the dashboard form, POST /v1/inboxes and
-`inboxlayer inboxes create` (models.clean_display_name). The same table drives all three, so none of
+`inboxlayer inboxes create` (core.accounts.clean_display_name). The same table drives all three, so none of
 them can accept what another refuses."""
 import json
 import subprocess
@@ -83,6 +83,6 @@ def test_display_name_refused_by_cli(subprocess_env, account, subtests):
 
 
 def test_display_name_rule_bounds_its_work():
-    with pytest.raises(models.DisplayNameError) as refused:
-        models.clean_display_name("x" * 10_000_000)
+    with pytest.raises(accounts.DisplayNameError) as refused:
+        accounts.clean_display_name("x" * 10_000_000)
     assert refused.value.reason == "must be at most 100 characters"

@@ -51,6 +51,14 @@ def test_core_module_imports_no_protocol_stack(path):
     assert bad == []
 
 
+@pytest.mark.parametrize("path", [ROOT / "models.py", ROOT / "settings.py"], ids=lambda p: p.name)
+def test_bottom_layer_imports_nothing_above_it(path):
+    """models.py and settings.py are what everything stands on: an import of core/ (or a front-end)
+    from them is an arrow running back up the house."""
+    above = ("core", "smtpd_worker", "webapp", "cli", "runtime")
+    assert sorted(name for name in imported_names(path) if name.split(".")[0] in above) == []
+
+
 @pytest.mark.parametrize("path", sorted([*(ROOT / "webapp").rglob("*.py"), ROOT / "runtime.py",
                                          *(ROOT / "cli" / name for name in ("send.py", "outbound.py", "login.py"))]),
                          ids=lambda p: str(p.relative_to(ROOT)))

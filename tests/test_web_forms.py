@@ -63,7 +63,7 @@ def test_api_key_bad_name_shows_message(web, name, message):
     ({"local_part": "a@b", "domain": "0"}, "Use letters, digits"),
     ({"local_part": "ok", "domain": "abc"}, "Invalid Choice: could not coerce."),
     ({"local_part": "ok", "domain": "424242"}, "Not a valid choice."),
-    # Display names follow the API's rule (models.clean_display_name; the full table is in test_display_names.py).
+    # Display names follow the API's rule (core.accounts.clean_display_name; the full table is in test_display_names.py).
     ({"local_part": "ok", "domain": "0", "display_name": "d" * 101}, "Must be at most 100 characters."),
     ({"local_part": "ok", "domain": "0", "display_name": "tab\x07bell"}, "Must be one line without control characters."),
     ({"local_part": "ok", "domain": "0", "display_name": "=?utf-8?q?Evil?="}, "Must not contain RFC 2047 encoded-words"),

@@ -16,6 +16,7 @@ from wtforms.validators import EqualTo
 from wtforms.validators import Length
 
 import models
+from core import accounts
 
 PASSWORD_MIN = 10  # characters; NIST SP 800-63B asks for at least 8
 PASSWORD_MAX = 200  # characters; long enough for passphrases, short enough to bound KDF input
@@ -83,10 +84,10 @@ class InboxForm(FlaskForm):
         field.data = value
 
     def validate_display_name(self, field):
-        # The same rule as the API and the CLI (models.clean_display_name), so none accepts what another refuses.
+        # The same rule as the API and the CLI (core.accounts.clean_display_name), so none accepts what another refuses.
         try:
-            field.data = models.clean_display_name(field.data)
-        except models.DisplayNameError as exc:
+            field.data = accounts.clean_display_name(field.data)
+        except accounts.DisplayNameError as exc:
             raise ValidationError(exc.reason[0].upper() + exc.reason[1:] + ".") from None
 
 

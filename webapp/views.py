@@ -9,9 +9,9 @@ from flask import abort
 from flask import current_app
 from flask import request
 
-import models
 import settings
 from core import outbound
+from core.text import BIDI_CONTROLS
 
 SETTINGS_EXTENSION = "inboxlayer.settings"  # app.extensions key of the app's typed settings
 MAX_PAGE = 10**6  # a larger ?page= is read as this one (an empty page, not an error)
@@ -65,7 +65,7 @@ def fromjson(value):
 def bidi_visible(text):
     """``text`` with every bidi control shown as ``[U+202E]`` and so on: an attachment named
     "invoice<U+202E>fdp.exe" must not display as "invoiceexe.pdf"."""
-    return "".join(f"[U+{ord(c):04X}]" if c in models.BIDI_CONTROLS else c for c in text or "")
+    return "".join(f"[U+{ord(c):04X}]" if c in BIDI_CONTROLS else c for c in text or "")
 
 
 TEMPLATE_FILTERS = {"fromjson": fromjson, "bidi_visible": bidi_visible}

@@ -7,7 +7,7 @@ from flask import current_app
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-import models
+from core import accounts
 from core.mail import Invalid
 from core.mail import reject_unknown
 from core.mail import text
@@ -75,7 +75,7 @@ def inbox_request(body):
     domain = text("domain", body.get("domain"), 253, single_line=True)
     display_name = text("display_name", body.get("display_name"))
     try:  # the one display-name rule, shared with the dashboard and the CLI
-        display_name = models.clean_display_name(display_name)
-    except models.DisplayNameError as exc:
+        display_name = accounts.clean_display_name(display_name)
+    except accounts.DisplayNameError as exc:
         raise Invalid("display_name", exc.reason) from None
     return name, domain, display_name
