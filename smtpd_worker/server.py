@@ -55,6 +55,28 @@ def client_key(ip):
     return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
+class CountsPerKey:
+    """How many of something each key holds at once (connections per client address, DATA uploads
+    per account), at most ``cap`` each (0 = no cap). One process, one greenlet at a time: no lock."""
+
+    def __init__(self, cap):
+        self.cap = cap
+        self.counts = {}  # key -> held now; a key at zero is removed
+
+    def take(self, key):
+        """Count one more for ``key``; False (and nothing counted) when ``key`` is at its cap."""
+        count = self.counts.get(key, 0)
+        if self.cap and count >= self.cap:
+            return False
+        self.counts[key] = count + 1
+        return True
+
+    def give_back(self, key):
+        count = self.counts.pop(key) - 1
+        if count:
+            self.counts[key] = count
+
+
 class SubmissionServer:
     """Both listeners and the sessions they serve. ``starttls_port``/``tls_port`` None = off,
     0 = any free port (read the bound ports from ``addresses``)."""
@@ -65,11 +87,10 @@ class SubmissionServer:
         self.backend = backend
         self.tls_context = tls_context
         self.shutdown_grace = shutdown_grace
-        self.max_connections_per_ip = max_connections_per_ip
         self.stopping = False
         self.sessions = set()
-        self.connections = {}  # client_key -> connections open now (handshakes included)
-        self.transfers = {}  # account -> DATA uploads in progress (Session.smtp_DATA)
+        self.connections = CountsPerKey(max_connections_per_ip)  # per client_key, handshakes included
+        self.transfers = CountsPerKey(settings.max_data_per_account)  # DATA uploads per account (Session.smtp_DATA)
         self.refusals = Pool(REFUSAL_POOL)
         self.listeners = {}
         for kind, port, implicit in (("starttls", starttls_port, False), ("tls", tls_port, True)):
@@ -113,7 +134,7 @@ class SubmissionServer:
             self._run(Session(self, sock, peer, tls=False, starttls_offered=True, connected_at=connected_at,
                               client=client))
         finally:
-            self._leave(client)
+            self.connections.give_back(client)
 
     def _handle_implicit_tls(self, sock, peer):
         connected_at = time.monotonic()
@@ -135,7 +156,7 @@ class SubmissionServer:
             self._run(Session(self, sock, peer, tls=True, starttls_offered=False, connected_at=connected_at,
                               client=client))
         finally:
-            self._leave(client)
+            self.connections.give_back(client)
 
     def _pre_auth_deadline(self, connected_at):
         seconds = self.settings.pre_auth_deadline
@@ -145,17 +166,10 @@ class SubmissionServer:
 
     def _admit(self, client):
         """Count a new connection from ``client``; False (and not counted) when it is over the cap."""
-        count = self.connections.get(client, 0)
-        if self.max_connections_per_ip and count >= self.max_connections_per_ip:
-            log.debug("refused a connection from %s: %d open", client, count)  # debug: a flood must not flood the log
-            return False
-        self.connections[client] = count + 1
-        return True
-
-    def _leave(self, client):
-        count = self.connections.pop(client) - 1
-        if count:
-            self.connections[client] = count
+        if self.connections.take(client):
+            return True
+        log.debug("refused a connection from %s: %d open", client, self.connections.cap)  # debug: a flood must not flood the log
+        return False
 
     @staticmethod
     def _refuse(sock):

@@ -770,19 +770,14 @@ class Session:
         if arg:
             return self.reply(SYNTAX_NO_ARGS)
         account = self.principal.account
-        transfers = self.server.transfers
-        cap = self.settings.max_data_per_account
-        if cap and transfers.get(account, 0) >= cap:
+        if not self.server.transfers.take(account):
             return self.reply(TOO_MANY_TRANSFERS)
-        envelope, self.envelope = self.envelope, None
-        self.reply(START_DATA)
-        transfers[account] = transfers.get(account, 0) + 1
         try:
+            envelope, self.envelope = self.envelope, None
+            self.reply(START_DATA)
             public_id = self._receive_and_submit(envelope)
         finally:
-            left = transfers.pop(account) - 1
-            if left:
-                transfers[account] = left
+            self.server.transfers.give_back(account)
         if public_id is not None:
             self.reply(f"250 2.0.0 OK queued as {public_id}")
 
