@@ -35,6 +35,10 @@ class RelayWorker(SimpleWorker):
     """RQ's SimpleWorker plus our own liveness beat (see Liveness) and the SIGTERM hand-back."""
 
     liveness = None
+    # RQ doubles its wait after each failed Redis call up to 60 s, so after an outage of half a
+    # minute a worker could sit idle for another minute with Redis back and mail waiting. Retrying
+    # a local Redis every few seconds costs nothing.
+    max_connection_wait_time = 5.0
 
     def register_birth(self):
         super().register_birth()
