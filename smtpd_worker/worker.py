@@ -48,7 +48,10 @@ class RelayWorker(SimpleWorker):
     def register_death(self):
         if self.liveness is not None:
             self.liveness.stop()
-        super().register_death()
+        try:
+            super().register_death()
+        except redis.RedisError as exc:  # our worker hash expires on its own; let teardown go on
+            log.warning("could not register the death of worker %s: %s", self.name, exc)
 
     def request_stop(self, signum, frame):
         jobs.SHUTDOWN.set()
@@ -93,6 +96,8 @@ class Liveness(threading.Thread):
             log.warning("could not delete worker liveness %s: %s", self.key, exc)
 
 
+WORK_LOOP_RESTART_DELAY = 2.0  # seconds between RQ work loops after one ended on an error
+
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal sent to this process when its parent dies
 
 
@@ -120,14 +125,27 @@ def main(config, burst=False):
     die_with_parent()
     metrics.start_http_exporter(config["metrics"]["worker_port"], config["metrics"]["host"])
     relay_queue = outbox.relay_queue()
-    worker = RelayWorker([relay_queue], connection=outbox.connection())
     runner = periodic.PeriodicRunner(config)
     if burst:
         periodic.run_due(runner.schedule)  # one pass, so `worker --burst` also recovers stuck rows
     else:
         runner.start()
-    log.info("relay worker %s on queue %s", worker.name, relay_queue.name)
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level=config["server"]["log_level"].upper())
+        while True:
+            worker = RelayWorker([relay_queue], connection=outbox.connection())
+            log.info("relay worker %s on queue %s", worker.name, relay_queue.name)
+            try:
+                worker.work(burst=burst, with_scheduler=True, logging_level=config["server"]["log_level"].upper())
+            except redis.RedisError as exc:
+                log.warning("RQ work loop of %s failed on Redis: %s", worker.name, exc)
+            if burst or worker._stop_requested or jobs.SHUTDOWN.is_set():
+                break
+            # RQ ends its work loop on any Redis error raised outside its own dequeue retry (the
+            # bookkeeping after a job, the idle-state write, maintenance). A Redis blip must not
+            # leave a process that runs the reconciler but takes no jobs: start a new work loop.
+            log.warning("RQ work loop of %s ended unexpectedly; starting another in %.0f s",
+                        worker.name, WORK_LOOP_RESTART_DELAY)
+            if runner.stopping.wait(WORK_LOOP_RESTART_DELAY):
+                break
     finally:
         runner.stop()

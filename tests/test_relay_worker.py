@@ -233,6 +233,52 @@ def test_redis_restart_loses_nothing_and_the_worker_carries_on(relay_config, sta
             pass
 
 
+def test_redis_lost_during_a_job_does_not_end_the_worker(relay_config, start_worker, submit, ses_sent,
+                                                          free_tcp_port, tmp_path):
+    """Redis goes away while a job is inside its SES call, so RQ's bookkeeping after the job fails
+    and RQ leaves its work loop. The process starts a new one once Redis answers again: it stays
+    alive and relays the next message (before the fix it ran its reconciler and took no jobs)."""
+    redis_url = f"redis://127.0.0.1:{free_tcp_port}/0"
+    pidfile = tmp_path / "redis.pid"
+    mark = tmp_path / "calling"
+
+    def start_redis():
+        pidfile.unlink(missing_ok=True)
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(free_tcp_port),
+                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--pidfile", str(pidfile)],
+                       check=True, stdout=subprocess.DEVNULL)
+        wait_until(lambda: pidfile.exists() and _server_pid(redis_url) == int(pidfile.read_text()),
+                   what="the private redis-server to answer")
+
+    start_redis()
+    try:
+        relay_config["redis"]["url"] = redis_url
+        relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
+        runtime.configure(relay_config)
+        worker = start_worker(REDIS_URL=redis_url, **_slow_ses(mark, 2))
+        first = submit()
+        wait_until(mark.exists, what="the worker to be inside the SES call")
+        redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
+        wait_until(lambda: outbound(first.id).status == "sent", what="the job in flight to record its send")
+        wait_until(lambda: "work loop" in worker.output(), what="RQ to leave its work loop on the lost Redis")
+        start_redis()
+
+        second = submit()
+        try:
+            wait_until(lambda: outbound(second.id).status == "sent", timeout=60,
+                       what="the worker to relay a message after Redis came back")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()[-6000:]}") from None
+        assert worker.proc.poll() is None
+        assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(first.id).ses_message_id,
+                                                              outbound(second.id).ses_message_id])
+    finally:
+        try:
+            redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
+        except redis_lib.RedisError:
+            pass
+
+
 def _server_pid(url):
     try:
         return redis_lib.Redis.from_url(url, socket_connect_timeout=1).info("server")["process_id"]
