@@ -18,6 +18,7 @@ from peewee import IntegerField
 from peewee import IntegrityError
 from peewee import Model
 from peewee import PostgresqlDatabase
+from peewee import SqliteDatabase
 from peewee import TextField
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
@@ -46,6 +47,15 @@ def init_database(url, max_connections=20):
                                stale_timeout=300, timeout=10)
     db.initialize(database)
     return database
+
+
+def write_atomic():
+    """A transaction that will write. On SQLite it takes the write lock at BEGIN (IMMEDIATE): a
+    deferred transaction that reads first and then writes fails at once with "database is locked"
+    when another writer committed in between (WAL snapshot), whatever the busy timeout."""
+    if isinstance(db.obj, SqliteDatabase):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
 
 
 class BaseModel(Model):
@@ -98,6 +108,10 @@ class Inbox(BaseModel):
     address = CharField(max_length=320, unique=True)
     display_name = CharField(max_length=100, default="")
     created_at = DateTimeField(default=utcnow)
+    paused_at = DateTimeField(null=True)  # set: refuses to send (core/recipients.py), until resumed
+    paused_reason = TextField(null=True)
+    resumed_at = DateTimeField(null=True)  # the auto-pause counts bounces and complaints after this only
+    new_recipients_per_day = IntegerField(null=True)  # first-contact cap; null = the plan's
 
 
 class Message(BaseModel):
@@ -153,7 +167,52 @@ class SendUsage(BaseModel):
         indexes = ((("user", "day"), True),)
 
 
-MODELS = [User, ApiToken, Domain, Inbox, Message, OutboundEmail, OutboundEvent, SendUsage]
+class Suppression(BaseModel):
+    """An address this account will not send to (core/recipients.py owns the rules)."""
+    user = ForeignKeyField(User, backref="suppressions", on_delete="CASCADE")
+    address = CharField(max_length=320)  # the comparable key: core.recipients.address_key
+    original = CharField(max_length=320)  # as given by hand or reported by SES
+    source = CharField(max_length=16)  # bounce | complaint | manual
+    reason = TextField()
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user", "address"), True),)
+
+
+class RecipientRule(BaseModel):
+    """One entry of an inbox's recipient policy: ``bob@x.com``, ``@x.com`` or ``*.x.com``."""
+    inbox = ForeignKeyField(Inbox, backref="recipient_rules", on_delete="CASCADE")
+    kind = CharField(max_length=8)  # allow | block
+    pattern = CharField(max_length=320)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("inbox", "kind", "pattern"), True),)
+
+
+class KnownRecipient(BaseModel):
+    """An address this inbox has mailed (a committed message): not a first contact any more."""
+    inbox = ForeignKeyField(Inbox, backref="known_recipients", on_delete="CASCADE")
+    address = CharField(max_length=320)
+    first_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("inbox", "address"), True),)
+
+
+class NewRecipientUsage(BaseModel):
+    """First contacts an inbox made on one UTC day (the first-contact cap's counter)."""
+    inbox = ForeignKeyField(Inbox, backref="new_recipient_usage", on_delete="CASCADE")
+    day = DateField()
+    count = IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("inbox", "day"), True),)
+
+
+MODELS = [User, ApiToken, Domain, Inbox, Message, OutboundEmail, OutboundEvent, SendUsage, Suppression,
+          RecipientRule, KnownRecipient, NewRecipientUsage]
 
 
 # -- schema ---------------------------------------------------------------------------------

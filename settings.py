@@ -330,6 +330,10 @@ class Plan(Section):
     send_burst: int
     max_inboxes: int  # 0 = no limit
     max_domains: int
+    new_recipients_per_day: int  # first contacts per inbox per UTC day (an inbox may override it)
+    pause_hard_bounces: int  # auto-pause at this many hard bounces in 24 h ...
+    pause_bounce_percent: int  # ... that are also at least this % of the inbox's sends in 24 h
+    pause_complaints: int  # auto-pause at this many complaints in 24 h
 
 
 SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "ses": Ses,

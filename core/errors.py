@@ -99,3 +99,54 @@ class IdempotencyConflict(SubmitError):
     http_status = 409
     code = "idempotency_conflict"
 
+
+
+# -- recipient safety (core/recipients.py) ------------------------------------------------------
+
+class RecipientRefused(SubmitError):
+    """One or more recipients refused; ``refused`` is [(address, reason)]. SMTP refuses one
+    recipient per RCPT (its own reply); REST names each refused recipient in one 422."""
+
+    http_status = 422
+
+    def __init__(self, refused, smtp_reply, summary):
+        self.refused = list(refused)
+        text = summary + ": " + "; ".join(f"{a} ({r})" if r else a for a, r in self.refused)
+        super().__init__(text, smtp_reply)
+
+
+class RecipientSuppressed(RecipientRefused):
+    code = "recipient_suppressed"
+
+    def __init__(self, refused):
+        address, reason = refused[0]
+        super().__init__(refused, f"550 5.1.1 <{address}>: on this account's suppression list ({reason})",
+                         "Recipient(s) on this account's suppression list")
+
+
+class RecipientNotAllowed(RecipientRefused):
+    code = "recipient_not_allowed"
+
+    def __init__(self, refused):
+        super().__init__([(a, None) for a, _ in refused],
+                         f"550 5.7.1 <{refused[0][0]}>: not allowed by this inbox's recipient policy",
+                         "Recipient(s) not allowed by this inbox's recipient policy")
+
+
+class NewRecipientLimit(SubmitError):
+    http_status = 429
+    code = "new_recipient_limit"
+
+    def __init__(self, used, limit, retry_after):
+        text = f"new-recipient limit reached ({used}/{limit} today, resets 00:00 UTC)"
+        super().__init__(text, f"451 4.7.1 {text}", retry_after=retry_after)
+        self.used, self.limit = used, limit
+
+
+class InboxPaused(SubmitError):
+    http_status = 403
+    code = "inbox_paused"
+
+    def __init__(self, reason):
+        text = f"inbox paused: {reason}; resume it in the dashboard"
+        super().__init__(text, f"550 5.7.1 {text}")

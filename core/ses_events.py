@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 import settings
 from core import outbound
+from core import recipients
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,12 @@ def apply(sns_message_id, kind, event):
     detail_key = kind[0].lower() + kind[1:]
     detail = {"ses_message_id": ses_message_id, "sns_message_id": sns_message_id,
               detail_key: event.get(detail_key) or event.get(kind.lower()) or {}}
-    return outbound.apply_ses_event(kind, sns_message_id, ses_message_id,
-                                    str(public_ids[0]) if public_ids else None, detail,
-                                    lambda: describe(kind, event))
+    tagged_id = str(public_ids[0]) if public_ids else None
+    outcome = outbound.apply_ses_event(kind, sns_message_id, ses_message_id, tagged_id, detail,
+                                       lambda: describe(kind, event))
+    if outcome in ("applied", "recorded"):  # first time this SNS message is seen
+        recipients.note_ses_event(kind, event, ses_message_id, tagged_id)  # suppress, maybe pause
+    return outcome
 
 
 def describe(kind, event):

@@ -23,6 +23,7 @@ from core import ids
 from core import metrics
 from core import outbox
 from core import quota
+from core import recipients as recipient_rules
 from core.errors import BadMessage
 from core.errors import DomainNotVerified
 from core.errors import IdempotencyConflict
@@ -157,20 +158,21 @@ class _Prefixed:
         return self.body.read(size)
 
 
-def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None):
+def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None, refused=()):
     """Accept a message for relay; return the committed OutboundEmail.
 
     ``spool`` is a binary file holding the whole message with CRLF line ends (SMTP DATA after
     dot-unstuffing, or the MIME built by the REST API). The caller has authenticated ``user``,
-    checked it owns ``inbox`` and applied the rate limit. Raises SubmitError subclasses.
+    checked it owns ``inbox`` and applied the rate limit. ``refused``: [(address, reply)] of
+    recipients refused at RCPT, recorded with the message. Raises SubmitError subclasses.
     """
     try:
-        return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash)
+        return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused)
     except SubmitError as exc:
         raise metrics.refused(exc)
 
 
-def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash):
+def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused=()):
     check_sender(inbox, mail_from)
     try:
         section = headers.read_section(spool)
@@ -189,7 +191,7 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
     try:
         with models.db.connection_context():
             outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked,
-                               idempotency_key, request_hash)
+                               idempotency_key, request_hash, refused)
     except SubmitError:  # quota reached, idempotency conflict: nothing was written
         _discard_blob(blob_key)
         raise
@@ -234,17 +236,23 @@ class _Replay(Exception):
 
 
 def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked, idempotency_key,
-            request_hash):
+            request_hash, refused=()):
     limit = quota.plan_of(user)["daily_send_limit"]
     now = models.utcnow()
     fields = dict(
         user_id=user.id, inbox_id=inbox.id, public_id=public_id, via=via, mail_from=mail_from,
         recipients=json.dumps(list(recipients)), message_id=checked.message_id[:998], size=size, blob_key=blob_key,
         subject=checked.subject, from_addr=checked.from_addr, to_addrs=checked.to_addrs,
-        event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size}),
+        event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size,
+                                 **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now)
     try:
-        ids = models.record_submission(fields, len(recipients), limit)
+        # One transaction: the pause and first-contact cap (core/recipients.admit) with the message.
+        with models.write_atomic():
+            recipient_rules.admit(user, inbox, recipients)
+            ids = models.record_submission(fields, len(recipients), limit)
+            if ids is None:
+                raise quota.exceeded(models.sends_today(user), limit)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -252,8 +260,6 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         if existing is None:
             raise
         raise _Replay(existing) from None
-    if ids is None:
-        raise quota.exceeded(models.sends_today(user), limit)
     sent_id, outbound_id = ids
     # What the callers read, without a query to fetch back what was just written.
     return models.OutboundEmail(

@@ -23,6 +23,7 @@ from core import accounts
 from core import errors
 from core import limits
 from core import quota
+from core import recipients as recipient_rules
 from core import submit
 from core.errors import OUTAGES
 
@@ -134,9 +135,26 @@ class DbBackend:
     def check_recipient_quota(self, principal, count):
         quota.check_quota(principal.user, count, used=principal.used_today)
 
-    def submit(self, principal, mail_from, recipients, spool):
+    def check_not_paused(self, principal):
         try:
-            outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp")
+            with models.db.connection_context():
+                recipient_rules.check_paused(principal.inbox)
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def check_recipient(self, principal, address, first_contacts):
+        """Recipient safety (core/recipients.py): raise the refusal, or return whether ``address``
+        would be a first contact of the inbox."""
+        try:
+            with models.db.connection_context():
+                return recipient_rules.check_recipient(principal.user, principal.inbox, address, first_contacts)
+        except OUTAGES as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def submit(self, principal, mail_from, recipients, spool, refused=()):
+        try:
+            outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp",
+                                     refused=refused)
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
         return outbound.public_id
@@ -187,7 +205,13 @@ class DiscardBackend:
     def check_recipient_quota(self, principal, count):
         pass
 
-    def submit(self, principal, mail_from, recipients, spool):
+    def check_not_paused(self, principal):
+        pass
+
+    def check_recipient(self, principal, address, first_contacts):
+        return False
+
+    def submit(self, principal, mail_from, recipients, spool, refused=()):
         public_id = f"ob_discard{next(self._ids):06d}"
         if self.capture_dir is not None:
             spool.seek(0)

@@ -427,6 +427,8 @@ class Envelope:
     smtputf8: bool = False
     rcpt_tos: list = field(default_factory=list)
     rcpt_keys: set = field(default_factory=set)
+    first_contacts: int = 0  # accepted recipients this inbox has never mailed (core/recipients.py)
+    refused: list = field(default_factory=list)  # [(address, reply)] refused by recipient safety
 
 
 class Session:
@@ -732,6 +734,7 @@ class Session:
             return self.reply(AUTH_REQUIRED)
         self.principal = principal
         self.backend.authorize_sender(principal, address)
+        self.backend.check_not_paused(principal)
         self.backend.check_rate(principal)
         self.envelope = Envelope(address, smtputf8)
         self.reply(SENDER_OK)
@@ -757,7 +760,13 @@ class Session:
             return self.reply(RECIPIENT_OK)
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return self.reply(TOO_MANY_RECIPIENTS)
+        try:  # suppression, policy, first-contact cap: refused here, the other recipients still go
+            first_contact = self.backend.check_recipient(self.principal, address, envelope.first_contacts)
+        except SubmitError as exc:
+            envelope.refused.append((address, exc.smtp_reply))
+            raise
         self.backend.check_recipient_quota(self.principal, len(envelope.rcpt_tos) + 1)
+        envelope.first_contacts += first_contact
         envelope.rcpt_tos.append(address)
         envelope.rcpt_keys.add(key)
         self.reply(RECIPIENT_OK)
@@ -804,7 +813,7 @@ class Session:
                     self.reply(CREDENTIALS_REVOKED)
                     return None
                 self.principal = principal
-                return self.backend.submit(principal, envelope.mail_from, envelope.rcpt_tos, spool)
+                return self.backend.submit(principal, envelope.mail_from, envelope.rcpt_tos, spool, envelope.refused)
         finally:
             if rate and self.principal is not None:
                 self.reader.set_deadline(None)

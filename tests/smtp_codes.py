@@ -27,6 +27,25 @@ def quota_exceeded(used, limit):
 
 
 RATE_LIMITED = "451 4.7.1 Sending rate limit exceeded, try again later"
+
+
+# -- recipient safety (docs/smtp.md reply table) ----------------------------------------------------
+def recipient_suppressed(address, reason):
+    return f"550 5.1.1 <{address}>: on this account's suppression list ({reason})"
+
+
+def recipient_not_allowed(address):
+    return f"550 5.7.1 <{address}>: not allowed by this inbox's recipient policy"
+
+
+def new_recipient_limit(used, limit):
+    return f"451 4.7.1 new-recipient limit reached ({used}/{limit} today, resets 00:00 UTC)"
+
+
+def inbox_paused(reason):
+    return f"550 5.7.1 inbox paused: {reason}; resume it in the dashboard"
+
+
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TEMPORARY_ERROR = "451 4.3.0 Temporary server error, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"

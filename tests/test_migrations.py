@@ -1,3 +1,5 @@
+import json
+
 from playhouse.migrations import Runner
 
 import models
@@ -14,10 +16,32 @@ def test_migrations_upgrade_an_older_schema_keeps_data(config):
             "INSERT INTO \"user\" (email, password_hash, plan, created_at) VALUES ('old@example.com', 'h', 'free', "
             "'2026-01-01 00:00:00')")
         assert models.migrate_schema() == ["0002_idempotency_keys", "0003_message_blob_key_index",
-                                          "0004_domain_claims", "0005_user_session_epoch"]
+                                          "0004_domain_claims", "0005_user_session_epoch",
+                                          "0007_recipient_safety"]
         columns = {c.name for c in models.db.get_columns("outbound_email")}
         assert {"idempotency_key", "request_hash"} <= columns
         assert models.User.get(models.User.email == "old@example.com").plan == "free"
         assert models.User.get(models.User.email == "old@example.com").session_epoch == 0
         assert models.migrate_schema() == []
         assert all(m.applied for m in models.schema_status())
+
+
+def test_migration_0007_records_earlier_recipients_as_known(account):
+    """Deploying the first-contact cap must not block an inbox's regulars: the recipients of its
+    earlier sends become known recipients."""
+    with models.db.connection_context():
+        runner = Runner(models.db.obj, str(models.MIGRATIONS_DIR))
+        runner.down("0007_recipient_safety")
+        assert "known_recipient" not in models.db.get_tables()
+        p = models.db.obj.param
+        models.db.execute_sql(
+            "INSERT INTO outbound_email (public_id, user_id, inbox_id, via, mail_from, recipients, status, attempts, "
+            f"created_at, updated_at) VALUES ({p}, {p}, {p}, 'api', {p}, {p}, 'sent', 1, {p}, {p})",
+            ("ob_old1", account.user.id, account.inbox.id, account.address,
+             json.dumps(["Bob+news@Example.com", "carol@example.com", "bob@example.com"]),
+             "2026-01-01 00:00:00", "2026-01-01 00:00:00"))
+        assert models.migrate_schema() == ["0007_recipient_safety"]
+        known = {k.address for k in models.KnownRecipient.select()}
+        assert known == {"bob@example.com", "carol@example.com"}
+        inbox = models.Inbox.get_by_id(account.inbox.id)
+        assert (inbox.paused_at, inbox.new_recipients_per_day) == (None, None)

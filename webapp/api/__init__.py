@@ -15,6 +15,7 @@ from webapp.api import inboxes
 from webapp.api import messages
 from webapp.api import openapi
 from webapp.api import outbound
+from webapp.api import recipients
 from webapp.api import sending
 from webapp.api import smtp_settings
 from webapp.api.auth import authenticate
@@ -35,6 +36,12 @@ ROUTES = [
     ("/inboxes/<address>/messages", messages.list_messages, ["GET"]),
     ("/inboxes/<address>/messages/<int:message_id>", messages.get_message, ["GET"]),
     ("/inboxes/<address>/messages/<int:message_id>.eml", messages.raw_message, ["GET"]),
+    ("/inboxes/<address>/policy", recipients.get_policy, ["GET"]),
+    ("/inboxes/<address>/policy", recipients.put_policy, ["PUT"]),
+    ("/inboxes/<address>/resume", recipients.resume, ["POST"]),
+    ("/suppressions", recipients.list_suppressions, ["GET"]),
+    ("/suppressions", recipients.add_suppression, ["POST"]),
+    ("/suppressions/<address>", recipients.remove_suppression, ["DELETE"]),
     ("/outbound", outbound.list_outbound, ["GET"]),
     ("/outbound/<public_id>", outbound.get_outbound, ["GET"]),
 ]

@@ -161,6 +161,43 @@ def _list_of(ref):
                            "has_more": {"type": "boolean"}, "next_cursor": _nullable(STRING)}}
 
 
+SCHEMAS["Suppression"] = {
+    "type": "object", "required": ["address", "source", "reason", "created_at"],
+    "properties": {"address": STRING, "source": {"type": "string", "enum": ["bounce", "complaint", "manual"]},
+                   "reason": STRING, "created_at": DATETIME},
+}
+SCHEMAS["SuppressionCreate"] = {
+    "type": "object", "additionalProperties": False,
+    "description": "Either `address` or `addresses` (at most 1000). An address already listed keeps its reason.",
+    "properties": {"address": {"type": "string", "maxLength": 320, "example": "bob@example.com"},
+                   "addresses": {"type": "array", "items": {"type": "string", "maxLength": 320}, "maxItems": 1000},
+                   "reason": {"type": "string", "maxLength": 500}},
+}
+SCHEMAS["Policy"] = {
+    "type": "object",
+    "required": ["allow", "block", "new_recipients_per_day", "effective_new_recipients_per_day",
+                 "new_recipients_today", "paused", "paused_reason", "paused_at"],
+    "properties": {
+        "allow": {"type": "array", "items": STRING, "description": "With entries, only these recipients."},
+        "block": {"type": "array", "items": STRING, "description": "Never these recipients (wins over allow)."},
+        "new_recipients_per_day": _nullable({"type": "integer", "description": "This inbox's own cap; null = "
+                                                                                "the plan's."}),
+        "effective_new_recipients_per_day": {"type": "integer", "description": "The cap in force; 0 = none."},
+        "new_recipients_today": {"type": "integer"},
+        "paused": {"type": "boolean"}, "paused_reason": _nullable(STRING), "paused_at": _nullable(DATETIME)},
+}
+SCHEMAS["PolicyUpdate"] = {
+    "type": "object", "additionalProperties": False,
+    "description": "Replaces both lists (an omitted list becomes empty). Entries: `bob@x.com`, `@x.com` "
+                   "(that domain) or `*.x.com` (its subdomains); at most 1000 per list.",
+    "properties": {
+        "allow": {"type": "array", "items": {"type": "string", "maxLength": 320}, "maxItems": 1000},
+        "block": {"type": "array", "items": {"type": "string", "maxLength": 320}, "maxItems": 1000},
+        "new_recipients_per_day": _nullable({"type": "integer", "minimum": 0, "maximum": 1000000}),
+    },
+    "example": {"allow": ["@partner.com"], "block": ["ceo@partner.com"]},
+}
+SCHEMAS["SuppressionList"] = _list_of("Suppression")
 SCHEMAS["OutboundList"] = _list_of("Outbound")
 SCHEMAS["InboxList"] = _list_of("Inbox")
 SCHEMAS["MessageList"] = _list_of("Message")
@@ -168,13 +205,15 @@ SCHEMAS["MessageList"] = _list_of("Message")
 ERROR_TEXT = {
     400: "Malformed request (body not JSON, bad Idempotency-Key).",
     401: "Missing, invalid or revoked token.",
-    403: "Not allowed: the inbox may not send (custom domain not verified), or the plan's inbox limit is reached.",
+    403: "Not allowed: the inbox may not send (custom domain not verified; `inbox_paused`), or the plan's inbox "
+         "limit is reached.",
     404: "No such resource in this account.",
     405: "Method not allowed on this path.",
     409: "Conflict (Idempotency-Key reused with another body; address taken).",
     413: "Request body or message over the size limit: 25 MB as sent, after base64 encoding of attachments.",
-    422: "Invalid field; the message names it.",
-    429: "Rate limit or daily quota reached; see Retry-After.",
+    422: "Invalid field (the message names it), or a recipient refused: `recipient_suppressed`, "
+         "`recipient_not_allowed` (the message names each).",
+    429: "Rate limit, daily quota or new-recipient limit (`new_recipient_limit`) reached; see Retry-After.",
     503: "A backing service is unavailable; try again later.",
 }
 RATE_HEADERS = {
@@ -269,6 +308,26 @@ PATHS = {
         "One stored message, raw (RFC 5322)",
         _ok("The raw message", content_type="message/rfc822", schema={"type": "string", "format": "binary"}),
         (), [ADDRESS, MESSAGE_ID])},
+    "/v1/inboxes/{address}/policy": {
+        "get": _op("The inbox's recipient policy, first-contact cap and pause state", _ok("Policy", "Policy"), (),
+                   [ADDRESS]),
+        "put": _op("Replace the inbox's allowlist and blocklist (and its own first-contact cap)",
+                   _ok("Policy", "Policy"), (422,), [ADDRESS], body="PolicyUpdate"),
+    },
+    "/v1/inboxes/{address}/resume": {"post": _op(
+        "Resume a paused inbox (the auto-pause then counts from now)", _ok("Policy", "Policy"), (), [ADDRESS])},
+    "/v1/suppressions": {
+        "get": _op("List the account's suppressed recipients", _ok("Suppressions, newest first", "SuppressionList"),
+                   (422,), [LIMIT, CURSOR]),
+        "post": _op("Suppress one address (or a list)", _ok("Suppressed", status="201", schema={"oneOf": [
+            {"$ref": "#/components/schemas/Suppression"},
+            {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}}}}]}),
+                    (422,), body="SuppressionCreate"),
+    },
+    "/v1/suppressions/{address}": {"delete": _op(
+        "Take an address (any case or +tag variant) off the suppression list", {"204": {"description": "Removed"}},
+        (), [_path_param("address", {"type": "string", "example": "bob@example.com"}, "The suppressed address.")])},
     "/v1/outbound": {"get": _op(
         "List outbound emails", _ok("Outbound emails, newest first", "OutboundList"), (422,),
         [_query_param("status", {"type": "string", "enum": list(outbound.STATUSES)}, "Only this status."),

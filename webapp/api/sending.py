@@ -11,6 +11,7 @@ from flask import request
 import models
 from core import errors
 from core import quota
+from core import recipients as recipient_rules
 from core import submit
 from core.errors import OUTAGES
 from core.mail import MimeError
@@ -64,6 +65,7 @@ def _send(inbox):
             return _accepted(earlier, replayed=True)
     recipients = parsed.envelope_recipients()
     submit.check_sender(inbox, inbox.address)  # a custom domain must still be verified
+    recipient_rules.check_send(g.user, inbox, recipients)  # paused, suppressed, policy, first-contact cap
     quota.check_quota(g.user, len(recipients))
     quota.check_rate(g.user)
     try:
