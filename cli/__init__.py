@@ -1,6 +1,7 @@
 """`inboxlayer`: admin, sending and server commands.
 
-Client commands talk HTTP and SMTP only: `login`, `logout`, `send`, `status`, `outbound` import
+Client commands talk HTTP and SMTP only: `login`, `logout`, `send`, `status`, `outbound`,
+`suppressions` import
 cli/client.py and cli/output.py, never Flask, peewee or Redis. Admin commands open the database
 (`db`, `users`, `tokens`, `inboxes`, through cli/common.py) or run a process (`web`, `smtpd`,
 `worker`, `dev`, `health`, in cli/servers.py).
@@ -37,6 +38,7 @@ COMMANDS = {
     "logout": ("cli.login:logout", "Forget the stored token."),
     "send": ("cli.send:send", "Send a message and print its OutboundEmail id."),
     "status": ("cli.outbound:status", "Show an outbound email's status and history."),
+    "suppressions": ("cli.suppressions:app", "Suppressed recipients: addresses this account will not send to."),
     "db": ("cli.db:app", "Database schema: create and migrate."),
     "users": ("cli.users:app", "User accounts."),
     "tokens": ("cli.tokens:app", "API tokens: the password for SMTP and the REST API."),

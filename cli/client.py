@@ -156,6 +156,8 @@ class ApiClient:
             request.add_header(name, value)
         try:
             with _opener.open(request, timeout=self.timeout) as response:
+                if response.status == 204:  # No Content (a DELETE)
+                    return None
                 return _decode(response.read(), response.status, self.base_url)
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:

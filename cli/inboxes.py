@@ -1,10 +1,12 @@
 """`inboxlayer inboxes`: sending addresses."""
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 import models
 import settings
 from core import accounts
+from core import recipients
 from cli.common import JsonOption
 from cli.common import console
 from cli.common import database
@@ -18,7 +20,9 @@ app = typer.Typer(help="Inboxes: the addresses agents send from.", no_args_is_he
 
 def inbox_json(inbox):
     return {"id": inbox.id, "address": inbox.address, "display_name": inbox.display_name,
-            "domain": inbox.domain.name if inbox.domain_id else None, "created_at": iso(inbox.created_at)}
+            "domain": inbox.domain.name if inbox.domain_id else None, "created_at": iso(inbox.created_at),
+            "paused": inbox.paused_at is not None, "paused_reason": inbox.paused_reason,
+            "paused_at": iso(inbox.paused_at) if inbox.paused_at else None}
 
 
 @app.command()
@@ -73,7 +77,20 @@ def list_inboxes(owner: str = typer.Option(None, "--owner", help="Only this owne
     if json_out:
         print_json(rows)
         return
-    table = Table("id", "address", "owner", "domain", "created")
+    table = Table("id", "address", "owner", "domain", "created", "sending")
     for r in rows:
-        table.add_row(str(r["id"]), r["address"], r["owner"], r["domain"] or "(default)", r["created_at"])
+        sending = f"[red]paused: {escape(r['paused_reason'] or '')}[/]" if r["paused"] else "[green]ok[/]"
+        table.add_row(str(r["id"]), r["address"], r["owner"], r["domain"] or "(default)", r["created_at"], sending)
     console.print(table)
+
+
+@app.command()
+def resume(address: str = typer.Argument(..., help="The paused inbox.")):
+    """Resume a paused inbox (the automatic pause then counts bounces and complaints from now)."""
+    with database():
+        inbox = models.Inbox.get_or_none(models.Inbox.address == address.strip().lower())
+        if inbox is None:
+            fail(f"no inbox {address}")
+        was_paused = recipients.resume(inbox)
+    console.print(f"[green]resumed[/] {inbox.address}" if was_paused else f"{inbox.address} was not paused",
+                  highlight=False)

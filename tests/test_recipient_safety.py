@@ -365,3 +365,103 @@ def test_transient_bounce_neither_suppresses_nor_pauses(relay_config, account, s
     soft = {**bounce("full@list.example"), "bounceType": "Transient", "bounceSubType": "MailboxFull"}
     assert sns.post(json.dumps(sns.signed(ses_event("Bounce", outbound(row.id), **soft)))).status_code == 200
     assert api.get("/v1/suppressions").json()["data"] == []
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_suppressions_add_list_remove(account, api, api_server, run_cli):
+    env = {"INBOXLAYER_API_URL": api_server, "INBOXLAYER_TOKEN": account.token}
+    added = run_cli("suppressions", "add", "Bob@x.com", "eve@y.org", "--reason", "asked to stop", env=env)
+    assert added.returncode == 0, added.stderr
+    assert "suppressed Bob@x.com (asked to stop)" in added.stdout
+
+    listed = run_cli("suppressions", "list", "--json", env=env)
+    assert sorted(s["address"] for s in json.loads(listed.stdout)["data"]) == ["Bob@x.com", "eve@y.org"]
+    table = run_cli("suppressions", "list", env=env)
+    assert "Bob@x.com" in table.stdout and "asked to stop" in table.stdout
+
+    removed = run_cli("suppressions", "remove", "bob+x@X.com", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert [s["address"] for s in api.get("/v1/suppressions").json()["data"]] == ["eve@y.org"]
+    missing = run_cli("suppressions", "remove", "bob@x.com", env=env)
+    assert missing.returncode == 1
+    assert "not on the account's suppression list" in missing.stderr
+
+    bad = run_cli("suppressions", "add", "not-an-address", env=env)
+    assert bad.returncode == 1
+    assert "addresses[0]" in bad.stderr or "address" in bad.stderr
+
+
+def test_cli_inboxes_list_shows_pause_and_resume_clears_it(account, run_cli):
+    with models.db.connection_context():
+        assert recipients.pause(account.inbox.id, "6 hard bounces in the last 24 h (12 %)")
+    listed = run_cli("inboxes", "list", "--json")
+    row = [r for r in json.loads(listed.stdout) if r["address"] == account.address][0]
+    assert (row["paused"], row["paused_reason"]) == (True, "6 hard bounces in the last 24 h (12 %)")
+    assert "paused: 6 hard bounces in the last 24 h (12 %)" in run_cli("inboxes", "list").stdout
+
+    resumed = run_cli("inboxes", "resume", account.address)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {account.address}" in resumed.stdout
+    with models.db.connection_context():
+        assert recipients.paused_reason(account.inbox.id) is None
+
+
+# -- dashboard --------------------------------------------------------------------------------
+
+def _web_inbox(web):
+    inbox_id = web.create_inbox("agent")
+    with models.db.connection_context():
+        return models.Inbox.get_by_id(inbox_id)
+
+
+def test_dashboard_suppressions_page_adds_lists_and_removes(web):
+    page = web.get("/suppressions/")
+    assert page.status_code == 200 and "No suppressed addresses." in page.get_data(as_text=True)
+
+    response = web.post("/suppressions/", {"addresses": "Bob@x.com\neve@y.org", "reason": "asked to stop"},
+                        page="/suppressions/")
+    assert response.status_code == 302
+    text = web.get("/suppressions/").get_data(as_text=True)
+    assert "Bob@x.com" in text and "eve@y.org" in text and "asked to stop" in text and "Suppressed (2)" in text
+
+    bad = web.post("/suppressions/", {"addresses": "ok@x.com\nbad@@x.com"}, page="/suppressions/")
+    assert bad.status_code == 422
+    assert "Line 2: " in bad.get_data(as_text=True) and "Nothing was added." in bad.get_data(as_text=True)
+    assert "ok@x.com</code>" not in bad.get_data(as_text=True)
+
+    assert web.post("/suppressions/remove", {"address": "bob+1@X.com"}, page="/suppressions/").status_code == 302
+    text = web.get("/suppressions/").get_data(as_text=True)
+    assert "Bob@x.com</code>" not in text and "Suppressed (1)" in text
+
+
+def test_dashboard_inbox_policy_section_saves_all_or_nothing(web):
+    inbox = _web_inbox(web)
+    path = f"/inboxes/{inbox.id}"
+    response = web.post(f"{path}/policy", {"allow": "@partner.com\n*.partner.org", "block": "ceo@partner.com",
+                                           "cap": "7"}, page=path)
+    assert response.status_code == 302
+    with models.db.connection_context():
+        assert recipients.policy_of(inbox) == {"allow": ["@partner.com", "*.partner.org"], "block": ["ceo@partner.com"]}
+        assert models.Inbox.get_by_id(inbox.id).new_recipients_per_day == 7
+    assert "@partner.com" in web.get(path).get_data(as_text=True)
+
+    bad = web.post(f"{path}/policy", {"allow": "@partner.com\nbob@@x.com", "block": "", "cap": ""}, page=path)
+    assert bad.status_code == 422
+    assert "Allowlist line 2: " in bad.get_data(as_text=True) and "Nothing was saved." in bad.get_data(as_text=True)
+    with models.db.connection_context():
+        assert recipients.policy_of(inbox)["block"] == ["ceo@partner.com"]
+        assert models.Inbox.get_by_id(inbox.id).new_recipients_per_day == 7
+
+
+def test_dashboard_shows_why_an_inbox_is_paused_and_resumes_it(web):
+    inbox = _web_inbox(web)
+    with models.db.connection_context():
+        recipients.pause(inbox.id, "6 hard bounces in the last 24 h (12 %)")
+    text = web.get(f"/inboxes/{inbox.id}").get_data(as_text=True)
+    assert 'id="inbox-paused"' in text and "6 hard bounces in the last 24 h (12 %)" in text
+
+    assert web.post(f"/inboxes/{inbox.id}/resume", page=f"/inboxes/{inbox.id}").status_code == 302
+    assert 'id="inbox-paused"' not in web.get(f"/inboxes/{inbox.id}").get_data(as_text=True)
+    with models.db.connection_context():
+        assert recipients.paused_reason(inbox.id) is None

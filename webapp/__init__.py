@@ -17,6 +17,7 @@ from webapp import dashboard
 from webapp import domains
 from webapp import errors
 from webapp import ops
+from webapp import suppressions
 from webapp import views
 from webapp import webhooks
 from webapp.auth import LoginUser
@@ -58,7 +59,7 @@ def create_app(config=None):
     app.jinja_env.filters.update(views.TEMPLATE_FILTERS)
     app.jinja_env.globals.update(views.TEMPLATE_GLOBALS)
 
-    for module in (auth, dashboard, api_keys, domains, webhooks, ops, api):
+    for module in (auth, dashboard, api_keys, domains, suppressions, webhooks, ops, api):
         app.register_blueprint(module.bp)
     csrf.exempt(api.bp)
     csrf.exempt(webhooks.bp)

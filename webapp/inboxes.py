@@ -3,6 +3,7 @@ from flask import Blueprint
 from flask import flash
 from flask import redirect
 from flask import render_template
+from flask import request
 from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
@@ -12,6 +13,7 @@ import models
 from webapp.forms import MAX_ID
 from core import accounts
 from core import quota
+from core import recipients
 from webapp.forms import InboxForm
 from webapp.views import app_settings
 from webapp.views import get_or_404
@@ -83,10 +85,26 @@ def create():
     return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
 
 
+MAX_POLICY_CHARS = 400_000  # characters of one policy box (1000 entries of up to 320 characters, and more)
+
+
 @bp.get(f"/<int(max={MAX_ID}):inbox_id>")
 @login_required
 def show(inbox_id):
-    inbox = owned_inbox(inbox_id)
+    return _render_show(owned_inbox(inbox_id))
+
+
+def _policy_view(inbox, form=None, error=None):
+    policy = recipients.policy_of(inbox)
+    return {"allow": form["allow"] if form else "\n".join(policy["allow"]),
+            "block": form["block"] if form else "\n".join(policy["block"]),
+            "cap": form["cap"] if form else ("" if inbox.new_recipients_per_day is None
+                                             else str(inbox.new_recipients_per_day)),
+            "effective_cap": recipients.cap_of(current_user.user, inbox),
+            "new_today": recipients.new_today(inbox), "error": error}
+
+
+def _render_show(inbox, policy_form=None, policy_error=None, status=200):
     can_send, reason = models.inbox_can_send(inbox)
     smtp = app_settings().smtp
     recent = (models.OutboundEmail.select().where(models.OutboundEmail.inbox == inbox)
@@ -95,7 +113,39 @@ def show(inbox_id):
     return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
                            smtp_host=smtp.public_host, starttls_port=smtp.starttls_port,
                            tls_port=smtp.tls_port, max_size_mb=smtp.max_message_size // 2**20,
-                           recent=list(recent), sent_count=sent_count, usage=quota.usage(current_user.user))
+                           recent=list(recent), sent_count=sent_count, usage=quota.usage(current_user.user),
+                           policy=_policy_view(inbox, policy_form, policy_error)), status
+
+
+@bp.post(f"/<int(max={MAX_ID}):inbox_id>/policy")
+@login_required
+def update_policy(inbox_id):
+    inbox = owned_inbox(inbox_id)
+    form = {name: request.form.get(name, "")[:MAX_POLICY_CHARS + 1] for name in ("allow", "block", "cap")}
+    if any(len(value) > MAX_POLICY_CHARS for value in form.values()):
+        return _render_show(inbox, form, "Too much text: at most 1000 entries per list.", 422)
+    lists = {name: [line.strip() for line in form[name].replace(",", "\n").splitlines() if line.strip()]
+             for name in ("allow", "block")}
+    cap = form["cap"].strip()
+    if cap and not (cap.isascii() and cap.isdigit() and len(cap) <= 7):
+        return _render_show(inbox, form, "New recipients per day: a whole number, or empty for the plan's.", 422)
+    try:
+        recipients.set_policy(inbox, lists["allow"], lists["block"], int(cap) if cap else None)
+    except recipients.InvalidEntry as exc:
+        kind, _, index = exc.field.partition("[")
+        where = f"{kind.capitalize()}list line {int(index.rstrip(']')) + 1}" if index else exc.field
+        return _render_show(inbox, form, f"{where}: {exc}. Nothing was saved.", 422)
+    flash("Recipient policy saved.", "success")
+    return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
+
+
+@bp.post(f"/<int(max={MAX_ID}):inbox_id>/resume")
+@login_required
+def resume(inbox_id):
+    inbox = owned_inbox(inbox_id)
+    if recipients.resume(inbox):
+        flash(f"{inbox.address} resumed: it sends again.", "success")
+    return redirect(url_for("dashboard.inboxes.show", inbox_id=inbox.id))
 
 
 @bp.post(f"/<int(max={MAX_ID}):inbox_id>/delete")
