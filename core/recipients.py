@@ -37,7 +37,7 @@ import logging
 from peewee import IntegrityError
 
 import models
-import settings
+from core import outbound
 from core import quota
 from core.errors import InboxPaused
 from core.errors import NewRecipientLimit
@@ -53,6 +53,8 @@ MAX_BATCH = 1000  # suppressions added in one request
 MAX_REASON = 500  # characters of a suppression's reason
 SOURCES = ("bounce", "complaint", "manual")
 KINDS = ("allow", "block")
+BOUNCE_EVENT = outbound.vocabulary.ses_event_type("Bounce")  # the OutboundEvent types the pause counts
+COMPLAINT_EVENT = outbound.vocabulary.ses_event_type("Complaint")
 
 
 class InvalidEntry(ValueError):
@@ -265,6 +267,19 @@ def admit(user, inbox, addresses) -> int:
     return len(fresh)
 
 
+def refused_at_rcpt(events) -> list:
+    """[{"address", "reason"}] of the recipients refused at SMTP RCPT for a message, from its
+    ``queued`` OutboundEvent (core/submit.py records them there)."""
+    for event in events:
+        if event.type == "queued":
+            try:
+                refused = json.loads(event.detail or "{}").get("refused")
+            except (ValueError, AttributeError):
+                return []
+            return refused if isinstance(refused, list) else []
+    return []
+
+
 # -- the suppression list ---------------------------------------------------------------------
 
 def suppression_json(row) -> dict:
@@ -375,12 +390,12 @@ def health(inbox_id, now=None) -> dict:
             sends += 1
     hard = complaints = 0
     for kind, detail in (ev.select(ev.type, ev.detail).join(e).where(
-            e.inbox == inbox_id, ev.occurred_at >= since, ev.type.in_(("bounced", "complained"))).tuples()):
+            e.inbox == inbox_id, ev.occurred_at >= since, ev.type.in_((BOUNCE_EVENT, COMPLAINT_EVENT))).tuples()):
         try:
             detail = json.loads(detail)
         except ValueError:
             continue
-        if kind == "bounced":
+        if kind == BOUNCE_EVENT:
             bounce = detail.get("bounce") or {}
             if bounce.get("bounceType") == "Permanent":
                 hard += max(1, len(bounce.get("bouncedRecipients") or []))

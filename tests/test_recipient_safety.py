@@ -75,6 +75,9 @@ def test_hard_bounce_suppresses_bob_smtp_refuses_him_and_carol_still_goes(
     queued = events_of(row.id)[0]
     assert queued[0] == "queued"
     assert [r["address"] for r in queued[1]["refused"]] == ["bob@x.com", "Bob@X.com", "bob+1@x.com"]
+    shown = api.get(f"/v1/outbound/{public_id}").json()["refused_recipients"]
+    assert shown == [{"address": a, "reason": codes.recipient_suppressed(a, reason)}
+                     for a in ("bob@x.com", "Bob@X.com", "bob+1@x.com")]
     assert jobs.relay_outbound(row.id) == "sent"
     assert [set(d) for d in sent_to(ses_sent, "after bounce")] == [{"carol@x.com"}]
 
@@ -112,6 +115,10 @@ def test_complaint_suppresses_the_complainer(relay_config, account, submit, sns,
     assert f"complaint {TODAY}: abuse" in response.json()["error"]["message"]
 
 
+def api_inbox(api):
+    return api.get("/v1/inboxes").json()["data"][0]["address"]
+
+
 def test_suppression_is_per_account(config, api, api_server, smtp_server, smtp_client):
     from tests.fixtures_api import ApiSession
     from tests.helpers import make_account
@@ -123,6 +130,10 @@ def test_suppression_is_per_account(config, api, api_server, smtp_server, smtp_c
     assert rcpt(client, "eve@z.net") == codes.RECIPIENT_OK
     with ApiSession(api_server, other.token) as session:
         assert session.get("/v1/suppressions").json()["data"] == []
+        # another account's inbox is not found, whatever the method
+        assert session.get(f"/v1/inboxes/{api_inbox(api)}/policy").status_code == 404
+        assert session.put(f"/v1/inboxes/{api_inbox(api)}/policy", json={"block": ["@x.com"]}).status_code == 404
+        assert session.post(f"/v1/inboxes/{api_inbox(api)}/resume").status_code == 404
         assert session.delete("/v1/suppressions/eve@z.net").status_code == 404
     assert [s["address"] for s in api.get("/v1/suppressions").json()["data"]] == ["eve@z.net"]
 

@@ -12,6 +12,7 @@ from peewee import JOIN
 
 import models
 from core import ids
+from core import recipients as recipient_rules
 from core.outbound import STATUSES
 from webapp.views import paginate
 
@@ -122,4 +123,4 @@ def show(public_id):
     except ValueError:
         recipients = []
     return render_template("outbound/show.html", outbound=outbound, events=events, recipients=recipients,
-                           event_detail=event_detail)
+                           refused=recipient_rules.refused_at_rcpt(events), event_detail=event_detail)

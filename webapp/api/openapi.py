@@ -57,6 +57,10 @@ SCHEMAS = {
             "completed_at": _nullable(DATETIME),
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
                        "description": "Status history, oldest first (only on GET /v1/outbound/{id})."},
+            "refused_recipients": {
+                "type": "array", "description": "Recipients refused at SMTP RCPT (suppressed, not allowed, "
+                                                "new-recipient limit) with the reply; only on GET /v1/outbound/{id}.",
+                "items": {"type": "object", "properties": {"address": STRING, "reason": _nullable(STRING)}}},
         },
     },
     "Inbox": {

@@ -9,6 +9,7 @@ from peewee import JOIN
 import models
 from core import ids
 from core import outbound
+from core import recipients
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -43,6 +44,7 @@ def outbound_json(row, events=None):
     }
     if events is not None:
         data["events"] = [event_json(e) for e in events]
+        data["refused_recipients"] = recipients.refused_at_rcpt(events)
     return data
 
 
