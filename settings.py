@@ -66,6 +66,10 @@ def derive(config):
                 f"smtp.{port_key} = 25: port 25 is reserved for inbound delivery and never accepts submissions")
     if config["relay"]["lease"] < 1:
         raise SettingsError(f"relay.lease = {config['relay']['lease']}: a claim must last at least 1 second")
+    if config["relay"]["concurrency"] < 1:
+        raise SettingsError(f"relay.concurrency = {config['relay']['concurrency']}: a worker needs at least 1 job in flight")
+    if config["relay"]["max_send_rate"] < 0:
+        raise SettingsError(f"relay.max_send_rate = {config['relay']['max_send_rate']}: expected 0 (ask SES) or more")
     if config["server"]["default_plan"] not in config["plans"]:
         raise SettingsError(f"server.default_plan = {config['server']['default_plan']!r} is not a key of [plans]")
     server = config["server"]
@@ -296,6 +300,10 @@ class Relay(Section):
     reconcile_interval: int  # seconds
     job_timeout: int  # seconds
     lease: int  # seconds
+    concurrency: int  # relay jobs in flight per worker process
+    max_inflight_bytes: int  # message bytes in flight per worker process
+    max_send_rate: float  # messages/s cluster-wide; 0 = SES GetAccount's MaxSendRate
+    send_rate_refresh: int  # seconds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,9 +61,10 @@ NEVER_REACHED_SES = ("EndpointConnectionError", "ConnectTimeoutError", "BlobUnav
 class Claim:
     """A row this worker holds for one attempt."""
 
-    def __init__(self, row, attempt: int, blob_key, batches_done: dict):
+    def __init__(self, row, attempt: int, blob_key, batches_done: dict, size: int = 0):
         self.row, self.attempt, self.blob_key = row, attempt, blob_key
         self.batches_done = batches_done  # {batch index: SES MessageId} from earlier attempts
+        self.size = size  # bytes of the stored message (0 when its Sent copy is gone)
 
 
 # -- the relay's transitions ------------------------------------------------------------------
@@ -89,7 +90,8 @@ def claim(outbound_id: int, lease: float, max_attempts: int, worker: str):
                 "message": "the previous attempt stopped after calling SES without a recorded result; "
                            "if SES accepted it, this attempt sends a second copy"})
         _event(row, "attempt", {"attempt": row.attempts, "worker": worker})
-        return Claim(row, row.attempts, _blob_key(row), _batches_done(row.id))
+        blob_key, size = _blob(row)
+        return Claim(row, row.attempts, blob_key, _batches_done(row.id), size)
 
 
 def renew_lease(claim: Claim, lease: float) -> int:
@@ -198,10 +200,13 @@ def _give_up_if_exhausted(outbound_id, now, max_attempts):
         _event(e.get_by_id(outbound_id), "failed", {"message": reason, "attempts": max_attempts})
 
 
-def _blob_key(row):
+def _blob(row):
+    """(blob key, size in bytes) of the row's stored message; (None, 0) when it was deleted."""
     if row.message_id is None:
-        return None
-    return models.Message.select(models.Message.blob_key).where(models.Message.id == row.message_id).scalar()
+        return None, 0
+    m = models.Message
+    found = m.select(m.blob_key, m.size).where(m.id == row.message_id).tuples().first()
+    return found if found else (None, 0)
 
 
 def _batches_done(outbound_id):

@@ -5,6 +5,8 @@
   client has its own boto3 session (the worker builds clients from several threads).
 - ``domains``: identity calls (core.domains). ``ses.connect_timeout``, a 10 s read timeout, two
   attempts (standard mode).
+- ``account``: GetAccount for the send-rate governor (core.ses_rate). 3 s to connect, 5 s to
+  read, one attempt: the governor steps aside when SES cannot say.
 - ``health``: the readiness probe (core.health). 3 s to connect, 5 s to read, one attempt: a
   probe answers now or reports the failure.
 
@@ -30,7 +32,7 @@ def _health(ses):
     return Config(connect_timeout=3, read_timeout=5, retries={"total_max_attempts": 1})
 
 
-POLICIES = {"relay": _relay, "domains": _domains, "health": _health}
+POLICIES = {"relay": _relay, "domains": _domains, "health": _health, "account": _health}
 
 
 def policy(purpose, ses):
@@ -39,10 +41,10 @@ def policy(purpose, ses):
 
 
 def new_client(purpose, ses):
-    """A new SES v2 client for ``purpose`` ("relay", "domains" or "health") under the ``[ses]``
+    """A new SES v2 client for ``purpose`` ("relay", "domains", "account" or "health") under the ``[ses]``
     settings ``ses``. Building one costs tens of ms of CPU: callers that call often keep theirs."""
     # The relay builds its client in worker threads; boto3's default session is not safe for
     # that, so it gets a session of its own. The others keep the default session, as before.
-    factory = boto3.session.Session().client if purpose == "relay" else boto3.client
+    factory = boto3.session.Session().client if purpose in ("relay", "account") else boto3.client
     return factory("sesv2", region_name=ses["region"], endpoint_url=ses["endpoint_url"] or None,
                    config=policy(purpose, ses))

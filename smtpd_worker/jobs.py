@@ -14,6 +14,12 @@ N"). A job may run twice, late, or never; the row decides what happens:
 - ``reconcile_stale`` re-enqueues rows whose lease or retry time passed ``relay.reconcile_after``
   ago without progress (enqueue lost, Redis flushed, worker SIGKILLed before or after its claim).
 
+Concurrency: the worker runs up to ``relay.concurrency`` of these jobs at once, each on its own
+thread (see worker.py). Two process-wide brakes apply inside a job, after its claim: the bytes in
+flight (``INFLIGHT``, capped at ``relay.max_inflight_bytes``) and the cluster-wide SES rate
+(``core.ses_rate.GOVERNOR``), which each SES call waits for and which an SES throttling answer slows.
+Waiting for either is before the SES call, so a SIGTERM meanwhile releases the row.
+
 At-least-once window: if SES accepted a message and the worker died before recording it, the row
 still ends with an ``attempt`` event and no result. The next claim sees that, records a
 ``possible_duplicate`` event and sends again. See docs/relay.md.
@@ -41,6 +47,7 @@ from core import blobs
 from core import metrics
 from core import outbound
 from core import outbox
+from core import ses_rate
 from smtpd_worker import transport
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,15 @@ _RELEASE = object()
 def _attempt(claim):
     """The SES calls of one claimed attempt: the first batch's SES MessageId, a RelayError, or
     _RELEASE when the worker is shutting down before anything was sent."""
+    if not INFLIGHT.acquire(claim.size, SHUTDOWN):
+        return _RELEASE
+    try:
+        return _send_batches(claim)
+    finally:
+        INFLIGHT.release(claim.size)
+
+
+def _send_batches(claim):
     row = claim.row
     try:
         data = _read_message(claim.blob_key)
@@ -94,16 +110,63 @@ def _attempt(claim):
         return _RELEASE
     batches = transport.recipient_batches(json.loads(row.recipients), data)
     done = dict(claim.batches_done)
+    sent_now = False
     for index, batch in enumerate(batches):
         if index in done:
             continue  # SES accepted this batch in an earlier attempt
+        if not _wait_for_rate(stop=None if sent_now else SHUTDOWN):
+            return _RELEASE
         try:
             done[index] = transport.send_raw(row.mail_from, batch, data, tags={"outbound_id": row.public_id})
         except transport.RelayError as err:
+            if err.code in ses_rate.THROTTLE_CODES:
+                ses_rate.GOVERNOR.throttled()  # the whole cluster slows, not just this job
             return err
+        sent_now = True
         if len(batches) > 1:
             _with_db(outbound.record_batch, claim, index, len(batches), done[index])
     return done[0]
+
+
+def _wait_for_rate(stop):
+    """Wait for this call's slot in the cluster-wide SES schedule. False when ``stop`` was set
+    meanwhile (the SES call has not been made: the caller hands the row back)."""
+    delay = ses_rate.GOVERNOR.reserve()
+    if delay <= 0:
+        return True
+    if stop is None:
+        time.sleep(delay)
+        return True
+    return not stop.wait(delay)
+
+
+class InflightBytes:
+    """The bytes of messages this process holds for SES calls, capped at
+    ``relay.max_inflight_bytes``: a job waits for room before it reads its message. A message
+    bigger than the cap runs alone (it waits until nothing else is in flight)."""
+
+    def __init__(self):
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, size, stop):
+        """Take ``size`` bytes; False (nothing taken) if ``stop`` is set while waiting."""
+        cap = settings.current().relay.max_inflight_bytes
+        with self.cond:
+            while self.used and self.used + size > cap:
+                if stop.is_set():
+                    return False
+                self.cond.wait(0.5)
+            self.used += size
+            return True
+
+    def release(self, size):
+        with self.cond:
+            self.used -= size
+            self.cond.notify_all()
+
+
+INFLIGHT = InflightBytes()
 
 
 class LeaseKeeper(threading.Thread):

@@ -1,15 +1,22 @@
 """`inboxlayer worker`: an RQ worker on the relay queue plus the periodic tasks.
 
-rq 3.x has no gevent worker class, so this is RQ's ``SimpleWorker`` (the job runs in this
-process, one at a time; scale with more processes). Not forking keeps the boto3 client, the
-database pool and the SIGTERM handling in one process we control. Retries are scheduled with
+RQ's ``SimpleWorker`` (no fork: the boto3 client, the database pool and the SIGTERM handling stay
+in one process we control) that runs up to ``relay.concurrency`` jobs at once, each on a thread
+of a bounded pool: the main thread takes a free slot, dequeues a job, does RQ's bookkeeping
+(``prepare_execution``) and hands the job to the pool; RQ 3 keeps one Execution per running job,
+so several at once is its own model. An SES call spends its time waiting on the network, so
+threads are enough (boto3 clients are thread-safe; each thread takes its own pooled database
+connection per transaction). Job timeouts use RQ's ``TimerDeathPenalty`` (SIGALRM reaches only the
+main thread). Any job kind on the queue runs the same way. Retries are scheduled with
 ``enqueue_in`` and moved to the queue by RQ's scheduler, which one worker per queue runs
 (``with_scheduler=True``; the others wait for its lock).
 
-SIGTERM (a deploy; SIGKILL follows ~30 s later): RQ stops taking jobs; a job that has not called
-SES yet hands its row back and re-enqueues it, a job inside the SES call finishes and records the
-result. If SIGKILL still lands mid-job, the row's lease expires (or, before the row was claimed,
-this worker's liveness key does) and the reconciler re-enqueues it.
+SIGTERM (a deploy; SIGKILL follows ~30 s later): the worker stops taking jobs; a job that has not
+called SES yet (including one waiting for the rate governor or for room under
+``relay.max_inflight_bytes``) hands its row back and re-enqueues it, a job inside the SES call
+finishes and records the result; the worker exits once the pool is empty. If SIGKILL still lands
+mid-job, each row's lease expires (or, before a row was claimed, this worker's liveness key does)
+and the reconciler re-enqueues it.
 """
 import ctypes
 import ctypes.util
@@ -17,9 +24,12 @@ import logging
 import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import TimerDeathPenalty
 
 import runtime
 import settings
@@ -32,13 +42,73 @@ log = logging.getLogger(__name__)
 
 
 class RelayWorker(SimpleWorker):
-    """RQ's SimpleWorker plus our own liveness beat (see Liveness) and the SIGTERM hand-back."""
+    """RQ's SimpleWorker with up to ``concurrency`` jobs in flight on a thread pool, our own
+    liveness beat (see Liveness) and the SIGTERM hand-back."""
 
     liveness = None
     # RQ doubles its wait after each failed Redis call up to 60 s, so after an outage of half a
     # minute a worker could sit idle for another minute with Redis back and mail waiting. Retrying
     # a local Redis every few seconds costs nothing.
     max_connection_wait_time = 5.0
+    death_penalty_class = TimerDeathPenalty  # jobs run on pool threads; SIGALRM would hit the main thread
+
+    def __init__(self, *args, concurrency=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.concurrency = concurrency or settings.current().relay.concurrency
+        self.slots = threading.BoundedSemaphore(self.concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="relay")
+        self.dispatching = False  # the main thread is between dequeue and hand-off: do not interrupt it
+        self.tearing_down = False  # the main thread waits for the pool to empty: do not interrupt it
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """Wait for a free slot, then dequeue as RQ does. The slot goes with the job (released by
+        ``_run``), or back at once when nothing was dequeued."""
+        while not self.slots.acquire(timeout=1):
+            self.heartbeat()  # a long wait for a slot must not let RQ think this worker died
+        try:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        except BaseException:
+            self.slots.release()
+            raise
+        if result is None:
+            self.slots.release()
+        return result
+
+    def execute_job(self, job, queue):
+        self.dispatching = True
+        try:
+            execution = self.prepare_execution(job)
+            self.pool.submit(self._run, job, queue, execution)
+        except BaseException:
+            self.slots.release()
+            raise
+        finally:
+            self.dispatching = False
+
+    def _run(self, job, queue, execution):
+        try:
+            self.perform_job(job, queue, execution)  # RQ records success/failure itself
+        except Exception:  # the thread's top-level boundary: keep the pool alive
+            log.exception("relay worker thread failed around job %s", job.id)
+        finally:
+            self.slots.release()
+
+    def in_flight(self):
+        """Jobs running on the pool now."""
+        return self.concurrency - self.slots._value
+
+    def _shutdown(self):
+        """SIGTERM/SIGINT: stop taking jobs at once (the main thread only waits for a slot or a
+        job); the pool's jobs finish or hand their rows back, then ``teardown`` lets go."""
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        if not (self.dispatching or self.tearing_down):
+            raise StopRequested()
+
+    def teardown(self):
+        self.tearing_down = True
+        self.pool.shutdown(wait=True)  # in-flight jobs end first: results recorded or rows released
+        super().teardown()
 
     def register_birth(self):
         super().register_birth()
