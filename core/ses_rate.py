@@ -76,7 +76,6 @@ class Governor:
     def __init__(self):
         self._lock = threading.Lock()
         self._rate, self._rate_read_at = None, float("-inf")
-        self._script = None
         self._local_tat = 0.0  # this process's own schedule, used only while Redis is unreachable
 
     # -- the rate ---------------------------------------------------------------------------
@@ -122,9 +121,8 @@ class Governor:
 
     def _call(self, rate, throttle):
         try:
-            if self._script is None:
-                self._script = outbox.connection().register_script(_SCRIPT)
-            wait, effective = self._script(keys=[schedule_key()],
+            script = outbox.connection().register_script(_SCRIPT)  # EVALSHA; cheap to build
+            wait, effective = script(keys=[schedule_key()],
                                            args=[repr(float(rate)), repr(BURST), repr(RECOVERY),
                                                  "1" if throttle else "0", repr(MIN_FACTOR)])
             return float(wait), float(effective)

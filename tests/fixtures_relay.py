@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -28,19 +29,35 @@ from tests.helpers import wait_until
 
 FAULT_DELAY_ENV = "RELAY_FAULT_DELAY"  # seconds the fault plan holds each SES call before sending it
 FAULT_MARK_ENV = "RELAY_FAULT_MARK"  # file the fault plan touches when a call starts waiting
+FAULT_THROTTLE_ENV = "RELAY_FAULT_THROTTLE"  # the first N SendEmail calls of the process get SES's 429
+FAULT_SPANS_ENV = "RELAY_FAULT_SPANS"  # file the fault plan appends "start end" (monotonic s) of each held call to
 
 
 def fault_plan(client):
     """RELAY_FAULT_PLAN target: hold each SendEmail for RELAY_FAULT_DELAY seconds (after the
-    worker recorded its attempt, before the bytes leave), touching RELAY_FAULT_MARK first."""
+    worker recorded its attempt, before the bytes leave), touching RELAY_FAULT_MARK first and
+    appending the held span to RELAY_FAULT_SPANS after; answer the first RELAY_FAULT_THROTTLE
+    calls with SES's throttling 429 instead."""
     delay = float(os.environ.get(FAULT_DELAY_ENV, "0"))
     mark = os.environ.get(FAULT_MARK_ENV)
+    throttle = [int(os.environ.get(FAULT_THROTTLE_ENV, "0"))]
+    spans = os.environ.get(FAULT_SPANS_ENV)
+    lock = threading.Lock()
 
-    def hold(**kwargs):
+    def hold(request, **kwargs):
+        with lock:
+            if throttle[0] > 0:
+                throttle[0] -= 1
+                return throttle_response(request)
         if mark:
-            with open(mark, "a") as f:
+            with lock, open(mark, "a") as f:
                 f.write(f"{os.getpid()}\n")
+        start = time.monotonic()
         time.sleep(delay)
+        if spans:
+            with lock, open(spans, "a") as f:
+                f.write(f"{start} {time.monotonic()}\n")
+        return None
 
     client.meta.events.register("before-send.sesv2.SendEmail", hold)
 
@@ -102,6 +119,29 @@ def submit(account):
                                  io.BytesIO(raw), via="api")
 
     return submit_one
+
+
+def max_overlap(spans_path):
+    """The most held SES calls that were in flight at one moment (from a RELAY_FAULT_SPANS file)."""
+    points = []
+    for line in spans_path.read_text().split("\n"):
+        if line:
+            start, end = map(float, line.split())
+            points += [(start, 1), (end, -1)]
+    current = peak = 0
+    for _, step in sorted(points, key=lambda p: (p[0], p[1])):  # an end before a start at the same instant
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def slow_ses(mark, delay, spans=None, throttle=0):
+    """Environment for a worker subprocess whose SES calls go through the test fault plan."""
+    env = {"RELAY_FAULT_PLAN": "tests.fixtures_relay:fault_plan", FAULT_DELAY_ENV: delay, FAULT_MARK_ENV: mark,
+           FAULT_THROTTLE_ENV: throttle}
+    if spans:
+        env[FAULT_SPANS_ENV] = spans
+    return env
 
 
 def run_worker_burst():
