@@ -197,12 +197,13 @@ def bare_loop(messages, concurrency, proxy_url, moto_url):
                           Content={"Raw": {"Data": raw_message(sender, n, body)}})
 
     send(-1)  # warm the client and the connection pool
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, range(messages)))
     rate = messages / (time.monotonic() - started)
+    cpu_ms = 1000 * (time.process_time() - cpu) / messages
     assert moto_count(moto_url) == messages + 1
-    return {"relay_rate": rate}
+    return {"relay_rate": rate, "cpu_ms": cpu_ms}
 
 
 # -- b, c: the workers ----------------------------------------------------------------------------
@@ -271,7 +272,9 @@ def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir):
         backlog = [stack.accept(n) for n in range(messages)]  # phase 1: a queue of N, no worker yet
         stack.start_workers(workers)
         all_ready = models.utcnow()  # the early starters have begun; count only what follows
+        cpu_before = sum(cpu_seconds(p.pid) for p in stack.procs)
         wait_sent(backlog)
+        cpu_ms = 1000 * (sum(cpu_seconds(p.pid) for p in stack.procs) - cpu_before) / len(backlog)
         e = models.OutboundEmail
         with models.db.connection_context():
             after = e.select(fn.COUNT(e.id), fn.MAX(e.sent_at)).where(e.sent_at > all_ready).tuples().first()
@@ -284,10 +287,17 @@ def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir):
         latencies = sorted((r.sent_at - r.created_at).total_seconds() for r in rows)
         at_ses = moto_count(moto_url)
         assert at_ses == messages + LATENCY_PROBES, (at_ses, messages + LATENCY_PROBES)  # each exactly once
-        return {"relay_rate": relay_rate, "p50_ms": 1000 * statistics.median(latencies),
+        return {"relay_rate": relay_rate, "cpu_ms": cpu_ms, "p50_ms": 1000 * statistics.median(latencies),
                 "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
     finally:
         stack.close()
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_in_flight(inflight, size, moto_url, workdir):
@@ -411,15 +421,16 @@ def main():
     names = {"a": f"bare boto3 loop, {args.concurrency} threads (ceiling)",
              "b": f"1 worker, concurrency {args.concurrency}", "c": f"2 workers, concurrency {args.concurrency}",
              "b1": "1 worker, concurrency 1 (as before)"}
-    print(f"{'peer':<44} {'relayed/s':>10} {'p50 ms':>8} {'p99 ms':>8}   (p50/p99: 250 -> sent, "
-          f"{LATENCY_PROBES} messages at {PROBE_RATE}/s)")
+    print(f"{'peer':<44} {'relayed/s':>10} {'CPU ms/msg':>10} {'p50 ms':>8} {'p99 ms':>8}   (p50/p99: 250 -> "
+          f"sent, {LATENCY_PROBES} messages at {PROBE_RATE}/s; CPU: the sending process(es) while draining)")
     medians = {}
     for part in parts:
-        m = {k: median_of(results[part], k) for k in ("relay_rate", "p50_ms", "p99_ms") if k in results[part][0]}
+        m = {k: median_of(results[part], k) for k in ("relay_rate", "cpu_ms", "p50_ms", "p99_ms")
+             if k in results[part][0]}
         medians[part] = m
         p50 = f"{m['p50_ms']:>8.0f}" if "p50_ms" in m else f"{'-':>8}"
         p99 = f"{m['p99_ms']:>8.0f}" if "p99_ms" in m else f"{'-':>8}"
-        print(f"{names[part]:<44} {m['relay_rate']:>10.1f} {p50} {p99}")
+        print(f"{names[part]:<44} {m['relay_rate']:>10.1f} {m['cpu_ms']:>10.1f} {p50} {p99}")
     if "a" in medians and "b" in medians:
         print(f"b/a (one worker / ceiling): {medians['b']['relay_rate'] / medians['a']['relay_rate']:.2f} "
               "(target >= 0.7)")
