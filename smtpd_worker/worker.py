@@ -23,15 +23,19 @@ import ctypes.util
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from rq import SimpleWorker
+from rq.worker import WorkerStatus
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now as utcnow
 
+import models
 import runtime
 import settings
 from smtpd_worker import jobs
@@ -42,6 +46,7 @@ from core import outbox
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL = 0.0005  # seconds; see main()
 HEARTBEAT_EVERY = 5  # seconds between the worker's own RQ heartbeats (its key lives 480 s)
 
 
@@ -63,6 +68,8 @@ class RelayWorker(SimpleWorker):
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="relay")
         self.dispatching = False  # the main thread is between dequeue and hand-off: do not interrupt it
         self.tearing_down = False  # the main thread waits for the pool to empty: do not interrupt it
+        self.running, self.running_lock = 0, threading.Lock()  # jobs the pool is running now
+        self.suspension_checked = float("-inf")
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """Wait for a free slot, then dequeue as RQ does. The slot goes with the job (released by
@@ -79,23 +86,45 @@ class RelayWorker(SimpleWorker):
         return result
 
     def execute_job(self, job, queue):
+        """Hand the job to the pool; RQ's per-job bookkeeping (its Execution, 'started') runs on
+        the pool thread too, so the main thread's only Redis work per job is the dequeue."""
         self.dispatching = True
         try:
-            execution = self.prepare_execution(job)
-            self.pool.submit(self._run, job, queue, execution)
+            self.pool.submit(self._run, job, queue)
         except BaseException:
             self.slots.release()
             raise
         finally:
             self.dispatching = False
 
-    def _run(self, job, queue, execution):
+    def _run(self, job, queue):
+        with self.running_lock:
+            self.running += 1
         try:
+            execution = self.prepare_execution(job)
             self.perform_job(job, queue, execution)  # RQ records success/failure itself
         except Exception:  # the thread's top-level boundary: keep the pool alive
             log.exception("relay worker thread failed around job %s", job.id)
         finally:
+            with self.running_lock:
+                self.running -= 1
             self.slots.release()
+
+    def set_state(self, state, pipeline=None):
+        """The worker is ``busy`` while any job runs (RQ would write ``idle`` before every dequeue
+        and ``busy`` for every job: two Redis writes per job for a flickering display)."""
+        if state == WorkerStatus.IDLE and self.running:
+            state = WorkerStatus.BUSY
+        if state == self._state:
+            return
+        super().set_state(state, pipeline)
+
+    def check_for_suspension(self, burst):
+        """`rq suspend` is honoured within a second (RQ asks Redis before every job)."""
+        if time.monotonic() - self.suspension_checked < 1:
+            return
+        self.suspension_checked = time.monotonic()
+        super().check_for_suspension(burst)
 
     def heartbeat(self, timeout=None, pipeline=None):
         """RQ beats the worker's key (3 round trips) around every dequeue and after every job; with
@@ -205,11 +234,19 @@ def die_with_parent():
 
 def main(config, burst=False):
     config = runtime.configure(config)
+    typed = settings.current()
+    if typed.relay.concurrency > typed.database.max_connections:
+        # Each job holds a pooled connection only inside a transaction, but a commit under load
+        # takes milliseconds: with fewer connections than jobs in flight they queue for the pool.
+        models.init_database(typed.database.url, typed.relay.concurrency)
     runtime.setup_logging(config)
     die_with_parent()
     metrics.start_http_exporter(config["metrics"]["worker_port"], config["metrics"]["host"])
     relay_queue = outbox.relay_queue()
     transport.client()  # built once now (tens of ms of CPU), not by the first job
+    # Many threads each doing a little work between network waits: a thread coming back from I/O
+    # should not wait CPython's default 5 ms for the GIL (a convoy that serialises the jobs).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     runner = periodic.PeriodicRunner(config)
     if burst:
         periodic.run_due(runner.schedule)  # one pass, so `worker --burst` also recovers stuck rows
