@@ -69,7 +69,7 @@ def test_throttling_from_ses_slows_the_governor_for_the_cluster(relay_config, st
     started = time.monotonic()
 
     start_worker(**slow_ses(tmp_path / "calling", 0, throttle=2))  # SES answers 429 twice, then accepts
-    sent = wait_until(lambda: outbound(row.id).status == "sent" and outbound(row.id), timeout=30,
+    sent = wait_until(lambda: outbound(row.id).status == "sent" and outbound(row.id), timeout=60,
                       what="the message to be sent after two throttled attempts")
 
     assert [m["id"] for m in ses_sent()] == [sent.ses_message_id]
