@@ -192,24 +192,38 @@ def check_paused(inbox) -> None:
 
 # -- the checks the front-ends call -----------------------------------------------------------
 
+# Everything RCPT needs in one round trip (SMTP asks it for every recipient).
+_RECIPIENT_STATE = """
+SELECT i.paused_at, i.paused_reason, i.new_recipients_per_day,
+       (SELECT s.reason FROM suppression s WHERE s.user_id = i.user_id AND s.address = {p}),
+       EXISTS (SELECT 1 FROM recipient_rule r WHERE r.inbox_id = i.id),
+       EXISTS (SELECT 1 FROM known_recipient k WHERE k.inbox_id = i.id AND k.address = {p}),
+       COALESCE((SELECT u.count FROM new_recipient_usage u WHERE u.inbox_id = i.id AND u.day = {p}), 0)
+FROM inbox i WHERE i.id = {p}
+"""
+
+
 def check_recipient(user, inbox, address, pending_new=0) -> bool:
     """SMTP ``RCPT TO``: raise the refusal for ``address``, or return whether it is a first contact.
     ``pending_new``: first contacts already accepted in this transaction (they count toward the cap
-    as the message would commit them)."""
-    check_paused(inbox)
+    as the message would commit them). One query, two when the inbox has a policy."""
     key = address_key(address)
-    reasons = suppressed(user, [key])
-    if reasons:
-        raise RecipientSuppressed([(address, reasons[key])])
-    if not allowed(policy_of(inbox), key):
-        raise RecipientNotAllowed([(address, None)])
-    if known(inbox, [key]):
+    row = models.db.execute_sql(_RECIPIENT_STATE.format(p=models.db.obj.param),
+                                (key, key, models.today().isoformat(), inbox.id)).fetchone()
+    if row is None:  # the inbox is gone; the end of DATA refuses the message
         return False
-    cap = cap_of(user, inbox)
-    if cap:
-        used = new_today(inbox)
-        if used + pending_new + 1 > cap:
-            raise NewRecipientLimit(min(used + pending_new, cap), cap, quota.seconds_to_reset())
+    paused_at, paused, own_cap, suppression, has_rules, is_known, used = row
+    if paused_at is not None:
+        raise InboxPaused(paused or "paused")
+    if suppression is not None:
+        raise RecipientSuppressed([(address, suppression)])
+    if has_rules and not allowed(policy_of(inbox), key):
+        raise RecipientNotAllowed([(address, None)])
+    if is_known:
+        return False
+    cap = own_cap if own_cap is not None else quota.plan_of(user).new_recipients_per_day
+    if cap and used + pending_new + 1 > cap:
+        raise NewRecipientLimit(min(used + pending_new, cap), cap, quota.seconds_to_reset())
     return True
 
 
@@ -234,15 +248,28 @@ def check_send(user, inbox, addresses) -> None:
             raise NewRecipientLimit(min(used, cap), cap, quota.seconds_to_reset())
 
 
-def admit(user, inbox, addresses) -> int:
-    """Inside the transaction that stores a message: refuse if the inbox is paused, record the
-    recipients it did not know and count them against today's cap (see the module docstring).
-    Raises InboxPaused / NewRecipientLimit (the caller's transaction then rolls back). Returns the
-    number of first contacts recorded."""
+def unknown_recipients(inbox, addresses) -> list:
+    """At commit, before any lock: raise InboxPaused, else the address keys of ``addresses`` the
+    inbox has not mailed yet (sorted). A known recipient stays known, so an empty answer holds
+    without a lock and the message needs no first-contact accounting (``admit``). One query."""
     keys = sorted({address_key(a) for a in addresses})
-    if not set(keys) - known(inbox, keys):  # all known (a known recipient stays known): no lock needed
-        check_paused(inbox)
-        return 0
+    p = models.db.obj.param
+    sql = (f"SELECT 'paused', i.paused_reason FROM inbox i WHERE i.id = {p} AND i.paused_at IS NOT NULL "
+           f"UNION ALL SELECT 'known', k.address FROM known_recipient k "
+           f"WHERE k.inbox_id = {p} AND k.address IN ({', '.join([p] * len(keys))})")
+    rows = models.db.execute_sql(sql, (inbox.id, inbox.id, *keys)).fetchall()
+    for kind, text in rows:
+        if kind == "paused":
+            raise InboxPaused(text or "paused")
+    return sorted(set(keys) - {text for _, text in rows})
+
+
+def admit(user, inbox, addresses) -> int:
+    """Inside the transaction that stores a message with first contacts (``unknown_recipients``
+    found some): refuse if the inbox is paused, record the recipients it did not know and count
+    them against today's cap (see the module docstring). Raises InboxPaused / NewRecipientLimit
+    (the caller's transaction then rolls back). Returns the number of first contacts recorded."""
+    keys = sorted({address_key(a) for a in addresses})
     u = models.NewRecipientUsage
     day, now = models.today(), models.utcnow()
     u.insert(inbox=inbox.id, day=day, count=0).on_conflict_ignore().execute()

@@ -247,12 +247,14 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
                                  **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now)
     try:
-        # One transaction: the pause and first-contact cap (core/recipients.admit) with the message.
-        with models.write_atomic():
-            recipient_rules.admit(user, inbox, recipients)
-            ids = models.record_submission(fields, len(recipients), limit)
-            if ids is None:
-                raise quota.exceeded(models.sends_today(user), limit)
+        if not recipient_rules.unknown_recipients(inbox, recipients):  # raises InboxPaused
+            ids = models.record_submission(fields, len(recipients), limit)  # one statement, as ever
+        else:  # first contacts: counted against the cap in the transaction that stores the message
+            with models.write_atomic():
+                recipient_rules.admit(user, inbox, recipients)
+                ids = models.record_submission(fields, len(recipients), limit)
+                if ids is None:
+                    raise quota.exceeded(models.sends_today(user), limit)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -260,6 +262,8 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         if existing is None:
             raise
         raise _Replay(existing) from None
+    if ids is None:
+        raise quota.exceeded(models.sends_today(user), limit)
     sent_id, outbound_id = ids
     # What the callers read, without a query to fetch back what was just written.
     return models.OutboundEmail(
