@@ -126,6 +126,13 @@ class Message(BaseModel):
     created_at = DateTimeField(default=utcnow, index=True)
 
 
+class MessageFlags(BaseModel):
+    """IMAP flags a mail client set on a stored message (no row = no flag set)."""
+    message = ForeignKeyField(Message, unique=True, on_delete="CASCADE")
+    seen = BooleanField(default=False)
+    flagged = BooleanField(default=False)
+
+
 class OutboundEmail(BaseModel):
     public_id = CharField(max_length=40, unique=True)
     user = ForeignKeyField(User, backref="outbound", on_delete="CASCADE")
@@ -211,8 +218,8 @@ class NewRecipientUsage(BaseModel):
         indexes = ((("inbox", "day"), True),)
 
 
-MODELS = [User, ApiToken, Domain, Inbox, Message, OutboundEmail, OutboundEvent, SendUsage, Suppression,
-          RecipientRule, KnownRecipient, NewRecipientUsage]
+MODELS = [User, ApiToken, Domain, Inbox, Message, MessageFlags, OutboundEmail, OutboundEvent, SendUsage,
+          Suppression, RecipientRule, KnownRecipient, NewRecipientUsage]
 
 
 # -- schema ---------------------------------------------------------------------------------

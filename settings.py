@@ -61,6 +61,8 @@ def derive(config):
     web = config["web"]
     web["public_url"] = (web["public_url"] or f"http://{web['host']}:{web['port']}").rstrip("/")
     for port_key in ("starttls_port", "tls_port"):
+        if config["imap"][port_key] == 25:
+            raise SettingsError(f"imap.{port_key} = 25: port 25 is reserved for inbound delivery")
         if config["smtp"][port_key] == 25:
             raise SettingsError(
                 f"smtp.{port_key} = 25: port 25 is reserved for inbound delivery and never accepts submissions")
@@ -270,6 +272,25 @@ class Smtp(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Imap(Section):
+    host: str
+    starttls_port: int
+    tls_port: int
+    max_line_length: int  # octets
+    max_literal: int  # octets
+    idle_timeout: int  # seconds
+    pre_auth_deadline: int  # seconds
+    command_deadline: int  # seconds
+    max_commands: int
+    max_bad_commands: int
+    idle_max: int  # seconds
+    idle_poll: float  # seconds
+    max_connections: int
+    max_connections_per_ip: int
+    shutdown_grace: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
 class Ses(Section):
     region: str
     endpoint_url: str
@@ -324,6 +345,7 @@ class Metrics(Section):
     host: str
     smtp_port: int
     worker_port: int
+    imap_port: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,7 +366,7 @@ class Plan(Section):
     pause_complaints: int  # auto-pause at this many complaints in 24 h
 
 
-SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "ses": Ses,
+SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "imap": Imap, "ses": Ses,
             "blobs": Blobs, "relay": Relay, "dns": Dns, "metrics": Metrics, "dev": Dev}
 
 
@@ -356,6 +378,7 @@ class Settings:
     redis: Redis
     web: Web
     smtp: Smtp
+    imap: Imap
     ses: Ses
     blobs: Blobs
     relay: Relay

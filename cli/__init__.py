@@ -31,6 +31,7 @@ APP_SETTINGS = {"rich_markup_mode": "rich", "pretty_exceptions_enable": False}
 COMMANDS = {
     "web": ("cli.servers:web", "Serve the dashboard and REST API (gunicorn, gevent worker)."),
     "smtpd": ("cli.servers:smtpd", "Serve SMTP submission on the STARTTLS and implicit-TLS ports."),
+    "imapd": ("cli.servers:imapd", "Serve IMAP (the Sent folder) on the implicit-TLS and STARTTLS ports."),
     "worker": ("cli.servers:worker", "Run a relay worker (RQ) with the periodic reconciler."),
     "dev": ("cli.servers:dev", "Everything on one machine: web, SMTP, worker and the SES stand-in."),
     "health": ("cli.servers:health", "Check that the database, Redis and SES answer (exit 1 if not)."),

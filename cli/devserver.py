@@ -1,7 +1,7 @@
 """`inboxlayer dev`: the whole system on one machine, on the embedded defaults.
 
 Starts the SES stand-in (moto server), finds or starts Redis, applies the schema, then runs
-`inboxlayer web`, `smtpd` and `worker` as child processes and stops them all on Ctrl-C/SIGTERM.
+`inboxlayer web`, `smtpd`, `imapd` and `worker` as child processes and stops them all on Ctrl-C/SIGTERM.
 """
 import importlib.util
 import json
@@ -140,7 +140,10 @@ def listen_ports(config):
     ports = [("web (dashboard and API)", config["web"]["host"], config["web"]["port"], "INBOXLAYER_WEB_PORT"),
              ("SMTP STARTTLS", smtp["host"], smtp["starttls_port"], "INBOXLAYER_SMTP_STARTTLS_PORT"),
              ("SMTP TLS", smtp["host"], smtp["tls_port"], "INBOXLAYER_SMTP_TLS_PORT"),
+             ("IMAP STARTTLS", config["imap"]["host"], config["imap"]["starttls_port"], "INBOXLAYER_IMAP_STARTTLS_PORT"),
+             ("IMAP TLS", config["imap"]["host"], config["imap"]["tls_port"], "INBOXLAYER_IMAP_TLS_PORT"),
              ("smtpd metrics", metrics["host"], metrics["smtp_port"], "INBOXLAYER_METRICS_SMTP_PORT"),
+             ("imapd metrics", metrics["host"], metrics["imap_port"], "INBOXLAYER_METRICS_IMAP_PORT"),
              ("worker metrics", metrics["host"], metrics["worker_port"], "INBOXLAYER_METRICS_WORKER_PORT")]
     return [entry for entry in ports if entry[2]]
 
@@ -190,11 +193,14 @@ def run(config):
         _prepare_ses(env, config)
         children.start("worker", inboxlayer + ["worker"], env)
         smtp = children.start("smtpd", inboxlayer + ["smtpd"], env)
+        imap = children.start("imapd", inboxlayer + ["imapd"], env)
         web = children.start("web", inboxlayer + ["web", "--workers", "1"], env)
         wait_for_port(_dial(config["web"]["host"]), config["web"]["port"], "web", web)
         for key in ("starttls_port", "tls_port"):
             if config["smtp"][key]:
                 wait_for_port(_dial(config["smtp"]["host"]), config["smtp"][key], "smtpd", smtp)
+            if config["imap"][key]:
+                wait_for_port(_dial(config["imap"]["host"]), config["imap"][key], "imapd", imap)
         _banner(config, redis_source, ses_note, _readiness(config), _health_command(config, env))
         while all(proc.poll() is None for _, proc in children.procs):
             time.sleep(0.5)
@@ -271,6 +277,10 @@ def _banner(config, redis_source, ses_note, ready, health_command):
     domain = config["server"]["default_domain"]
     ports = ", ".join(part for part in (smtp["starttls_port"] and f"{host}:{smtp['starttls_port']} (STARTTLS)",
                                         smtp["tls_port"] and f"{host}:{smtp['tls_port']} (TLS)") if part)
+    imap = config["imap"]
+    imap_ports = ", ".join(part for part in (imap["tls_port"] and f"{host}:{imap['tls_port']} (TLS)",
+                                             imap["starttls_port"] and f"{host}:{imap['starttls_port']} (STARTTLS)")
+                           if part)
     cert = (f"certificate {smtp['cert_file']}" if smtp["cert_file"] else
             f"self-signed certificate in {config['server']['data_dir']}/tls, valid for "
             f"{', '.join(dict.fromkeys([host, 'localhost', '127.0.0.1']))}")
@@ -278,6 +288,7 @@ def _banner(config, redis_source, ses_note, ready, health_command):
 [bold green]Inboxlayer is running.[/]
   Dashboard   {web}   (sign up, create an inbox and an API key)
   SMTP        {ports or 'off'}; {cert}
+  IMAP        {imap_ports or 'off'}; same certificate; user = inbox address, password = API key
   Redis       {redis_source}
   SES         {ses_note}
   Data        {config['database']['url']}

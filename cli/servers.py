@@ -28,6 +28,12 @@ def smtpd():
     os.execv(sys.executable, [sys.executable, "-m", "smtpd_worker"])
 
 
+def imapd():
+    """Serve IMAP (the Sent folder) on the implicit-TLS and STARTTLS ports."""
+    load_settings()
+    os.execv(sys.executable, [sys.executable, "-m", "imapd"])
+
+
 # The commands below import their stack when they run (not for a cycle): `web` and `smtpd` exec a
 # fresh interpreter, so this module must not load the relay worker or the SES client first.
 

@@ -256,6 +256,8 @@ def delete_inbox(inbox):
         outbound_ids = models.OutboundEmail.select(models.OutboundEmail.id).where(models.OutboundEmail.inbox == inbox)
         models.OutboundEvent.delete().where(models.OutboundEvent.outbound.in_(outbound_ids)).execute()
         models.OutboundEmail.delete().where(models.OutboundEmail.inbox == inbox).execute()
+        message_ids = models.Message.select(models.Message.id).where(models.Message.inbox == inbox)
+        models.MessageFlags.delete().where(models.MessageFlags.message.in_(message_ids)).execute()
         models.Message.delete().where(models.Message.inbox == inbox).execute()
         inbox.delete_instance()
     for key in blob_keys:

@@ -107,6 +107,8 @@ def dev_env(tmp_path, **extra):
         "INBOXLAYER_WEB_PORT": str(free_port()),
         "INBOXLAYER_SMTP_STARTTLS_PORT": str(free_port()),
         "INBOXLAYER_SMTP_TLS_PORT": str(free_port()),
+        "INBOXLAYER_IMAP_STARTTLS_PORT": str(free_port()),
+        "INBOXLAYER_IMAP_TLS_PORT": str(free_port()),
         "INBOXLAYER_REDIS_PREFIX": f"dev{uuid.uuid4().hex[:10]}",
         "INBOXLAYER_HOME": str(tmp_path / "cli-home"),
         "PYTHONUNBUFFERED": "1",

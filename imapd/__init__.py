@@ -1,0 +1,1 @@
+"""IMAP access to an inbox's folders (Sent), with the same API tokens as SMTP and REST."""
