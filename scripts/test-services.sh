@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start what the test suite needs when it is not already answering: PostgreSQL, Redis,
 # and the Debian packages used by tests (chromium for Playwright; swaks and s-nail as real SMTP
-# clients; openssl's s_client to check the dev certificate).
+# clients, s-nail and mbsync (isync) as real IMAP clients; openssl's s_client to check the dev
+# certificate).
 set -euo pipefail
 
 have_port() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
@@ -19,6 +20,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v s-nail >/dev/null 2>&1 || missing+=(s-nail)
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test-services: installing ${missing[*]}" >&2

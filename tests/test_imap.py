@@ -203,3 +203,162 @@ def test_imap_append_of_a_sent_message_does_not_duplicate_it(account, sent, imap
     assert typ == "NO" and b"[CANNOT]" in data[0]
     assert client.append("Drafts", None, None, foreign)[0] == "NO"
     assert len(stored_copies(account.address)) == 2
+
+
+def test_imap_curl_and_a_large_message_fetch_the_stored_bytes(account, smtp_client, imap_server, imap_client, tmp_path):
+    """A 20 MB attachment, sent over SMTP, comes back byte for byte through curl and imaplib."""
+    client = smtp_client(account.address, account.token)
+    # 20 MB as a 7bit text attachment: base64 would pass the 25 MB message limit (4/3 of 20 MB).
+    message = smtp_message(account, "Large")
+    message.add_attachment(("0123456789" * 7 + "abcdef\n") * (20 * 2**20 // 77 + 1), subtype="plain", cte="7bit",
+                           filename="big.txt")
+    client.send_message(message)
+    (uid, stored), = stored_copies(account.address).items()
+    assert len(stored) > 20 * 2**20
+    out = tmp_path / "curl.eml"
+    result = subprocess.run(["curl", "--silent", "--show-error", "--cacert", str(imap_server.cafile),
+                             "--user", f"{account.address}:{account.token}", "--output", str(out),
+                             f"imaps://127.0.0.1:{imap_server.tls_port}/Sent;UID={uid}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == stored
+    imap = imap_client(account.address, account.token)
+    imap.select("Sent", readonly=True)
+    typ, data = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    assert data[0][1] == stored
+
+
+def test_imap_mbsync_copies_the_sent_folder_exactly(account, sent, imap_server, tmp_path):
+    """isync's mbsync (Debian), a real synchronising client, pulls Sent into a Maildir."""
+    mbsync = shutil.which("mbsync")
+    assert mbsync, "mbsync missing: run scripts/test-services.sh (installs isync)"
+    maildir = tmp_path / "mail"
+    maildir.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""IMAPAccount inboxlayer
+Host 127.0.0.1
+Port {imap_server.tls_port}
+User {account.address}
+Pass {account.token}
+SSLType IMAPS
+CertificateFile {imap_server.cafile}
+AuthMechs LOGIN
+
+IMAPStore remote
+Account inboxlayer
+
+MaildirStore local
+Path {maildir}/
+Inbox {maildir}/INBOX
+
+Channel sent
+Far :remote:Sent
+Near :local:Sent
+Create Near
+Sync Pull
+SyncState *
+""")
+    result = subprocess.run([mbsync, "-c", str(rc), "sent"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    fetched = sorted(p.read_bytes() for p in (maildir / "Sent" / "cur").iterdir()) + sorted(
+        p.read_bytes() for p in (maildir / "Sent" / "new").iterdir())
+    # mbsync stores Maildir files with LF line ends and its own X-TUID header (isync's documented
+    # conventions); apart from those, the bytes are ours.
+    fetched = [re.sub(rb"^X-TUID: \S+\n", b"", data, flags=re.M) for data in fetched]
+    assert sorted(fetched) == sorted(data.replace(b"\r\n", b"\n") for data in sent.values())
+
+
+def test_imap_s_nail_lists_the_sent_folder(account, sent, imap_server, tmp_path):
+    """s-nail (Debian's mailx), in batch mode over imaps://, shows both Sent messages."""
+    s_nail = shutil.which("s-nail")
+    assert s_nail, "s-nail missing: run scripts/test-services.sh"
+    user = account.address.replace("@", "%40")
+    host = f"127.0.0.1:{imap_server.tls_port}"
+    result = subprocess.run(
+        [s_nail, "-n", "-N", "-#", "-Sv15-compat", "-Sttycharset=utf-8", f"-Stls-ca-file={imap_server.cafile}",
+         "-Stls-ca-no-defaults", f"-Spassword={account.token}", "-Simap-auth=login",
+         "-f", f"imaps://{user}@{host}/Sent"],
+        input="headers\nquit\n", capture_output=True, text=True, timeout=60,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "MAIL": str(tmp_path / "mbox")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Over SMTP" in result.stdout and "Over REST" in result.stdout, result.stdout + result.stderr
+
+
+def login_raw(client, account):
+    client.send(f"a LOGIN {account.address} {account.token}\r\n")
+    assert client.expect_tagged("a")[-1].startswith("a OK")
+
+
+@pytest.mark.parametrize("command, reply", [
+    ("x LOGIN {99999999999}\r\n", "x BAD Literal too large (at most 65536 octets)\r\n"),
+    ("x FETCH " + "(" * 4000 + "\r\n", "x BAD Lists nested too deeply\r\n"),
+    ("x SEARCH (ALL))\r\n", "x BAD Unbalanced parenthesis\r\n"),
+    ("x SEARCH ((ALL)\r\n", "x BAD Unbalanced parenthesis\r\n"),
+    ("x UID FETCH " + ",".join(["1"] * 2000) + " FLAGS\r\n", "x BAD Sequence set has more than 1000 parts\r\n"),
+    ("x FETCH 1:99 (FLAGS\r\n", "x BAD Unbalanced parenthesis\r\n"),
+    ("x FETCH 1 BODY[HEADER.FIELDS (FROM]\r\n", "x BAD HEADER.FIELDS needs a list of field names\r\n"),
+    ("x LOGIN a\x00b c\r\n", "x BAD NUL is not allowed in a command\r\n"),
+    ("x BLURB\r\n", "x BAD Unknown command BLURB\r\n"),
+    ("\r\n", "* BAD Invalid or missing tag\r\n"),
+    ('x SELECT "Sent\r\n', "x BAD Unterminated quoted string\r\n"),
+    ("x UID FETCH 1:4294967295 (FLAGS)\r\n", "x OK UID FETCH completed\r\n"),
+    ("x STATUS Sent (" + "A " * 2500 + ")\r\n", "x BAD Too many arguments\r\n"),
+])
+def test_imap_hostile_input_gets_bad_and_the_session_goes_on(account, sent, imap_raw, command, reply):
+    client = imap_raw()
+    login_raw(client, account)
+    client.send("s SELECT Sent\r\n")
+    client.expect_tagged("s")
+    client.send(command)
+    lines = client.expect_tagged("x") if not command.startswith("\r\n") else [client.line()]
+    assert lines[-1] == reply
+    client.send("n NOOP\r\n")
+    assert client.expect_tagged("n") == ["n OK NOOP completed\r\n"]
+
+
+def test_imap_connection_limits_end_with_bye(account, start_imap_server, subprocess_env):
+    server = start_imap_server(INBOXLAYER_IMAP_COMMAND_DEADLINE=2, INBOXLAYER_IMAP_PRE_AUTH_DEADLINE=3,
+                               INBOXLAYER_IMAP_MAX_LINE_LENGTH=1024, INBOXLAYER_IMAP_MAX_BAD_COMMANDS=5,
+                               INBOXLAYER_SMTP_MAX_AUTH_FAILURES=3)
+    from tests.fixtures_imap import ImapRaw
+
+    # A line past the limit: BYE, not a buffer that grows.
+    client = ImapRaw(server)
+    client.send("a NOOP " + "x" * 5000)
+    assert client.line() == "* BYE Command line too long\r\n"
+    client = ImapRaw(server)
+    client.send("a FETCH 1 " + "(" * 10000 + "\r\n")
+    assert client.line() == "* BYE Command line too long\r\n"
+    # A non-synchronising literal over the limit: the bytes would follow at once, so BYE.
+    client = ImapRaw(server)
+    client.send("a LOGIN {99999999+}\r\n")
+    assert client.line() == "* BYE Literal too large\r\n"
+    # Slowloris: a command trickled a byte at a time runs out of time.
+    client = ImapRaw(server)
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        for char in "a NOOP and on and on and on":
+            client.send(char)
+            time.sleep(0.3)
+    assert client.line() == "* BYE Command not completed in time\r\n"
+    assert time.monotonic() - started < 6
+    # Silent before login: the pre-auth deadline.
+    client = ImapRaw(server)
+    assert client.line() == "* BYE Autologout: idle for too long\r\n"
+    # Bad-command budget.
+    client = ImapRaw(server)
+    for n in range(5):
+        client.send(f"b{n} JUNK\r\n")
+    lines = [client.line() for _ in range(6)]
+    assert lines[-1] == "* BYE Too many invalid commands\r\n"
+    # The failed-login throttle (SMTP's, per client address).
+    client = ImapRaw(server)
+    for n in range(3):
+        client.send(f"l{n} LOGIN {account.address} il_wrong\r\n")
+        assert client.expect_tagged(f"l{n}") == [f"l{n} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"]
+    client.send(f"l3 LOGIN {account.address} il_wrong\r\n")
+    assert client.expect_tagged("l3")[-1] == "* BYE Too many failed authentication attempts; try again later\r\n"
+    client = ImapRaw(server)
+    client.send(f"l4 LOGIN {account.address} {account.token}\r\n")
+    assert client.expect_tagged("l4") == ["* BYE Too many failed authentication attempts; try again later\r\n"]
+    assert server.proc.poll() is None

@@ -88,6 +88,10 @@ def test_inbox_create_on_default_domain_and_show_smtp_settings(web, config):
     assert f'<code id="smtp-host">{config["smtp"]["public_host"]}</code>' in page
     assert f'<code>{config["smtp"]["starttls_port"]}</code> (STARTTLS, recommended)' in page
     assert f'<code>{config["smtp"]["tls_port"]}</code> (implicit TLS)' in page
+    assert f'<code id="imap-host">{config["smtp"]["public_host"]}</code>' in page
+    assert f'<code>{config["imap"]["tls_port"]}</code> (implicit TLS, recommended)' in page
+    assert f'<code>{config["imap"]["starttls_port"]}</code> (STARTTLS)' in page
+    assert '<code id="imap-user">support-bot@inboxlayer.dev</code>' in page
     assert "--auth-user support-bot@inboxlayer.dev" in page
     assert 'smtp.login("support-bot@inboxlayer.dev", os.environ["INBOXLAYER_TOKEN"])' in page
     assert "25 MB" in page and "of 500 sends today" in page

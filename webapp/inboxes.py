@@ -113,6 +113,7 @@ def _render_show(inbox, policy_form=None, policy_error=None, status=200):
     return render_template("inboxes/show.html", inbox=inbox, can_send=can_send, reason=reason,
                            smtp_host=smtp.public_host, starttls_port=smtp.starttls_port,
                            tls_port=smtp.tls_port, max_size_mb=smtp.max_message_size // 2**20,
+                           imap=app_settings().imap,
                            recent=list(recent), sent_count=sent_count, usage=quota.usage(current_user.user),
                            policy=_policy_view(inbox, policy_form, policy_error)), status
 
