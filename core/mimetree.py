@@ -88,6 +88,13 @@ def scan(f, size):
     return _part(f, 0, size, "text/plain", 0, [MAX_PARTS])
 
 
+def scan_headers(f, size):
+    """The top-level Part with its header only (ENVELOPE, BODY[HEADER...]): no MIME scan."""
+    header, body_start = _header_block(f, 0, size)
+    headers = BytesHeaderParser(policy=READ_POLICY).parsebytes(header)
+    return Part(0, body_start, size, headers)
+
+
 def _part(f, start, end, default_type, depth, budget):
     budget[0] -= 1
     header, body_start = _header_block(f, start, end)

@@ -105,6 +105,12 @@ def _item(token):
     return item
 
 
+def headers_suffice(items):
+    """True when the items need the top-level header and body bounds only (ENVELOPE, HEADER and TEXT
+    sections): no MIME scan of the whole message."""
+    return all(i.name not in ("BODYSTRUCTURE", "BODY") and not i.numbers for i in items)
+
+
 def needs_structure(items):
     return any(i.name in ("BODYSTRUCTURE", "BODY", "ENVELOPE") or (i.name == "SECTION" and (i.numbers or i.spec))
                for i in items)

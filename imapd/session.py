@@ -650,7 +650,8 @@ class Session:
                 f.seek(0, 2)
                 size = f.tell()
                 if fetch.needs_structure(items):
-                    root = self._structure(meta.uid, f, size)
+                    root = (mimetree.scan_headers(f, size) if fetch.headers_suffice(items)
+                            else self._structure(meta.uid, f, size))
             pieces = [b"* %d FETCH (" % number]
             for index, item in enumerate(items):
                 if index:
@@ -794,10 +795,12 @@ class Session:
     def imap_IDLE(self, tag, args):
         self.send("+ idling")
         started = time.monotonic()
+        self.idle = True  # a shutdown may end it with BYE, like a session waiting for a command
         while True:
             if time.monotonic() - started > self.settings.idle_max:
                 raise Close("* BYE IDLE lasted too long; reconnect")
             if self.reader.poll(self.settings.idle_poll):
+                self.idle = False
                 line = self.reader.line(self.settings.max_line_length, time.monotonic() + self.settings.command_deadline,
                                         self.settings.command_deadline)
                 if line.strip().upper() == b"DONE":
