@@ -4,6 +4,7 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 ``with db.atomic():`` and scopes the connection (``with db.connection_context():``).
 """
 import datetime
+import json
 from pathlib import Path
 
 from peewee import BigIntegerField
@@ -20,6 +21,7 @@ from peewee import Model
 from peewee import PostgresqlDatabase
 from peewee import SqliteDatabase
 from peewee import TextField
+from peewee import Value
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
@@ -218,8 +220,72 @@ class NewRecipientUsage(BaseModel):
         indexes = ((("inbox", "day"), True),)
 
 
+class Event(BaseModel):
+    """A public event (core/event_vocabulary.py), written in the transaction of the state change it
+    reports. ``id`` orders the feed (its cursor); ``public_id`` (``evt_...``) is what users see and
+    de-duplicate on; ``data`` (JSON) is the resource as it was at that moment."""
+    public_id = CharField(max_length=40, unique=True)
+    user = ForeignKeyField(User, backref="events", on_delete="CASCADE")
+    inbox = ForeignKeyField(Inbox, null=True, on_delete="SET NULL")
+    outbound = ForeignKeyField(OutboundEmail, null=True, on_delete="SET NULL")
+    type = CharField(max_length=40)
+    data = TextField(default="{}")
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("user", "id"), False),)
+
+
+class WebhookEndpoint(BaseModel):
+    """Where an account's events are POSTed. ``event_types``: "" for every type, else
+    ",type,type," (so one LIKE selects the endpoints of a type in the fan-out)."""
+    public_id = CharField(max_length=40, unique=True)
+    user = ForeignKeyField(User, backref="webhook_endpoints", on_delete="CASCADE")
+    url = CharField(max_length=2048)
+    event_types = TextField(default="")
+    inbox = ForeignKeyField(Inbox, null=True, on_delete="CASCADE")
+    enabled = BooleanField(default=True)
+    secret = CharField(max_length=100)
+    previous_secret = CharField(max_length=100, null=True)  # still signs until previous_secret_until
+    previous_secret_until = DateTimeField(null=True)
+    disabled_reason = TextField(null=True)
+    failing_since = DateTimeField(null=True)  # first failure since the last success
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class WebhookDelivery(BaseModel):
+    """One event to one endpoint: created with the event (fan-out), sent by the workers.
+    ``next_attempt_at`` is when it is due, and while an attempt runs, when that attempt's lease ends."""
+    event = ForeignKeyField(Event, on_delete="CASCADE")
+    endpoint = ForeignKeyField(WebhookEndpoint, backref="deliveries", on_delete="CASCADE")
+    status = CharField(max_length=16, default="pending")
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(null=True)
+    dispatched_at = DateTimeField(null=True)  # last handed to the queue
+    last_status_code = IntegerField(null=True)
+    last_error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    completed_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("event", "endpoint"), True), (("status", "next_attempt_at"), False))
+
+
+class WebhookAttempt(BaseModel):
+    """One HTTP request of a delivery: the delivery log."""
+    delivery = ForeignKeyField(WebhookDelivery, backref="attempt_log", on_delete="CASCADE")
+    attempt = IntegerField()
+    status_code = IntegerField(null=True)
+    latency_ms = IntegerField(null=True)
+    response = TextField(default="")  # truncated
+    error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+
 MODELS = [User, ApiToken, Domain, Inbox, Message, MessageFlags, OutboundEmail, OutboundEvent, SendUsage,
-          Suppression, RecipientRule, KnownRecipient, NewRecipientUsage]
+          Suppression, RecipientRule, KnownRecipient, NewRecipientUsage, Event, WebhookEndpoint, WebhookDelivery,
+          WebhookAttempt]
 
 
 # -- schema ---------------------------------------------------------------------------------
@@ -374,9 +440,42 @@ WITH usage AS (
 ), event AS (
     INSERT INTO outbound_event (outbound_id, type, detail, occurred_at)
     SELECT id, 'queued', %(event_detail)s, %(now)s FROM outbound
+), public_event AS (
+    INSERT INTO event (public_id, user_id, inbox_id, outbound_id, type, data, created_at)
+    SELECT %(public_event_id)s, %(user_id)s, %(inbox_id)s, outbound.id, %(public_event_type)s,
+           jsonb_set(%(public_event_data)s::jsonb, '{sent_message_id}', to_jsonb(sent.id))::text, %(now)s
+    FROM sent, outbound
+    RETURNING id
+), fan_out AS (
+    INSERT INTO webhook_delivery (event_id, endpoint_id, status, attempts, next_attempt_at, created_at)
+    SELECT public_event.id, w.id, 'pending', 0, %(now)s, %(now)s FROM public_event, webhook_endpoint w
+    WHERE w.user_id = %(user_id)s AND w.enabled AND (w.inbox_id IS NULL OR w.inbox_id = %(inbox_id)s)
+      AND (w.event_types = '' OR w.event_types LIKE %(public_event_like)s)
 )
 SELECT sent.id, outbound.id FROM sent, outbound
 """
+
+
+def fan_out(event_id, user_id, inbox_id, event_type, now):
+    """One delivery row per enabled endpoint of ``user_id`` that takes ``event_type`` (and, if it
+    has an inbox filter, ``inbox_id``), due at ``now``. Runs in the caller's transaction, the one
+    that wrote the event. Returns the number of rows inserted."""
+    w = WebhookEndpoint
+    inbox_match = w.inbox.is_null() if inbox_id is None else (w.inbox.is_null() | (w.inbox == inbox_id))
+    query = (w.select(Value(event_id), w.id, Value("pending"), Value(0), Value(now), Value(now))
+             .where(w.user == user_id, w.enabled == True, inbox_match,  # noqa: E712 (SQL, not Python)
+                    (w.event_types == "") | w.event_types.contains(f",{event_type},")))
+    return WebhookDelivery.insert_from(query, [
+        WebhookDelivery.event, WebhookDelivery.endpoint, WebhookDelivery.status, WebhookDelivery.attempts,
+        WebhookDelivery.next_attempt_at, WebhookDelivery.created_at]).execute()
+
+
+def insert_event(public_id, user_id, inbox_id, outbound_id, event_type, data_json, now):
+    """Write one Event and its deliveries, in the caller's transaction. Returns the Event id."""
+    event_id = Event.insert(public_id=public_id, user=user_id, inbox=inbox_id, outbound=outbound_id,
+                            type=event_type, data=data_json, created_at=now).execute()
+    fan_out(event_id, user_id, inbox_id, event_type, now)
+    return event_id
 
 
 def record_submission(fields, count, limit):
@@ -385,8 +484,10 @@ def record_submission(fields, count, limit):
 
     ``fields``: user_id, inbox_id, public_id, via, mail_from, recipients (JSON), message_id,
     subject, from_addr, to_addrs, size, blob_key, event_detail (JSON), idempotency_key,
-    request_hash, now. Returns (message id, outbound id), or None when the reservation would pass
-    ``limit``. A reused idempotency key raises IntegrityError.
+    request_hash, now, and the public event: public_event_id, public_event_type, public_event_data
+    (JSON; its ``sent_message_id`` is filled in here), public_event_like (the fan-out's LIKE).
+    Returns (message id, outbound id), or None when the reservation would pass ``limit``. A reused
+    idempotency key raises IntegrityError.
     """
     if count > limit:
         return None
@@ -404,6 +505,10 @@ def record_submission(fields, count, limit):
             created_at=fields["now"], updated_at=fields["now"]).execute()
         OutboundEvent.insert(outbound=outbound_id, type="queued", detail=fields["event_detail"],
                              occurred_at=fields["now"]).execute()
+        data = json.loads(fields["public_event_data"])
+        data["sent_message_id"] = message_id
+        insert_event(fields["public_event_id"], fields["user_id"], fields["inbox_id"], outbound_id,
+                     fields["public_event_type"], json.dumps(data), fields["now"])
         if not reserve_send(fields["user_id"], count, limit):
             transaction.rollback()
             return None

@@ -72,6 +72,9 @@ def derive(config):
         raise SettingsError(f"relay.concurrency = {config['relay']['concurrency']}: a worker needs at least 1 job in flight")
     if config["relay"]["max_send_rate"] < 0:
         raise SettingsError(f"relay.max_send_rate = {config['relay']['max_send_rate']}: expected 0 (ask SES) or more")
+    if config["webhooks"]["lease"] < 16:
+        raise SettingsError(f"webhooks.lease = {config['webhooks']['lease']}: an attempt may take 15 seconds; "
+                            "the lease must be longer")
     if config["server"]["default_plan"] not in config["plans"]:
         raise SettingsError(f"server.default_plan = {config['server']['default_plan']!r} is not a key of [plans]")
     server = config["server"]
@@ -349,6 +352,22 @@ class Metrics(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Webhooks(Section):
+    allow_loopback: bool
+    retry_schedule: str  # "5s 5m 30m ...": see core.webhooks.retry_delays
+    lease: int  # seconds
+    dispatch_interval: int  # seconds
+    disable_after: int  # seconds
+    max_endpoints: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Events(Section):
+    retention_days: int
+    prune_interval: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
 class Dev(Section):
     redis_port: int
 
@@ -367,7 +386,8 @@ class Plan(Section):
 
 
 SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "imap": Imap, "ses": Ses,
-            "blobs": Blobs, "relay": Relay, "dns": Dns, "metrics": Metrics, "dev": Dev}
+            "blobs": Blobs, "relay": Relay, "dns": Dns, "metrics": Metrics, "webhooks": Webhooks, "events": Events,
+            "dev": Dev}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +404,8 @@ class Settings:
     relay: Relay
     dns: Dns
     metrics: Metrics
+    webhooks: Webhooks
+    events: Events
     dev: Dev
     plans: Mapping[str, Plan]
 

@@ -37,6 +37,8 @@ from publicsuffixlist import PublicSuffixList
 
 import models
 import settings
+from core import event_vocabulary as public
+from core import events
 from core import ses
 
 log = logging.getLogger(__name__)
@@ -454,13 +456,23 @@ def _record(domain, status, reason, transient):
                     f"after that one is deleted or loses verification")).where(Domain.id == domain.id).execute()
             if won:
                 _drop_losing_claims(domain)
+                _domain_event(domain, "verified", None)
         else:
-            Domain.update(**changes).where(Domain.id == domain.id).execute()
+            changed = Domain.update(**changes).where(Domain.id == domain.id).execute()
+            new_status = changes.get("status", domain.status)
+            if changed and new_status != domain.status and new_status in ("verified", "failed"):
+                _domain_event(domain, new_status, changes.get("last_error"))
     checked = Domain.get_or_none(Domain.id == domain.id)
     if checked is not None and checked.status != domain.status:
         log.info("domain %s: %s -> %s%s", domain.name, domain.status, checked.status,
                  f" ({checked.last_error})" if checked.last_error else "")
     return checked
+
+
+def _domain_event(domain, status, reason):
+    """``domain.verified`` / ``domain.failed`` for the account, in the transaction of the change."""
+    events.record(public.DOMAIN_VERIFIED if status == "verified" else public.DOMAIN_FAILED, domain.user_id,
+                  {"domain": domain.name, "status": status, "last_error": reason})
 
 
 def _lock_name(name):
@@ -485,9 +497,12 @@ def _drop_losing_claims(winner):
             Domain.update(ses_identity_created=True).where(Domain.id == winner.id).execute()
         Domain.delete().where(Domain.id.in_([d.id for d in dropped])).execute()
     if kept:
-        Domain.update(status="failed", failing_since=None, last_error=(
-            f"{winner.name} was verified by another Inboxlayer account")).where(
+        reason = f"{winner.name} was verified by another Inboxlayer account"
+        Domain.update(status="failed", failing_since=None, last_error=reason).where(
             Domain.id.in_([d.id for d in kept])).execute()
+        for loser in kept:
+            if loser.status != "failed":
+                _domain_event(loser, "failed", reason)
     for loser in losers:
         log.info("domain %s: claim of user %s %s (verified by user %s)", winner.name, loser.user_id,
                  "dropped" if loser.verified_at is None else "failed", winner.user_id)

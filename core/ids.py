@@ -19,3 +19,26 @@ def new_public_id():
 def is_public_id(text):
     """True when ``text`` is shaped like a public id (whether or not such a row exists)."""
     return PUBLIC_ID.fullmatch(text) is not None
+
+
+# Events (``evt_``) and webhook endpoints (``wh_``): the same shape, their own prefixes.
+EVENT_PREFIX = "evt_"
+EVENT_PATTERN = r"evt_[0-9a-f]{24}"
+WEBHOOK_PREFIX = "wh_"
+WEBHOOK_PATTERN = r"wh_[0-9a-f]{24}"
+
+
+def new_event_id():
+    return EVENT_PREFIX + secrets.token_hex(12)
+
+
+def new_webhook_id():
+    return WEBHOOK_PREFIX + secrets.token_hex(12)
+
+
+def is_event_id(text):
+    return re.fullmatch(EVENT_PATTERN, text or "") is not None
+
+
+def is_webhook_id(text):
+    return re.fullmatch(WEBHOOK_PATTERN, text or "") is not None

@@ -33,6 +33,8 @@ from typing import Optional
 from peewee import IntegrityError
 
 import models
+from core import event_vocabulary as public
+from core import events
 from core import metrics
 from core import outbound_vocabulary as vocabulary
 
@@ -123,6 +125,8 @@ def record_sent(claim: Claim, ses_message_id: str) -> bool:
              .where((e.id == claim.row.id) & e.ses_message_id.is_null()).execute())
             detail["note"] = "the row had moved on before this result was recorded"
         _event(claim.row, "sent", detail, dedupe_key=f"sent:{ses_message_id}")
+        if updated:
+            events.record_outbound(public.OUTBOUND_SENT, claim.row.id)
     return bool(updated)
 
 
@@ -154,6 +158,7 @@ def fail(claim: Claim, reason: str, error_detail: dict) -> bool:
             if refund:
                 detail["quota_refunded"] = refund
             _event(claim.row, "failed", detail)
+            events.record_outbound(public.OUTBOUND_FAILED, claim.row.id)
     return bool(updated)
 
 
@@ -198,6 +203,7 @@ def _give_up_if_exhausted(outbound_id, now, max_attempts):
               .where(_claimable(outbound_id, now) & (e.attempts >= max_attempts)).execute())
     if failed:
         _event(e.get_by_id(outbound_id), "failed", {"message": reason, "attempts": max_attempts})
+        events.record_outbound(public.OUTBOUND_FAILED, outbound_id)
 
 
 def _blob(row):
@@ -294,6 +300,8 @@ malformed sub-object matters only then) gives ``last_error``, or None to keep it
             return "duplicate"
         status = None if other_copy else STATUS_OF_SES_EVENT.get(kind)
         if status is None:
+            if not other_copy:
+                _public_ses_event(kind, row, detail, False)
             return "recorded"
         earlier = [s for s, rank in RANK.items() if rank < RANK[status]]
         if row.ses_message_id is None and FAILED not in earlier:
@@ -306,10 +314,21 @@ malformed sub-object matters only then) gives ``last_error``, or None to keep it
         if reason:
             changes["last_error"] = reason
         moved = e.update(**changes).where(e.id == row.id, e.status.in_(earlier)).execute()
+        _public_ses_event(kind, row, detail, moved)
     if not moved:
         return "recorded"
     metrics.STATUS_CHANGES.labels(status=status).inc()
     return "applied"
+
+
+def _public_ses_event(kind, row, detail, moved):
+    """The public event of an SES event applied to ``row`` (once per SNS message: the caller has
+    just recorded it). ``outbound.failed`` (a Reject) only when it failed the row, so it stays once."""
+    event_type = public.OF_SES_EVENT.get(kind)
+    if event_type is None or (event_type == public.OUTBOUND_FAILED and not moved):
+        return
+    raw = detail.get(kind[0].lower() + kind[1:]) if isinstance(detail, dict) else None
+    events.record_outbound(event_type, row.id, **events.ses_summary(kind, raw))
 
 
 def _is_batch_of(row, ses_message_id):

@@ -9,6 +9,7 @@ from core.errors import QueueUnavailable
 # The relay job, by dotted name: RQ resolves it in the worker, so core never imports the relay
 # stack (smtpd_worker.jobs imports this module to re-enqueue; naming it here breaks that cycle).
 RELAY_JOB = "smtpd_worker.jobs.relay_outbound"
+WEBHOOK_JOB = "smtpd_worker.deliveries.deliver_webhook"  # one webhook delivery (core/webhooks.py)
 
 _redis = None
 _prefix = "inboxlayer"
@@ -78,3 +79,23 @@ def enqueue_relay(outbound_id: int) -> Job:
     except redis.RedisError as exc:
         raise QueueUnavailable(str(exc)) from exc
 
+
+
+def webhook_queue_name():
+    return f"{_prefix}-webhooks"
+
+
+def webhook_queue():
+    """The queue of webhook deliveries. Workers listen to it after the relay queue, so a backlog
+    of deliveries never stands in front of mail."""
+    return Queue(webhook_queue_name(), connection=connection())
+
+
+def enqueue_webhook(delivery_id: int) -> Job:
+    """Enqueue one webhook delivery attempt. Raises QueueUnavailable if Redis is down. A duplicate
+    is harmless: the delivery row is claimed before anything is sent."""
+    try:
+        return webhook_queue().enqueue(WEBHOOK_JOB, delivery_id, job_id=f"{_prefix}-webhook-{delivery_id}",
+                                       job_timeout=60, result_ttl=600, failure_ttl=86400)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(str(exc)) from exc

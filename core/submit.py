@@ -18,6 +18,7 @@ from peewee import PeeweeException
 
 import models
 from core import blobs
+from core import events
 from core import headers
 from core import ids
 from core import metrics
@@ -246,6 +247,7 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size,
                                  **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now)
+    fields.update(events.queued_fields(public_id, inbox.address, fields))  # written in the same statement
     try:
         if not recipient_rules.unknown_recipients(inbox, recipients):  # raises InboxPaused
             ids = models.record_submission(fields, len(recipients), limit)  # one statement, as ever

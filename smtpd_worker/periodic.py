@@ -25,6 +25,8 @@ def tasks(config):
         (relay["reconcile_interval"], "smtpd_worker.jobs:reconcile_stale"),
         (config["dns"]["check_interval"], "core.domains:check_domains"),
         (config["blobs"]["sweep_interval"], "smtpd_worker.sweeper:sweep_orphan_blobs"),
+        (config["webhooks"]["dispatch_interval"], "core.webhooks:dispatch_due"),
+        (config["events"]["prune_interval"], "core.events:prune"),
     ]
 
 

@@ -247,6 +247,10 @@ def main(config, burst=False):
     # Many threads each doing a little work between network waits: a thread coming back from I/O
     # should not wait CPython's default 5 ms for the GIL (a convoy that serialises the jobs).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # Relay first: a free slot takes from the first queue that has a job, so while mail waits it
+    # gets the slots; webhook deliveries (however many are pending) fill slots no mail is waiting
+    # for. A slot holding a delivery is busy 15 s at most (core.webhooks.TOTAL_TIMEOUT).
+    queues = [relay_queue, outbox.webhook_queue()]
     runner = periodic.PeriodicRunner(config)
     if burst:
         periodic.run_due(runner.schedule)  # one pass, so `worker --burst` also recovers stuck rows
@@ -254,8 +258,8 @@ def main(config, burst=False):
         runner.start()
     try:
         while True:
-            worker = RelayWorker([relay_queue], connection=outbox.connection())
-            log.info("relay worker %s on queue %s", worker.name, relay_queue.name)
+            worker = RelayWorker(queues, connection=outbox.connection())
+            log.info("relay worker %s on queues %s", worker.name, ", ".join(q.name for q in queues))
             try:
                 worker.work(burst=burst, with_scheduler=True, logging_level=config["server"]["log_level"].upper())
             except redis.RedisError as exc:

@@ -24,7 +24,7 @@ from tests.helpers import wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.fixtures_smtp", "tests.fixtures_relay", "tests.fixtures_web", "tests.fixtures_api",
-                  "tests.fixtures_ops", "tests.fixtures_imap"]
+                  "tests.fixtures_ops", "tests.fixtures_imap", "tests.fixtures_webhooks"]
 PG_ADMIN_DSN = os.environ.get("INBOXLAYER_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 REDIS_URL = os.environ.get("INBOXLAYER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BACKENDS = [b.strip() for b in os.environ.get("INBOXLAYER_TEST_DATABASES", "sqlite,postgres").split(",") if b.strip()]

@@ -18,6 +18,7 @@ from webapp.api import outbound
 from webapp.api import recipients
 from webapp.api import sending
 from webapp.api import smtp_settings
+from webapp.api import webhooks
 from webapp.api.auth import authenticate
 from webapp.api.errors import error_response
 
@@ -44,6 +45,16 @@ ROUTES = [
     ("/suppressions/<address>", recipients.remove_suppression, ["DELETE"]),
     ("/outbound", outbound.list_outbound, ["GET"]),
     ("/outbound/<public_id>", outbound.get_outbound, ["GET"]),
+    ("/webhooks", webhooks.list_webhooks, ["GET"]),
+    ("/webhooks", webhooks.create_webhook, ["POST"]),
+    ("/webhooks/<public_id>", webhooks.get_webhook, ["GET"]),
+    ("/webhooks/<public_id>", webhooks.update_webhook, ["PATCH"]),
+    ("/webhooks/<public_id>", webhooks.delete_webhook, ["DELETE"]),
+    ("/webhooks/<public_id>/rotate-secret", webhooks.rotate_secret, ["POST"]),
+    ("/webhooks/<public_id>/deliveries", webhooks.list_deliveries, ["GET"]),
+    ("/webhooks/<public_id>/replay", webhooks.replay, ["POST"]),
+    ("/webhooks/<public_id>/test", webhooks.send_test, ["POST"]),
+    ("/events", webhooks.list_events, ["GET"]),
 ]
 PUBLIC_ENDPOINTS = {"api.serve", "api.unknown_route"}
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

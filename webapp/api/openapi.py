@@ -5,6 +5,7 @@ the blueprint's routes and schemathesis checks every response against it.
 """
 from flask import jsonify
 
+from core import event_vocabulary
 from core import ids
 from core import outbound
 
@@ -202,7 +203,72 @@ SCHEMAS["PolicyUpdate"] = {
     "example": {"allow": ["@partner.com"], "block": ["ceo@partner.com"]},
 }
 SCHEMAS["SuppressionList"] = _list_of("Suppression")
+EVENT_TYPE = {"type": "string", "enum": list(event_vocabulary.EVENT_TYPES)}
+SCHEMAS.update({
+    "PublicEvent": {
+        "type": "object", "required": ["id", "type", "timestamp", "account", "inbox", "outbound", "data"],
+        "description": "One event, as webhooks receive it (signed per Standard Webhooks; `webhook-id` is "
+                       "`id`) and the feed lists it. `data` of an `outbound.*` event is the Outbound resource "
+                       "as it was then (plus `bounce`, `complaint`, `delay` or `delivery` from SES).",
+        "properties": {"id": {"type": "string", "pattern": f"^{ids.EVENT_PATTERN}$"},
+                       "type": STRING, "timestamp": DATETIME, "account": STRING,
+                       "inbox": _nullable(STRING), "outbound": _nullable(STRING), "data": {"type": "object"}},
+    },
+    "EventFeed": {
+        "type": "object", "required": ["data", "has_more", "next_cursor"],
+        "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/PublicEvent"}},
+                       "has_more": {"type": "boolean"},
+                       "next_cursor": {"type": "string", "description": "Pass as `after` to read on."}},
+    },
+    "Webhook": {
+        "type": "object", "required": ["id", "url", "events", "inbox", "enabled", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": f"^{ids.WEBHOOK_PATTERN}$"},
+            "url": STRING,
+            "events": {"type": "array", "items": EVENT_TYPE, "description": "Empty: every event type."},
+            "inbox": _nullable({"type": "string", "description": "Only events of this inbox."}),
+            "enabled": {"type": "boolean"},
+            "disabled_reason": _nullable(STRING),
+            "secret": {"type": "string", "description": "Signing secret (`whsec_...`); only in the answers "
+                                                        "to create and rotate-secret."},
+            "created_at": DATETIME, "updated_at": _nullable(DATETIME),
+        },
+    },
+    "WebhookCreate": {
+        "type": "object", "required": ["url"], "additionalProperties": False,
+        "properties": {"url": {"type": "string", "maxLength": 2048, "example": "https://example.com/hooks"},
+                       "events": {"type": "array", "items": EVENT_TYPE, "maxItems": 20},
+                       "inbox": _nullable(STRING), "enabled": {"type": "boolean"}},
+    },
+    "WebhookUpdate": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"url": {"type": "string", "maxLength": 2048},
+                       "events": {"type": "array", "items": EVENT_TYPE, "maxItems": 20},
+                       "inbox": _nullable(STRING), "enabled": {"type": "boolean"}},
+    },
+    "WebhookReplay": {
+        "type": "object", "additionalProperties": False,
+        "description": "Exactly one of `event` (one event again) or `since` (every event since then).",
+        "properties": {"event": STRING, "since": DATETIME},
+    },
+    "Delivery": {
+        "type": "object", "required": ["id", "event", "type", "status", "attempts", "log"],
+        "properties": {
+            "id": {"type": "integer"}, "event": STRING, "type": STRING,
+            "status": {"type": "string", "enum": list(event_vocabulary.DELIVERY_STATUSES)},
+            "attempts": {"type": "integer"}, "last_status_code": _nullable({"type": "integer"}),
+            "last_error": _nullable(STRING), "next_attempt_at": _nullable(DATETIME), "created_at": DATETIME,
+            "completed_at": _nullable(DATETIME),
+            "log": {"type": "array", "items": {"type": "object", "properties": {
+                "attempt": {"type": "integer"}, "status_code": _nullable({"type": "integer"}),
+                "latency_ms": _nullable({"type": "integer"}), "response": STRING, "error": _nullable(STRING),
+                "at": DATETIME}}},
+        },
+    },
+})
 SCHEMAS["OutboundList"] = _list_of("Outbound")
+SCHEMAS["WebhookList"] = _list_of("Webhook")
+SCHEMAS["DeliveryList"] = _list_of("Delivery")
 SCHEMAS["InboxList"] = _list_of("Inbox")
 SCHEMAS["MessageList"] = _list_of("Message")
 
@@ -279,6 +345,8 @@ PUBLIC_ID = _path_param("public_id", {"type": "string", "example": "ob_012345678
                         "OutboundEmail id (`ob_...`).")
 LIMIT = _query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size.")
 CURSOR = _query_param("cursor", {"type": "string"}, "`next_cursor` of the previous page.")
+WEBHOOK_ID = _path_param("public_id", {"type": "string", "example": "wh_0123456789abcdef01234567"},
+                         "Webhook endpoint id (`wh_...`).")
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                    "description": "Retry-safe sends: the same key and body return the first result "
@@ -338,6 +406,44 @@ PATHS = {
          _query_param("inbox", {"type": "string"}, "Only sends from this inbox address."), LIMIT, CURSOR])},
     "/v1/outbound/{public_id}": {"get": _op(
         "One outbound email with its status history", _ok("Outbound email", "Outbound"), (), [PUBLIC_ID])},
+    "/v1/webhooks": {
+        "get": _op("List webhook endpoints", _ok("Endpoints, oldest first", "WebhookList"), ()),
+        "post": _op("Create a webhook endpoint (its secret is in this answer only)",
+                    _ok("Created", "Webhook", "201"), (422,), body="WebhookCreate"),
+    },
+    "/v1/webhooks/{public_id}": {
+        "get": _op("One webhook endpoint", _ok("Endpoint", "Webhook"), (), [WEBHOOK_ID]),
+        "patch": _op("Change url, events, inbox filter or enabled", _ok("Endpoint", "Webhook"), (422,),
+                     [WEBHOOK_ID], body="WebhookUpdate"),
+        "delete": {**_op("Delete a webhook endpoint and its delivery log", {}, (), [WEBHOOK_ID]),
+                   "responses": {"204": {"description": "Deleted"},
+                                 **{str(s): _error(s) for s in (400, 401, 404, 405, 413, 503)}}},
+    },
+    "/v1/webhooks/{public_id}/rotate-secret": {"post": _op(
+        "New signing secret; the old one keeps signing for 24 h", _ok("Endpoint with its new secret", "Webhook"),
+        (), [WEBHOOK_ID])},
+    "/v1/webhooks/{public_id}/deliveries": {"get": _op(
+        "Delivery log: each event sent to this endpoint, its attempts, status codes, latency, response",
+        _ok("Deliveries, newest first", "DeliveryList"), (422,), [WEBHOOK_ID, LIMIT, CURSOR])},
+    "/v1/webhooks/{public_id}/replay": {"post": _op(
+        "Deliver one event (same event id) or every event since a time again",
+        _ok("Queued", status="202", schema={"type": "object", "required": ["replayed"],
+                                            "properties": {"replayed": {"type": "integer"}}}),
+        (422,), [WEBHOOK_ID], body="WebhookReplay")},
+    "/v1/webhooks/{public_id}/test": {"post": _op(
+        "Send a `webhook.test` event to this endpoint",
+        _ok("Queued", status="202", schema={"type": "object", "required": ["event"],
+                                            "properties": {"event": STRING}}),
+        (409,), [WEBHOOK_ID])},
+    "/v1/events": {"get": _op(
+        "The event feed: events after a cursor, oldest first",
+        _ok("Events", "EventFeed"), (422,),
+        [_query_param("after", {"type": "string"}, "`next_cursor` of the previous page; omit to start at the "
+                                                   "oldest event retained."),
+         _query_param("type", {"type": "string"}, "Event types, comma-separated."),
+         _query_param("inbox", {"type": "string"}, "Only events of this inbox address."), LIMIT],
+        description="Events appear here about a second after they happen, in the order of their cursor; "
+                    "poll with `after` = the last `next_cursor`. Retained for `events.retention_days`.")},
 }
 
 

@@ -7,6 +7,7 @@ from flask import request
 from peewee import JOIN
 
 import models
+from core import events as public_events
 from core import ids
 from core import outbound
 from core import recipients
@@ -15,33 +16,15 @@ from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.pagination import paginate
 
-
-
-
-def iso(value):
-    return value.isoformat(timespec="seconds") + "Z" if value else None
+iso = public_events.iso
 
 
 def outbound_json(row, events=None):
+    """The resource (core.events.outbound_resource: the events carry the same), with its history
+    when ``events`` is given."""
     message = row.message if row.message_id else None
-    data = {
-        "id": row.public_id,
-        "status": row.status,
-        "via": row.via,
-        "inbox": row.inbox.address,
-        "mail_from": row.mail_from,
-        "recipients": json.loads(row.recipients),
-        "subject": message.subject if message else None,
-        "message_id": message.message_id if message else None,
-        "sent_message_id": row.message_id,
-        "ses_message_id": row.ses_message_id,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "created_at": iso(row.created_at),
-        "updated_at": iso(row.updated_at),
-        "sent_at": iso(row.sent_at),
-        "completed_at": iso(row.completed_at),
-    }
+    data = public_events.outbound_resource(row, row.inbox.address, message.subject if message else None,
+                                           message.message_id if message else None)
     if events is not None:
         data["events"] = [event_json(e) for e in events]
         data["refused_recipients"] = recipients.refused_at_rcpt(events)
