@@ -45,6 +45,8 @@ COMMANDS = {
     "tokens": ("cli.tokens:app", "API tokens: the password for SMTP and the REST API."),
     "inboxes": ("cli.inboxes:app", "Inboxes: the addresses agents send from."),
     "outbound": ("cli.outbound:app", "Outbound emails: status and history of what was sent."),
+    "events": ("cli.events:app", "Events: what happened to your mail, domains and inboxes."),
+    "webhooks": ("cli.webhooks:app", "Webhook endpoints: where your events are POSTed, signed."),
 }
 
 

@@ -175,6 +175,8 @@ class ApiClient:
 
 
 def _decode(raw, status, base_url):
+    if status == 204:
+        return None  # No Content (a DELETE)
     try:
         return json.loads(raw)
     except ValueError:

@@ -174,6 +174,8 @@ def run(config):
     env.setdefault("AWS_SECRET_ACCESS_KEY", "dev")
     env.setdefault("AWS_DEFAULT_REGION", config["ses"]["region"])
     env.setdefault("INBOXLAYER_WEB_SECRET_KEY", _dev_secret(data_dir))
+    # Webhooks to a receiver on this machine (http://127.0.0.1:...) work out of the box in development.
+    env.setdefault("INBOXLAYER_WEBHOOKS_ALLOW_LOOPBACK", "true")
     children = Children()
 
     def on_sigterm(signum, frame):
