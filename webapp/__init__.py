@@ -15,6 +15,7 @@ from webapp import api_keys
 from webapp import auth
 from webapp import dashboard
 from webapp import domains
+from webapp import endpoints
 from webapp import errors
 from webapp import ops
 from webapp import suppressions
@@ -59,7 +60,7 @@ def create_app(config=None):
     app.jinja_env.filters.update(views.TEMPLATE_FILTERS)
     app.jinja_env.globals.update(views.TEMPLATE_GLOBALS)
 
-    for module in (auth, dashboard, api_keys, domains, suppressions, webhooks, ops, api):
+    for module in (auth, dashboard, api_keys, domains, suppressions, endpoints, webhooks, ops, api):
         app.register_blueprint(module.bp)
     csrf.exempt(api.bp)
     csrf.exempt(webhooks.bp)

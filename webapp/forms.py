@@ -9,14 +9,18 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField
 from wtforms import PasswordField
 from wtforms import SelectField
+from wtforms import SelectMultipleField
 from wtforms import StringField
 from wtforms import ValidationError
 from wtforms.validators import DataRequired
 from wtforms.validators import EqualTo
 from wtforms.validators import Length
+from wtforms.widgets import CheckboxInput
+from wtforms.widgets import ListWidget
 
 import models
 from core import accounts
+from core.event_vocabulary import EVENT_TYPES
 
 PASSWORD_MIN = 10  # characters; NIST SP 800-63B asks for at least 8
 PASSWORD_MAX = 200  # characters; long enough for passphrases, short enough to bound KDF input
@@ -100,3 +104,11 @@ class DomainForm(FlaskForm):
             field.data = models.normalize_domain(field.data)
         except models.AddressError:
             raise ValidationError("That is not a valid domain name (e.g. mail.example.com).") from None
+
+
+class WebhookForm(FlaskForm):
+    url = StringField("URL", validators=[DataRequired("Enter the URL to POST events to."), Length(max=2048),
+                                         _printable])
+    events = SelectMultipleField("Events", choices=[(t, t) for t in EVENT_TYPES], validate_choice=True,
+                                 widget=ListWidget(prefix_label=False), option_widget=CheckboxInput())
+    inbox = SelectField("Inbox", coerce=int, validate_choice=True)
