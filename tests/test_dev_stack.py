@@ -374,3 +374,22 @@ def test_dev_stack_stops_everything_and_fails_when_a_process_dies(tmp_path):
     assert "error: web (exit code " in stack.output and ") exited; stopped everything" in stack.output
     assert "Traceback" not in stack.output
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_dev_stack_delivers_webhooks_to_a_receiver_on_this_machine(dev_stack, receiver):
+    """`inboxlayer dev` allows loopback webhook URLs out of the box (production refuses them)."""
+    api = requests.Session()
+    api.headers["Authorization"] = f"Bearer {dev_stack.token}"
+    created = api.post(f"{dev_stack.url}/v1/webhooks", json={"url": receiver.url, "events": ["outbound.sent"]},
+                       timeout=30)
+    assert created.status_code == 201, created.text
+    receiver.secret = created.json()["secret"]
+
+    sent = api.post(f"{dev_stack.url}/v1/inboxes/{INBOX}/send", timeout=30,
+                    json={"to": "someone@example.com", "subject": "Hooked", "text": "Hello"})
+    assert sent.status_code == 202, sent.text
+
+    wait_until(lambda: [e for e in receiver.events(200) if e[1] == "outbound.sent"], timeout=60,
+               what="outbound.sent at the loopback receiver")
+    payload = next(r["payload"] for r in receiver.requests if r["verified"])
+    assert payload["outbound"] == sent.json()["id"]

@@ -165,7 +165,7 @@ def test_worker_sigkill_takes_its_scheduler_process_along(start_worker):
     import re
 
     worker = start_worker()
-    found = wait_until(lambda: re.search(r"Scheduler for \S+ started with PID (\d+)", worker.output()),
+    found = wait_until(lambda: re.search(r"Scheduler for .+? started with PID (\d+)", worker.output()),
                        what="the worker's scheduler process to start")
     scheduler_pid = int(found.group(1))
     assert scheduler_pid != worker.proc.pid
