@@ -65,7 +65,7 @@ SECRET_OVERLAP = datetime.timedelta(hours=24)  # a rotated-out secret still sign
 CONNECT_TIMEOUT = 5.0  # seconds
 TOTAL_TIMEOUT = 15.0  # seconds, connect to last byte of the response
 MAX_RESPONSE_READ = 64 * 1024  # bytes of a response body read at most (then the connection is dropped)
-MAX_RESPONSE_KEPT = 1024  # characters of a response body kept in the delivery log
+MAX_RESPONSE_KEPT = 1000  # characters of a response body kept in the delivery log
 MAX_URL = 2048  # characters
 DISPATCH_BATCH = 500  # deliveries one dispatch pass hands out
 REPLAY_MAX = 10000  # events one "replay since" re-delivers
@@ -158,8 +158,13 @@ def resolve_checked(host, port, allow_loopback):
 
 
 def check_url(url, config=None):
-    """(scheme, host, port, path) of a URL webhooks may be sent to, or WebhookError."""
-    hooks = settings.typed(config)
+    """(scheme, host, port, path, addresses) of a URL webhooks may be sent to (every address the
+    host resolves to checked), or WebhookError."""
+    scheme, host, port, path = _parse(url, settings.typed(config))
+    return scheme, host, port, path, resolve_checked(host, port, settings.typed(config).webhooks.allow_loopback)
+
+
+def _parse(url, hooks):
     url = (url or "").strip()
     if not url or len(url) > MAX_URL or not url.isprintable() or any(c.isspace() for c in url):
         raise WebhookError("url", f"must be an http(s) URL of at most {MAX_URL} characters")
@@ -168,15 +173,13 @@ def check_url(url, config=None):
         port = parts.port
     except ValueError:
         raise WebhookError("url", "is not a valid URL") from None
-    allow_loopback = hooks.webhooks.allow_loopback
-    plain_ok = allow_loopback or hooks.server.environment != "production"
+    plain_ok = hooks.webhooks.allow_loopback or hooks.server.environment != "production"
     if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not plain_ok):
         raise WebhookError("url", "must use https" if parts.scheme == "http" else "must be an https URL")
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise WebhookError("url", "needs a host name and no user:password@")
     port = port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    resolve_checked(parts.hostname, port, allow_loopback)
     return parts.scheme, parts.hostname, port, path
 
 
@@ -436,10 +439,9 @@ def post(url, body, headers, config=None):
     """POST ``body`` to ``url`` under the SSRF guard and the timeouts; never follows a redirect.
     Returns a Result (never raises for network trouble)."""
     started = time.monotonic()
-    allow_loopback = settings.typed(config).webhooks.allow_loopback
     try:
-        scheme, host, port, path = check_url(url, config)
-        address = resolve_checked(host, port, allow_loopback)[0]  # checked again, then pinned
+        scheme, host, port, path, addresses = check_url(url, config)  # resolved and checked now,
+        address = addresses[0]  # and this very address is the one connected to (no second lookup)
         kind = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
         conn = kind(host, port, address, TOTAL_TIMEOUT)
         try:

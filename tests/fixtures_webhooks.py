@@ -19,6 +19,7 @@ class Receiver:
         self.secret = None  # set by the test once the endpoint exists
         self.script = []
         self.hold = None
+        self.respond = None  # a callable(handler) that writes the whole response instead
         self.requests = []  # every request: {"headers", "body", "verified", "status"}
         self.lock = threading.Lock()
         handler = self._handler()
@@ -45,6 +46,9 @@ class Receiver:
                     receiver.requests.append(entry)
                 if receiver.hold is not None:
                     receiver.hold.wait(30)
+                if receiver.respond is not None:
+                    receiver.respond(self)
+                    return
                 reply = json.dumps({"received": True}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

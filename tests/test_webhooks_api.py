@@ -190,3 +190,55 @@ def test_events_feed_is_ordered_paginated_and_filtered(webhook_config, api, acco
     assert page(inbox=other_inbox.address)["data"] == []
     assert api.get("/v1/events", params={"type": "nope"}).status_code == 422
     assert api.get("/v1/events", params={"after": "garbage"}).status_code == 422
+
+
+def _redirect(handler):
+    handler.send_response(302)
+    handler.send_header("Location", "http://10.0.0.1/elsewhere")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+def _huge(handler):
+    body = b"x" * (2 * 2**20)
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except OSError:
+        pass  # the sender stops reading at its cap and hangs up
+
+
+def _drip(handler):
+    import time
+
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    try:
+        for _ in range(60):  # one byte every half second: each read is quick, the whole is not
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.5)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("respond, status, check", [
+    (_redirect, None, lambda entry: entry["status_code"] == 302),
+    (_huge, "delivered", lambda entry: entry["status_code"] == 200 and len(entry["response"]) == 1000),
+    (_drip, None, lambda entry: entry["status_code"] is None and entry["error"].startswith("TimeoutError")
+     and 14000 <= entry["latency_ms"] < 17000),
+], ids=["redirect-not-followed", "body-capped", "total-deadline-15s"])
+def test_webhook_receiver_misbehaving_is_bounded(webhook_config, api, receiver, respond, status, check):
+    endpoint = add_endpoint(api, receiver)
+    receiver.respond = respond
+    api.post(f"/v1/webhooks/{endpoint['id']}/test")
+
+    deliver_pending()
+
+    (delivery,) = api.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()["data"]
+    assert check(delivery["log"][0]), delivery["log"]
+    assert delivery["status"] == (status or "pending")  # a redirect or a timeout is retried, never followed
+    assert len(receiver.requests) == 1
