@@ -12,7 +12,7 @@ OUTBOUND_DELIVERY_DELAYED = "outbound.delivery_delayed"
 OUTBOUND_BOUNCED = "outbound.bounced"
 OUTBOUND_COMPLAINED = "outbound.complained"
 OUTBOUND_FAILED = "outbound.failed"  # once, after the relay gave up (or SES rejected it)
-OUTBOUND_REFUSED = "outbound.refused"  # a recipient refused at submission (recipient safety)
+OUTBOUND_REFUSED = "outbound.refused"  # recipients refused at SMTP RCPT of a message the others got (recipient safety)
 OUTBOUND_SANDBOXED = "outbound.sandboxed"  # accepted by a sandbox key, not relayed
 DOMAIN_VERIFIED = "domain.verified"
 DOMAIN_FAILED = "domain.failed"
@@ -23,9 +23,9 @@ EVENT_TYPES = (OUTBOUND_QUEUED, OUTBOUND_SENT, OUTBOUND_DELIVERED, OUTBOUND_DELI
                OUTBOUND_COMPLAINED, OUTBOUND_FAILED, OUTBOUND_REFUSED, OUTBOUND_SANDBOXED, DOMAIN_VERIFIED,
                DOMAIN_FAILED, INBOX_PAUSED)
 # Types with a producer in this code base; the others are reserved for features that emit them
-# (recipient refusal, sandbox keys, inbox pausing) and can already be subscribed to.
+# (sandbox keys) and can already be subscribed to.
 EMITTED = (OUTBOUND_QUEUED, OUTBOUND_SENT, OUTBOUND_DELIVERED, OUTBOUND_DELIVERY_DELAYED, OUTBOUND_BOUNCED,
-           OUTBOUND_COMPLAINED, OUTBOUND_FAILED, DOMAIN_VERIFIED, DOMAIN_FAILED)
+           OUTBOUND_COMPLAINED, OUTBOUND_FAILED, OUTBOUND_REFUSED, DOMAIN_VERIFIED, DOMAIN_FAILED, INBOX_PAUSED)
 
 # SES event kind -> the public event it raises (kinds not listed raise none).
 OF_SES_EVENT = {"Delivery": OUTBOUND_DELIVERED, "Bounce": OUTBOUND_BOUNCED, "Complaint": OUTBOUND_COMPLAINED,

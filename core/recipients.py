@@ -37,6 +37,8 @@ import logging
 from peewee import IntegrityError
 
 import models
+from core import event_vocabulary
+from core import events
 from core import outbound
 from core import quota
 from core.errors import InboxPaused
@@ -388,8 +390,15 @@ def pause(inbox_id, reason) -> bool:
     """Pause the inbox (if it is not already). True when this call paused it."""
     i = models.Inbox
     with models.db.atomic():
-        return i.update(paused_at=models.utcnow(), paused_reason=reason).where(
+        now = models.utcnow()
+        paused = i.update(paused_at=now, paused_reason=reason).where(
             i.id == inbox_id, i.paused_at.is_null()).execute() == 1
+        if paused:  # the event is written with the pause (core/events.py)
+            inbox = i.get_by_id(inbox_id)
+            events.record(event_vocabulary.INBOX_PAUSED, inbox.user_id,
+                          {"inbox": inbox.address, "paused": True, "paused_reason": reason,
+                           "paused_at": events.iso(now)}, inbox_id=inbox_id)
+        return paused
 
 
 def resume(inbox) -> bool:

@@ -18,6 +18,7 @@ from peewee import PeeweeException
 
 import models
 from core import blobs
+from core import event_vocabulary
 from core import events
 from core import headers
 from core import ids
@@ -249,14 +250,19 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         idempotency_key=idempotency_key, request_hash=request_hash, now=now)
     fields.update(events.queued_fields(public_id, inbox.address, fields))  # written in the same statement
     try:
-        if not recipient_rules.unknown_recipients(inbox, recipients):  # raises InboxPaused
+        first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused
+        if not first_contacts and not refused:
             ids = models.record_submission(fields, len(recipients), limit)  # one statement, as ever
-        else:  # first contacts: counted against the cap in the transaction that stores the message
+        else:  # first contacts are counted against the cap, RCPT refusals recorded, with the message
             with models.write_atomic():
-                recipient_rules.admit(user, inbox, recipients)
+                if first_contacts:
+                    recipient_rules.admit(user, inbox, recipients)
                 ids = models.record_submission(fields, len(recipients), limit)
                 if ids is None:
                     raise quota.exceeded(models.sends_today(user), limit)
+                if refused:  # the recipients refused at RCPT while the others went: the event says which
+                    events.record_outbound(event_vocabulary.OUTBOUND_REFUSED, ids[1], refused_recipients=[
+                        {"address": a, "reason": r} for a, r in refused])
     except IntegrityError:
         if idempotency_key is None:
             raise

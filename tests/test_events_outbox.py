@@ -35,8 +35,10 @@ def test_events_submit_writes_queued_with_the_rest_resource(config, account, api
     ((kind, data),) = public_events(outbound=row.id)
     assert kind == "outbound.queued"
     resource = api.get(f"/v1/outbound/{row.public_id}").json()
-    resource.pop("events")
-    assert data == resource  # the same fields and values as GET /v1/outbound/{id} at that moment
+    resource.pop("events")  # the history and the RCPT refusals come with the one-row GET only
+    resource.pop("refused_recipients")
+    assert data == resource  # the same fields and values as the resource at that moment
+    assert api.get("/v1/outbound").json()["data"] == [resource]
 
 
 def test_events_refused_submission_writes_no_event(config, account, reconfigure):
@@ -121,3 +123,40 @@ def test_webhook_failing_for_days_disables_endpoint_and_emails_owner(webhook_con
         message = models.Message.get_by_id(notice.message_id)
     assert notice.mail_from == account.address
     assert message.subject == "Inboxlayer: a webhook endpoint was disabled"
+
+
+def test_events_smtp_recipient_refused_at_rcpt_gives_outbound_refused(config, account, api, smtp_server,
+                                                                      smtp_client):
+    assert api.post("/v1/suppressions", json={"address": "bob@x.com", "reason": "asked to stop"}).status_code == 201
+    client = smtp_client(account.address, account.token)
+    client.mail(account.address)
+    assert client.rcpt("carol@x.com")[0] == 250
+    refusal = client.rcpt("bob@x.com")
+    assert refusal[0] == 550
+    code, text = client.data(make_message(account.address, to="carol@x.com, bob@x.com"))
+    assert code == 250
+
+    with models.db.connection_context():
+        row = models.OutboundEmail.get()
+    kinds = [(k, d.get("refused_recipients")) for k, d in public_events(outbound=row.id)]
+    assert kinds == [("outbound.queued", None), ("outbound.refused", [
+        {"address": "bob@x.com", "reason": f"{refusal[0]} {refusal[1].decode()}"}])]
+
+
+def test_events_two_complaints_pause_the_inbox_with_an_event(relay_config, account, submit, sns):
+    rows = [submit(recipients=[f"c{i}@list.example"]) for i in range(2)]
+    for i, row in enumerate(rows):
+        assert jobs.relay_outbound(row.id) == "sent"
+        with models.db.connection_context():
+            sent_row = models.OutboundEmail.get_by_id(row.id)
+        sns.post(json.dumps(sns.signed(ses_event_for(sent_row, i))))
+
+    paused = [(d["inbox"], d["paused_reason"]) for k, d in public_events(type="inbox.paused")]
+    assert paused == [(account.address, "2 complaints in the last 24 h")]
+
+
+def ses_event_for(row, i):
+    from tests.fixtures_relay import ses_event
+
+    return ses_event("Complaint", row, complaintFeedbackType="abuse",
+                     complainedRecipients=[{"emailAddress": f"c{i}@list.example"}])
