@@ -191,7 +191,8 @@ def main():
     receiver, hook_url = start_receiver()
     with tempfile.TemporaryDirectory(prefix="webhook-bench-") as tmp:
         workdir = Path(tmp)
-        moto, endpoint = start_moto(workdir)
+        moto, moto_port = start_moto(workdir)
+        endpoint = f"http://127.0.0.1:{moto_port}"
         try:
             print(f"webhook deliveries: {args.events} events to a receiver taking {RECEIVER_LATENCY * 1000:.0f} ms "
                   f"per request; Postgres + Redis, {os.cpu_count()} CPUs")
