@@ -215,6 +215,10 @@ def test_imap_curl_and_a_large_message_fetch_the_stored_bytes(account, smtp_clie
     client.send_message(message)
     (uid, stored), = stored_copies(account.address).items()
     assert len(stored) > 20 * 2**20
+    imap = imap_client(account.address, account.token)
+    imap.select("Sent", readonly=True)
+    assert imap.uid("FETCH", str(uid), "(FLAGS)")[0] == "OK"
+    peak_before = peak_rss_kb(imap_server.proc.pid)
     out = tmp_path / "curl.eml"
     result = subprocess.run(["curl", "--silent", "--show-error", "--cacert", str(imap_server.cafile),
                              "--user", f"{account.address}:{account.token}", "--output", str(out),
@@ -222,10 +226,18 @@ def test_imap_curl_and_a_large_message_fetch_the_stored_bytes(account, smtp_clie
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == stored
-    imap = imap_client(account.address, account.token)
-    imap.select("Sent", readonly=True)
-    typ, data = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    typ, data = imap.uid("FETCH", str(uid), "(BODYSTRUCTURE BODY.PEEK[])")
     assert data[0][1] == stored
+    assert re.search(rb'\("TEXT" "PLAIN" \([^)]*\) NIL NIL "7BIT" \d{8} \d+ NIL \("ATTACHMENT" \("FILENAME" "big.txt"\)\)', data[0][0])
+    # Streamed from the blob store: the server's peak memory does not grow by the message's size.
+    assert peak_rss_kb(imap_server.proc.pid) - peak_before < 8 * 1024
+
+
+def peak_rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
 
 
 def test_imap_mbsync_copies_the_sent_folder_exactly(account, sent, imap_server, tmp_path):
