@@ -6,6 +6,7 @@ import calendar
 import imaplib
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from email.message import EmailMessage
@@ -374,3 +375,40 @@ def test_imap_connection_limits_end_with_bye(account, start_imap_server, subproc
     client.send(f"l4 LOGIN {account.address} {account.token}\r\n")
     assert client.expect_tagged("l4") == ["* BYE Too many failed authentication attempts; try again later\r\n"]
     assert server.proc.poll() is None
+
+
+def test_imap_imapclient_parses_what_we_serve_and_idles(account, sent, imap_server, api_server):
+    """IMAPClient (a second Python client with its own response parser) reads ENVELOPE,
+    BODYSTRUCTURE, flags and bodies, and sees a new message in IDLE."""
+    from imapclient import IMAPClient
+
+    smtp_uid, rest_uid = list(sent)
+    context = ssl.create_default_context(cafile=str(imap_server.cafile))
+    with IMAPClient(imap_server.host, port=imap_server.tls_port, ssl=True, ssl_context=context, timeout=30) as client:
+        client.login(account.address, account.token)
+        assert {name for _, _, name in client.list_folders()} == {"INBOX", "Sent"}
+        assert client.find_special_folder(b"\\Sent") == "Sent"
+        info = client.select_folder("Sent")
+        assert info[b"EXISTS"] == 2 and info[b"UIDNEXT"] == rest_uid + 1
+        fetched = client.fetch([smtp_uid, rest_uid], ["ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE", "BODY.PEEK[]",
+                                                      "FLAGS"])
+        envelope = fetched[smtp_uid][b"ENVELOPE"]
+        assert envelope.subject == b"Over SMTP"
+        assert [(a.name, a.mailbox, a.host) for a in envelope.to] == [(b"Bob", b"bob", b"example.com")]
+        assert [(a.mailbox, a.host) for a in envelope.cc] == [(b"carol", b"example.com")]
+        structure = fetched[smtp_uid][b"BODYSTRUCTURE"]
+        assert structure.is_multipart
+        assert [part[0] for part in structure[0]] == [b"TEXT", b"APPLICATION"]
+        for uid in (smtp_uid, rest_uid):
+            assert fetched[uid][b"BODY[]"] == sent[uid]
+            assert fetched[uid][b"RFC822.SIZE"] == len(sent[uid])
+            assert fetched[uid][b"FLAGS"] == ()
+        client.add_flags([rest_uid], [b"\\Seen"])
+        assert client.search(["UNSEEN"]) == [smtp_uid]
+        client.idle()
+        with ApiSession(api_server, account.token) as api:
+            assert api.post(f"/v1/inboxes/{account.address}/send",
+                            json=send_body(subject="IDLE via imapclient")).status_code == 202
+        responses = client.idle_check(timeout=10)
+        client.idle_done()
+        assert (3, b"EXISTS") in responses
