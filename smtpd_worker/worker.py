@@ -69,6 +69,10 @@ class RelayWorker(SimpleWorker):
         self.dispatching = False  # the main thread is between dequeue and hand-off: do not interrupt it
         self.tearing_down = False  # the main thread waits for the pool to empty: do not interrupt it
         self.running, self.running_lock = 0, threading.Lock()  # jobs the pool is running now
+        # Webhook deliveries may hold at most this many slots at once, so receivers that hang (each up
+        # to core.webhooks.TOTAL_TIMEOUT) never take every slot from mail.
+        self.webhook_slots = max(1, int(self.concurrency * WEBHOOK_SHARE))
+        self.webhooks_running = 0
         self.suspension_checked = float("-inf")
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
@@ -77,7 +81,7 @@ class RelayWorker(SimpleWorker):
         while not self.slots.acquire(timeout=1):
             self.heartbeat()  # a long wait for a slot must not let RQ think this worker died
         try:
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            result = self._dequeue(timeout, max_idle_time)
         except BaseException:
             self.slots.release()
             raise
@@ -85,19 +89,44 @@ class RelayWorker(SimpleWorker):
             self.slots.release()
         return result
 
+    def _dequeue(self, timeout, max_idle_time):
+        """RQ's dequeue from every queue, or, while deliveries hold their share of the slots, from
+        the others only, looking again each second (a burst run takes whatever is there)."""
+        hooks = outbox.webhook_queue_name()
+        while True:
+            with self.running_lock:
+                full = self.webhooks_running >= self.webhook_slots
+            if not full or timeout is None:
+                self._ordered_queues = list(self.queues)
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            self._ordered_queues = [q for q in self.queues if q.name != hooks]
+            try:
+                result = super().dequeue_job_and_maintain_ttl(1, 1)
+            finally:
+                self._ordered_queues = list(self.queues)
+            if result is not None:
+                return result
+
     def execute_job(self, job, queue):
         """Hand the job to the pool; RQ's per-job bookkeeping (its Execution, 'started') runs on
         the pool thread too, so the main thread's only Redis work per job is the dequeue."""
         self.dispatching = True
+        hook = queue.name == outbox.webhook_queue_name()
+        if hook:
+            with self.running_lock:
+                self.webhooks_running += 1
         try:
-            self.pool.submit(self._run, job, queue)
+            self.pool.submit(self._run, job, queue, hook)
         except BaseException:
+            if hook:
+                with self.running_lock:
+                    self.webhooks_running -= 1
             self.slots.release()
             raise
         finally:
             self.dispatching = False
 
-    def _run(self, job, queue):
+    def _run(self, job, queue, hook=False):
         with self.running_lock:
             self.running += 1
         try:
@@ -108,6 +137,8 @@ class RelayWorker(SimpleWorker):
         finally:
             with self.running_lock:
                 self.running -= 1
+                if hook:
+                    self.webhooks_running -= 1
             self.slots.release()
 
     def set_state(self, state, pipeline=None):
@@ -211,6 +242,8 @@ class Liveness(threading.Thread):
 
 WORK_LOOP_RESTART_DELAY = 2.0  # seconds between RQ work loops after one ended on an error
 
+WEBHOOK_SHARE = 0.5  # of a worker's relay.concurrency slots, at most this share deliver webhooks at once
+
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal sent to this process when its parent dies
 
 
@@ -249,7 +282,7 @@ def main(config, burst=False):
     sys.setswitchinterval(SWITCH_INTERVAL)
     # Relay first: a free slot takes from the first queue that has a job, so while mail waits it
     # gets the slots; webhook deliveries (however many are pending) fill slots no mail is waiting
-    # for. A slot holding a delivery is busy 15 s at most (core.webhooks.TOTAL_TIMEOUT).
+    # for, at most WEBHOOK_SHARE of them (a delivery holds its slot 15 s at most).
     queues = [relay_queue, outbox.webhook_queue()]
     runner = periodic.PeriodicRunner(config)
     if burst:

@@ -131,3 +131,24 @@ def test_webhook_410_disables_the_endpoint(webhook_config, api, account, receive
     wait_until(lambda: {d["status"] for d in _deliveries(api, endpoint["id"])} == {"failed"},
                what="its deliveries to fail")
     assert len(receiver.requests) == 1  # nothing more is sent to a disabled endpoint
+
+
+def test_webhook_receivers_that_hang_leave_slots_for_mail(webhook_config, api, account, receiver, submit,
+                                                          start_worker):
+    """A worker with 2 slots gives deliveries at most 1: two deliveries to a hanging receiver hold one
+    slot (the second waits), and a message submitted meanwhile is relayed at once on the other."""
+    import threading
+
+    webhook_config["relay"]["concurrency"] = 2
+    add_endpoint(api, receiver, events=["outbound.queued"])
+    receiver.hold = threading.Event()
+    submit(), submit()
+    start_worker()
+    wait_until(lambda: receiver.requests, timeout=30, what="the first delivery to hang")
+    try:
+        mail = submit()
+        wait_until(lambda: outbound(mail.id).status == "sent", timeout=10, interval=0.2,
+                   what="the message relayed while the receiver hangs")
+        assert len(receiver.requests) == 1  # the second delivery waits for the delivery slot
+    finally:
+        receiver.hold.set()
