@@ -82,6 +82,14 @@ class ApiToken(BaseModel):
     created_at = DateTimeField(default=utcnow)
     last_used_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)
+    # Scope (core/keys.py holds the rules): NULL = every inbox of the account, else a JSON list of inbox ids.
+    inbox_ids = TextField(null=True)
+    permissions = CharField(max_length=64, default="send,read")  # comma-separated: send, read, manage
+    expires_at = DateTimeField(null=True)
+    daily_limit = IntegerField(null=True)  # sends per UTC day for this key, under the account's quota
+    sandbox = BooleanField(default=False)  # accepted and stored, never relayed nor charged
+    last_used_ip = CharField(max_length=64, null=True)
+    last_used_via = CharField(max_length=8, null=True)  # smtp | api
 
 
 class Domain(BaseModel):
@@ -283,9 +291,36 @@ class WebhookAttempt(BaseModel):
     created_at = DateTimeField(default=utcnow, index=True)
 
 
+class KeyUsage(BaseModel):
+    """Sends counted against one API key's ``daily_limit`` (like SendUsage for the account)."""
+    token = ForeignKeyField(ApiToken, backref="usage", on_delete="CASCADE")
+    day = DateField()
+    count = IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("token", "day"), True),)
+
+
+class AuditEvent(BaseModel):
+    """One authentication or send decision (core/audit.py writes them in batches)."""
+    user = ForeignKeyField(User, backref="audit", null=True, on_delete="CASCADE")
+    token = ForeignKeyField(ApiToken, null=True, on_delete="SET NULL")
+    key_prefix = CharField(max_length=16, default="")
+    action = CharField(max_length=16)  # auth | send
+    outcome = CharField(max_length=16)  # success | failure | accepted | refused
+    reason = CharField(max_length=64, default="")  # a refusal's code (key_scope, quota_exceeded, ...)
+    protocol = CharField(max_length=8)  # smtp | api
+    client_ip = CharField(max_length=64, default="")
+    detail = TextField(default="")
+    occurred_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("user", "id"), False),)
+
+
 MODELS = [User, ApiToken, Domain, Inbox, Message, MessageFlags, OutboundEmail, OutboundEvent, SendUsage,
           Suppression, RecipientRule, KnownRecipient, NewRecipientUsage, Event, WebhookEndpoint, WebhookDelivery,
-          WebhookAttempt]
+          WebhookAttempt, KeyUsage, AuditEvent]
 
 
 # -- schema ---------------------------------------------------------------------------------
@@ -393,6 +428,19 @@ def reserve_send(user, count, limit):
     return updated == 1
 
 
+def reserve_key_send(token_id, count, limit):
+    """Like reserve_send, for one API key's own daily cap (KeyUsage). Commits nothing."""
+    if count <= 0:
+        return True
+    if count > limit:
+        return False
+    day = today()
+    KeyUsage.insert(token=token_id, day=day, count=0).on_conflict_ignore().execute()
+    return (KeyUsage.update(count=KeyUsage.count + count)
+            .where(KeyUsage.token == token_id, KeyUsage.day == day, KeyUsage.count + count <= limit)
+            .execute()) == 1
+
+
 def refund_send(user, day, count):
     """Give ``count`` sends back to the usage of ``day`` (the day they were charged), never
     below zero. Commits nothing: the caller runs it in the transaction that fails the message,
@@ -405,16 +453,18 @@ def refund_send(user, day, count):
 
 
 def sender_state(address, token_id):
-    """(plan, domain status or None, sends today) for the inbox ``address`` while token
-    ``token_id`` is live and its account owns the inbox; None otherwise. One query, because SMTP
-    asks it for every message."""
-    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0) FROM inbox i '
+    """(plan, domain status or None, sends today, the token's own sends today) for the inbox
+    ``address`` while token ``token_id`` is live and its account owns the inbox; None otherwise.
+    One query, because SMTP asks it for every message."""
+    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0), COALESCE(k.count, 0) FROM inbox i '
            'JOIN "user" u ON u.id = i.user_id '
            'JOIN api_token t ON t.user_id = u.id AND t.id = {p} AND t.revoked_at IS NULL '
            'LEFT JOIN domain d ON d.id = i.domain_id '
            'LEFT JOIN send_usage s ON s.user_id = u.id AND s.day = {p} '
+           'LEFT JOIN key_usage k ON k.token_id = t.id AND k.day = {p} '
            'WHERE i.address = {p}').format(p=db.obj.param)
-    return db.execute_sql(sql, (token_id, today().isoformat(), address)).fetchone()
+    day = today().isoformat()
+    return db.execute_sql(sql, (token_id, day, day, address)).fetchone()
 
 
 # One statement, so one round trip and (in autocommit) its own transaction: the usage row is
@@ -434,12 +484,12 @@ WITH usage AS (
 ), outbound AS (
     INSERT INTO outbound_email (public_id, user_id, inbox_id, message_id, via, mail_from, recipients, status,
                                 attempts, idempotency_key, request_hash, created_at, updated_at)
-    SELECT %(public_id)s, %(user_id)s, %(inbox_id)s, sent.id, %(via)s, %(mail_from)s, %(recipients)s, 'queued',
+    SELECT %(public_id)s, %(user_id)s, %(inbox_id)s, sent.id, %(via)s, %(mail_from)s, %(recipients)s, %(status)s,
            0, %(idempotency_key)s, %(request_hash)s, %(now)s, %(now)s FROM sent
     RETURNING id
 ), event AS (
     INSERT INTO outbound_event (outbound_id, type, detail, occurred_at)
-    SELECT id, 'queued', %(event_detail)s, %(now)s FROM outbound
+    SELECT id, %(status)s, %(event_detail)s, %(now)s FROM outbound
 ), public_event AS (
     INSERT INTO event (public_id, user_id, inbox_id, outbound_id, type, data, created_at)
     SELECT %(public_event_id)s, %(user_id)s, %(inbox_id)s, outbound.id, %(public_event_type)s,
@@ -486,11 +536,13 @@ def record_submission(fields, count, limit):
     subject, from_addr, to_addrs, size, blob_key, event_detail (JSON), idempotency_key,
     request_hash, now, and the public event: public_event_id, public_event_type, public_event_data
     (JSON; its ``sent_message_id`` is filled in here), public_event_like (the fan-out's LIKE).
-    Returns (message id, outbound id), or None when the reservation would pass ``limit``. A reused
-    idempotency key raises IntegrityError.
+    Optionally status (``queued``; ``sandboxed`` for a sandbox key's message, whose first event has
+    the same name). Returns (message id, outbound id), or None when the reservation would pass
+    ``limit``. A reused idempotency key raises IntegrityError.
     """
     if count > limit:
         return None
+    fields = dict(fields, status=fields.get("status", "queued"))
     if isinstance(db.obj, PostgresqlDatabase):
         return db.execute_sql(_RECORD_SUBMISSION_PG, dict(fields, day=today(), count=count, limit=limit)).fetchone()
     with db.atomic() as transaction:
@@ -500,10 +552,10 @@ def record_submission(fields, count, limit):
             blob_key=fields["blob_key"], created_at=fields["now"]).execute()
         outbound_id = OutboundEmail.insert(
             public_id=fields["public_id"], user=fields["user_id"], inbox=fields["inbox_id"], message=message_id,
-            via=fields["via"], mail_from=fields["mail_from"], recipients=fields["recipients"], status="queued",
+            via=fields["via"], mail_from=fields["mail_from"], recipients=fields["recipients"], status=fields["status"],
             idempotency_key=fields["idempotency_key"], request_hash=fields["request_hash"],
             created_at=fields["now"], updated_at=fields["now"]).execute()
-        OutboundEvent.insert(outbound=outbound_id, type="queued", detail=fields["event_detail"],
+        OutboundEvent.insert(outbound=outbound_id, type=fields["status"], detail=fields["event_detail"],
                              occurred_at=fields["now"]).execute()
         data = json.loads(fields["public_event_data"])
         data["sent_message_id"] = message_id

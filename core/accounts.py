@@ -17,6 +17,7 @@ from werkzeug.security import generate_password_hash  # password hashing only: n
 
 import models
 from core import blobs
+from core import keys
 from core import outbound
 from core.text import BIDI_CONTROLS
 from core.text import ENCODED_WORD
@@ -152,17 +153,25 @@ def hash_token(token):
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def create_token(user, name):
-    """Create a token; returns (ApiToken, full_token). The full token is never stored."""
+def create_token(user, name, scope=None, created_by=None):
+    """Create a token; returns (ApiToken, full_token). The full token is never stored.
+
+    ``scope`` (core.keys.Scope; default: every inbox, send + read, no expiry, no cap, not
+    sandboxed) says what the key may do; with ``created_by`` (the ApiToken asking, through the
+    API) a scope wider than the creator's is KeyRefused (core.keys.check_narrower)."""
+    scope = scope or keys.Scope()
+    if created_by is not None:
+        keys.check_narrower(created_by, scope)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with models.db.atomic():
         row = models.ApiToken.create(user=user, name=name, prefix=token[:TOKEN_PREFIX_SHOWN],
-                                     token_hash=hash_token(token))
+                                     token_hash=hash_token(token), **keys.columns(scope))
     return row, token
 
 
-def lookup_token(token):
-    """The live ApiToken for ``token`` (its ``user`` joined; marked used), or None.
+def lookup_token(token, client_ip=None, via=None):
+    """The live ApiToken for ``token`` (its ``user`` joined; marked used, with the client's IP
+    and protocol ``via`` when given), or None. Expiry and scope are core/keys.py's to judge.
 
     The lookup is by sha256 of the presented token, so the database compares hashes, not
     secrets; the final compare_digest keeps the check constant-time on our side too.
@@ -174,12 +183,28 @@ def lookup_token(token):
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
     now = models.utcnow()
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION:
+    client_ip = (client_ip or "")[:64] or row.last_used_ip
+    via = via or row.last_used_via
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION \
+            or (client_ip, via) != (row.last_used_ip, row.last_used_via):
         # Throttled write: a busy SMTP client should not turn every AUTH into an UPDATE.
         with models.db.atomic():
-            models.ApiToken.update(last_used_at=now).where(models.ApiToken.id == row.id).execute()
-        row.last_used_at = now
+            models.ApiToken.update(last_used_at=now, last_used_ip=client_ip, last_used_via=via).where(
+                models.ApiToken.id == row.id).execute()
+        row.last_used_at, row.last_used_ip, row.last_used_via = now, client_ip, via
     return row
+
+
+def presented_key(token):
+    """(user id, token id, prefix) of the key a refused ``token`` claims to be, by its shown prefix,
+    so a failed login with a wrong or revoked token shows in that key owner's audit trail; the
+    ids are None when no key has that prefix. Never a proof of anything: only for the record."""
+    prefix = (token or "")[:TOKEN_PREFIX_SHOWN]
+    if len(prefix) < TOKEN_PREFIX_SHOWN or not prefix.startswith(TOKEN_PREFIX) or not prefix.isprintable():
+        return None, None, prefix if prefix.isprintable() else ""
+    row = models.ApiToken.select(models.ApiToken.id, models.ApiToken.user).where(
+        models.ApiToken.prefix == prefix).first()
+    return (row.user_id, row.id, prefix) if row else (None, None, prefix)
 
 
 def revoke_token(user, token_id):

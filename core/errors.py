@@ -96,6 +96,7 @@ class TooManyListedRecipients(BadMessage):
 
 
 class IdempotencyConflict(SubmitError):
+    smtp_reply = "554 5.6.0 This Idempotency-Key was used with a different message"
     http_status = 409
     code = "idempotency_conflict"
 
@@ -150,3 +151,46 @@ class InboxPaused(SubmitError):
     def __init__(self, reason):
         text = f"inbox paused: {reason}; resume it in the dashboard"
         super().__init__(text, f"550 5.7.1 {text}")
+
+
+class KeyRefused(SubmitError):
+    """The API key may not do this (core/keys.py decides). ``rule`` names the rule (``expired``,
+    ``permission``, ``inbox_scope``, ``wider_key``); str() is the human reason. Over SMTP it is the
+    AUTH refusal (``535 5.7.8 ... : <reason>``); over REST a 403 ``key_scope``."""
+
+    http_status = 403
+    code = "key_scope"
+
+    def __init__(self, rule, reason):
+        super().__init__(reason, f"535 5.7.8 Authentication credentials invalid: {reason}")
+        self.rule = rule
+
+
+class KeyExpired(KeyRefused):
+    """The key's ``expires_at`` has passed: REST 401 ``key_expired``, SMTP AUTH 535 naming it."""
+
+    http_status = 401
+    code = "key_expired"
+
+    def __init__(self):
+        super().__init__("expired", "API key expired")
+
+
+class KeyLimitExceeded(SubmitError):
+    """The key's own daily cap (under the account quota) is spent; worded like QuotaExceeded."""
+
+    http_status = 429
+    code = "key_limit_exceeded"
+
+    def __init__(self, used, limit, retry_after):
+        text = f"Daily sending limit of this API key exceeded (key limit {used}/{limit}, resets 00:00 UTC)"
+        super().__init__(text, f"550 5.4.5 {text}", retry_after=retry_after)
+        self.used, self.limit = used, limit
+
+
+class SimulatorMixed(SubmitError):
+    """Simulator recipients (core/simulator.py) and real ones in one message."""
+
+    smtp_reply = "550 5.5.4 Simulator recipients cannot be mixed with other recipients in one message"
+    http_status = 422
+    code = "simulator_mixed"

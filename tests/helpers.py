@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import models
 from core import accounts
+from core import keys
 
 
 def free_port():
@@ -70,7 +71,8 @@ def make_account(email="agent-owner@example.com", local_part="agent", password="
     with models.db.connection_context(), models.db.atomic():
         user = models.User.create(email=email, password_hash=generate_password_hash(password),
                                   plan=plan or config["server"]["default_plan"])
-        token_row, token = accounts.create_token(user, token_name)
+        # Every permission, as a key made before scopes has (migration 0006): tests create inboxes with it.
+        token_row, token = accounts.create_token(user, token_name, keys.Scope(permissions=frozenset(keys.PERMISSIONS)))
         inbox = accounts.create_inbox(user, local_part, None, config["server"]["default_domain"])
     return SimpleNamespace(user=user, token=token, token_row=token_row, inbox=inbox, address=inbox.address,
                            email=email, password=password)

@@ -17,7 +17,8 @@ def test_migrations_upgrade_an_older_schema_keeps_data(config):
             "'2026-01-01 00:00:00')")
         assert models.migrate_schema() == ["0002_idempotency_keys", "0003_message_blob_key_index",
                                           "0004_domain_claims", "0005_user_session_epoch",
-                                          "0007_recipient_safety", "0008_events_webhooks", "0010_message_flags"]
+                                          "0006_api_key_scopes", "0007_recipient_safety", "0008_events_webhooks",
+                                          "0010_message_flags"]
         columns = {c.name for c in models.db.get_columns("outbound_email")}
         assert {"idempotency_key", "request_hash"} <= columns
         assert models.User.get(models.User.email == "old@example.com").plan == "free"
