@@ -47,6 +47,7 @@ DELIVERED = vocabulary.DELIVERED
 BOUNCED = vocabulary.BOUNCED
 COMPLAINED = vocabulary.COMPLAINED
 FAILED = vocabulary.FAILED
+SANDBOXED = vocabulary.SANDBOXED
 STATUSES = vocabulary.STATUSES
 ACTIVE = vocabulary.ACTIVE
 FINAL = vocabulary.FINAL

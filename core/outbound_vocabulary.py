@@ -13,17 +13,19 @@ DELIVERED = "delivered"
 BOUNCED = "bounced"
 COMPLAINED = "complained"
 FAILED = "failed"  # SES refused it for good, or every attempt failed
+SANDBOXED = "sandboxed"  # accepted with a sandbox key: stored in Sent, never relayed, not charged
 
-STATUSES = (QUEUED, SENDING, SENT, DELIVERED, BOUNCED, COMPLAINED, FAILED)
+STATUSES = (QUEUED, SENDING, SENT, DELIVERED, BOUNCED, COMPLAINED, FAILED, SANDBOXED)
 ACTIVE = (QUEUED, SENDING)  # the relay still works on it (and may read its message file)
-FINAL = (DELIVERED, BOUNCED, COMPLAINED, FAILED)  # nothing more happens unless SES reports later
+FINAL = (DELIVERED, BOUNCED, COMPLAINED, FAILED, SANDBOXED)  # nothing more happens unless SES reports later
 UNDELIVERED = (BOUNCED, COMPLAINED, FAILED)  # the message did not make it (the CLI exits 4)
 
 # How far along a message is; an SES event moves a row only to a higher rank.
-RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 4, BOUNCED: 4, COMPLAINED: 5}
+RANK = {QUEUED: 0, SENDING: 1, SENT: 2, DELIVERED: 3, FAILED: 4, BOUNCED: 4, COMPLAINED: 5,
+        SANDBOXED: 6}  # a sandboxed row has no SES id, so no SES event ever reaches it
 
 # Event types the relay writes (OutboundEvent.type).
-RELAY_EVENT_TYPES = ("queued", "attempt", "batch_sent", "sent", "retry", "failed", "released", "possible_duplicate")
+RELAY_EVENT_TYPES = ("queued", "sandboxed", "attempt", "batch_sent", "sent", "retry", "failed", "released", "possible_duplicate")
 # The relay events that record the outcome of an attempt (what a claim looks back at).
 ATTEMPT_EVENT_TYPES = ("attempt", "batch_sent", "sent", "retry", "failed", "released")
 # Events that say nothing about SES having the message (a ``retry`` is looked at: see outbound._refused).

@@ -7,6 +7,7 @@ queued row. Every failure before the commit raises a SubmitError and leaves noth
 """
 import datetime
 import email.utils
+import hashlib
 import json
 import logging
 import re
@@ -22,10 +23,13 @@ from core import event_vocabulary
 from core import events
 from core import headers
 from core import ids
+from core import keys
 from core import metrics
+from core import outbound as lifecycle
 from core import outbox
 from core import quota
 from core import recipients as recipient_rules
+from core import simulator
 from core.errors import BadMessage
 from core.errors import DomainNotVerified
 from core.errors import IdempotencyConflict
@@ -54,8 +58,11 @@ def check_sender(inbox, address):
 # Sender fields (RFC 5322 3.6.2, 3.6.6) that must name the inbox like From: does: all tenants
 # share one SES account, so a foreign Sender: would borrow another tenant's verified domain.
 SENDER_FIELDS = (("sender", "Sender"), ("resent-from", "Resent-From"), ("resent-sender", "Resent-Sender"))
-# Set by the final delivery MTA (RFC 5321 4.4); a client's is dropped, as a relay would.
-DROPPED_FIELDS = frozenset({"return-path"})
+# Set by the final delivery MTA (RFC 5321 4.4); a client's is dropped, as a relay would. An SMTP
+# client's Idempotency-Key: is ours to read, not the recipient's: dropped before the message is stored.
+IDEMPOTENCY_FIELD = "idempotency-key"
+DROPPED_FIELDS = frozenset({"return-path", IDEMPOTENCY_FIELD})
+MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width (the REST header has the same rule)
 # Display names written unquoted must be atoms (RFC 5322 specials quoted; "=?" would read as an
 # encoded-word).
 NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]|=\?')
@@ -160,27 +167,65 @@ class _Prefixed:
         return self.body.read(size)
 
 
-def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None, refused=()):
-    """Accept a message for relay; return the committed OutboundEmail.
+def valid_idempotency_key(key):
+    """True for 1 to MAX_IDEMPOTENCY_KEY printable ASCII characters (REST header and SMTP field alike)."""
+    return bool(key) and len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
+
+
+def submit(user, inbox, mail_from, recipients, spool, via, idempotency_key=None, request_hash=None, refused=(),
+           key=None):
+    """Accept a message for relay; return the committed OutboundEmail (``replayed`` set on it
+    when an idempotency key named an earlier send, which is returned instead).
 
     ``spool`` is a binary file holding the whole message with CRLF line ends (SMTP DATA after
     dot-unstuffing, or the MIME built by the REST API). The caller has authenticated ``user``,
     checked it owns ``inbox`` and applied the rate limit. ``refused``: [(address, reply)] of
-    recipients refused at RCPT, recorded with the message. Raises SubmitError subclasses.
+    recipients refused at RCPT, recorded with the message. ``key``: the ApiToken used (its daily
+    cap and sandbox flag apply). Over SMTP an ``Idempotency-Key:`` field in the message plays the
+    REST header's part. Raises SubmitError subclasses.
     """
     try:
-        return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused)
+        return _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused, key)
     except SubmitError as exc:
         raise metrics.refused(exc)
 
 
-def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused=()):
+def _message_idempotency(section, spool, mail_from, recipients):
+    """(key, request hash) from the message's Idempotency-Key: field, or (None, None). The hash
+    covers the envelope and the message as received, so the same key with another message is a
+    conflict, as over REST."""
+    values = section.values(IDEMPOTENCY_FIELD)
+    if not values:
+        return None, None
+    key = headers.unfold(values[0]).strip()
+    if len(values) > 1 or not valid_idempotency_key(key):
+        raise BadMessage(f"Idempotency-Key must appear once, 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    digest = hashlib.sha256(json.dumps([mail_from.lower(), sorted(r.lower() for r in recipients)]).encode())
+    spool.seek(0)
+    for chunk in iter(lambda: spool.read(1 << 16), b""):
+        digest.update(chunk)
+    return key, "smtp:" + digest.hexdigest()[:59]
+
+
+def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, request_hash, refused=(), key=None):
     check_sender(inbox, mail_from)
+    simulated = simulator.classify(recipients)
     try:
         section = headers.read_section(spool)
         checked = check_header_section(section, inbox)
     except headers.HeaderError as exc:
         raise BadMessage(str(exc), exc.status) from None
+    if via == "smtp" and idempotency_key is None:
+        idempotency_key, request_hash = _message_idempotency(section, spool, mail_from, recipients)
+        if idempotency_key is not None:
+            with models.db.connection_context():
+                earlier = earlier_send(user, idempotency_key, request_hash)
+            if earlier is not None:
+                earlier.replayed = True
+                return earlier
+    sandboxed = key is not None and key.sandbox and not simulated
+    status = lifecycle.SANDBOXED if sandboxed else lifecycle.QUEUED
+    charged = 0 if (sandboxed or simulated) else len(recipients)
     spool.seek(section.body_offset)
     public_id = ids.new_public_id()
     now = models.utcnow()
@@ -193,12 +238,13 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
     try:
         with models.db.connection_context():
             outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked,
-                               idempotency_key, request_hash, refused)
+                               idempotency_key, request_hash, refused, key, status, charged)
     except SubmitError:  # quota reached, idempotency conflict: nothing was written
         _discard_blob(blob_key)
         raise
     except _Replay as replay:
         _discard_blob(blob_key)
+        replay.outbound.replayed = True
         return replay.outbound
     except (PeeweeException, OSError) as exc:
         # A connection lost at COMMIT leaves the outcome unknown: the row may be there. Look
@@ -213,8 +259,10 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
                     extra={"outbound_id": public_id})
     metrics.MESSAGES_ACCEPTED.labels(via=via).inc()
     metrics.MESSAGE_BYTES.labels(via=via).inc(size)
-    log.info("accepted %s via %s from %s to %d recipient(s), %d bytes", public_id, via, inbox.address,
-             len(recipients), size, extra={"outbound_id": public_id})
+    log.info("accepted %s via %s from %s to %d recipient(s), %d bytes%s", public_id, via, inbox.address,
+             len(recipients), size, " (sandboxed)" if sandboxed else "", extra={"outbound_id": public_id})
+    if outbound.status == lifecycle.SANDBOXED:
+        return outbound  # never relayed
     try:
         outbox.enqueue_relay(outbound.id)
     except outbox.QueueUnavailable as exc:
@@ -238,8 +286,9 @@ class _Replay(Exception):
 
 
 def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked, idempotency_key,
-            request_hash, refused=()):
+            request_hash, refused=(), key=None, status=lifecycle.QUEUED, charged=None):
     limit = quota.plan_of(user)["daily_send_limit"]
+    charged = len(recipients) if charged is None else charged
     now = models.utcnow()
     fields = dict(
         user_id=user.id, inbox_id=inbox.id, public_id=public_id, via=via, mail_from=mail_from,
@@ -247,17 +296,23 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
         subject=checked.subject, from_addr=checked.from_addr, to_addrs=checked.to_addrs,
         event_detail=json.dumps({"via": via, "recipients": len(recipients), "size": size,
                                  **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
-        idempotency_key=idempotency_key, request_hash=request_hash, now=now)
+        idempotency_key=idempotency_key, request_hash=request_hash, now=now, status=status)
     fields.update(events.queued_fields(public_id, inbox.address, fields))  # written in the same statement
+    if status != lifecycle.QUEUED:  # a sandboxed message: its public event says so in the resource
+        fields["public_event_data"] = json.dumps({**json.loads(fields["public_event_data"]), "status": status})
     try:
+        capped = key is not None and key.daily_limit is not None
         first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused
-        if not first_contacts and not refused:
-            ids = models.record_submission(fields, len(recipients), limit)  # one statement, as ever
-        else:  # first contacts are counted against the cap, RCPT refusals recorded, with the message
+        if not first_contacts and not refused and not capped:
+            ids = models.record_submission(fields, charged, limit)  # one statement, as ever
+        else:  # first contacts counted against the cap, the key's own daily cap reserved, RCPT refusals
+            # recorded, in the transaction that stores the message
             with models.write_atomic():
                 if first_contacts:
                     recipient_rules.admit(user, inbox, recipients)
-                ids = models.record_submission(fields, len(recipients), limit)
+                if capped and not models.reserve_key_send(key.id, len(recipients), key.daily_limit):
+                    raise keys.limit_exceeded(keys.key_sends_today(key.id), key.daily_limit)
+                ids = models.record_submission(fields, charged, limit)
                 if ids is None:
                     raise quota.exceeded(models.sends_today(user), limit)
                 if refused:  # the recipients refused at RCPT while the others went: the event says which
@@ -276,7 +331,7 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
     # What the callers read, without a query to fetch back what was just written.
     return models.OutboundEmail(
         id=outbound_id, public_id=public_id, user=user, inbox=inbox, message=sent_id, via=via, mail_from=mail_from,
-        recipients=fields["recipients"], status="queued", attempts=0, idempotency_key=idempotency_key,
+        recipients=fields["recipients"], status=status, attempts=0, idempotency_key=idempotency_key,
         request_hash=request_hash, created_at=now, updated_at=now)
 
 

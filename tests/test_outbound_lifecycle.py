@@ -132,7 +132,7 @@ def test_outbound_cli_unknown_status_exits_2_naming_the_lifecycle(run_cli):
 def test_outbound_cli_styles_every_status():
     assert {status: cli_outbound.style_of(status) for status in outbound.STATUSES} == {
         "queued": "yellow", "sending": "yellow", "sent": "cyan", "delivered": "green",
-        "bounced": "red", "complained": "red", "failed": "red"}
+        "bounced": "red", "complained": "red", "failed": "red", "sandboxed": "cyan"}
 
 
 # -- transitions: conditional UPDATEs on the real database ------------------------------------

@@ -1,0 +1,64 @@
+"""The mailbox simulator: ``delivered@``, ``bounced@`` and ``complained@`` at
+``simulator.<default domain>`` (like SES's mailbox simulator and the peers' test addresses).
+
+A message whose recipients are all simulator addresses is accepted like any other (same checks,
+same 250/202, a copy in Sent) but not charged to the quota, and the relay job (smtpd_worker/jobs.py)
+never hands it to SES: it records it sent under a simulated SES id and applies the matching SES
+event through the same lifecycle function the SNS webhook uses (outbound.apply_ses_event), so an
+agent's bounce handling sees exactly what a real bounce looks like. Mixing simulator and real
+recipients in one message is refused (SimulatorMixed): one message has one fate.
+"""
+import json
+
+import settings
+from core import outbound
+from core import ses_events
+from core.errors import SimulatorMixed
+
+SUBDOMAIN = "simulator"
+# local part (named after the status it ends in) -> (SES event kind, the event's sub-object)
+OUTCOMES = {
+    outbound.DELIVERED: ("Delivery", lambda rcpt: {"recipients": [rcpt],
+                                                   "smtpResponse": "250 2.0.0 OK (mailbox simulator)"}),
+    outbound.BOUNCED: ("Bounce", lambda rcpt: {"bounceType": "Permanent", "bounceSubType": "General",
+                                               "bouncedRecipients": [{"emailAddress": rcpt, "diagnosticCode":
+                                                                      "smtp; 550 5.1.1 user unknown (mailbox simulator)"}]}),
+    outbound.COMPLAINED: ("Complaint", lambda rcpt: {"complaintFeedbackType": "abuse",
+                                                     "complainedRecipients": [{"emailAddress": rcpt}]}),
+}
+
+
+def domain() -> str:
+    return f"{SUBDOMAIN}.{settings.current().server.default_domain}"
+
+
+def is_simulator(address: str) -> bool:
+    local, _, host = address.strip().lower().rpartition("@")
+    return host == domain() and local.split("+", 1)[0] in OUTCOMES
+
+
+def all_simulated(recipients) -> bool:
+    return bool(recipients) and all(is_simulator(r) for r in recipients)
+
+
+def classify(recipients) -> bool:
+    """True when every recipient is a simulator address, False when none is; SimulatorMixed otherwise."""
+    flags = {is_simulator(r) for r in recipients}
+    if len(flags) > 1:
+        raise SimulatorMixed()
+    return flags == {True}
+
+
+def simulate(claim) -> str:
+    """The relay job's SES call for a simulated message: record it sent under a simulated id, then
+    apply each recipient's outcome as an SES event (statuses only move up, as with real events)."""
+    row = claim.row
+    ses_id = f"simulator-{row.public_id}"
+    outbound.record_sent(claim, ses_id)
+    for index, rcpt in enumerate(json.loads(row.recipients)):
+        kind, detail = OUTCOMES[rcpt.strip().lower().rpartition("@")[0].split("+", 1)[0]]
+        event = {"eventType": kind, "mail": {"messageId": ses_id, "tags": {"outbound_id": [row.public_id]},
+                                             "destination": [rcpt]},
+                 kind[0].lower() + kind[1:]: detail(rcpt)}
+        ses_events.apply(f"simulator:{row.public_id}:{claim.attempt}:{index}", kind, event)
+    return ses_id
