@@ -9,6 +9,7 @@ Contract for every method: refusals raise ``core.errors.SubmitError`` subclasses
 replies with their ``smtp_reply``); anything that means "our side is down" raises
 ``BackendUnavailable`` (the session replies ``451 4.3.0``).
 """
+import contextlib
 import itertools
 import logging
 import shutil
@@ -20,7 +21,9 @@ from peewee import JOIN
 
 import models
 from core import accounts
+from core import audit
 from core import errors
+from core import keys
 from core import limits
 from core import quota
 from core import recipients as recipient_rules
@@ -36,19 +39,31 @@ class BackendUnavailable(Exception):
 
 @dataclass
 class Principal:
-    """An authenticated SMTP client: the inbox it logged in as and the token it used."""
+    """An authenticated SMTP client: the inbox it logged in as and the token (key) it used."""
 
     address: str
     token_id: int = 0
     user: object = None
     inbox: object = None
     used_today: int = 0  # sends counted today as of the last refresh()
+    token: object = None  # the ApiToken row: its scope, expiry, cap and sandbox flag
+    key_used_today: int = 0  # this key's own sends today as of the last refresh()
+    actor: object = None  # core.audit.Actor: who the audit trail names
 
     @property
     def account(self):
         """What per-account limits count by: the user's id, or the address when there is no
         user row (DiscardBackend, where each address is its own account)."""
         return self.user.id if self.user is not None else self.address
+
+
+@dataclass
+class Accepted:
+    """What end of DATA answers: the OutboundEmail id, and ``replayed`` when the message's
+    Idempotency-Key named an earlier send (nothing new was queued)."""
+
+    public_id: str
+    replayed: bool = False
 
 
 class DbBackend:
@@ -80,23 +95,44 @@ class DbBackend:
 
     # -- the questions ---------------------------------------------------------------------------
 
-    def authenticate(self, username, token):
-        """The Principal for a live ``token`` whose account owns the inbox ``username``, or None."""
+    def authenticate(self, username, token, client_ip=""):
+        """The Principal for a live ``token`` that may send from the inbox ``username``, or None
+        (bad credentials); errors.KeyRefused when the key is valid but its scope, permissions or
+        expiry refuse this inbox (the reply names the rule; see core/keys.py). Every outcome is
+        recorded in the audit trail."""
         try:
             address = models.normalize_address(username)
         except models.AddressError:
-            return None
+            address = None
         try:
             with models.db.connection_context():
-                row = accounts.lookup_token(token)
+                row = accounts.lookup_token(token, client_ip=client_ip, via="smtp")
+                inbox = self._inbox(address) if row is not None and address else None
                 if row is None:
-                    return None
-                inbox = self._inbox(address)
+                    user_id, token_id, prefix = accounts.presented_key(token)
+                    actor = audit.Actor("smtp", client_ip, user_id, token_id, prefix)
         except OUTAGES as exc:
             raise BackendUnavailable(str(exc)) from exc
-        if inbox is None or inbox.user_id != row.user_id:
-            return None
-        return Principal(address=inbox.address, token_id=row.id, user=row.user, inbox=inbox)
+        if row is not None:
+            actor = audit.Actor.of_token(row, "smtp", client_ip)
+        try:
+            if row is None:
+                raise errors.KeyRefused("credentials", "")
+            if inbox is None or inbox.user_id != row.user_id:
+                # Outside the key's account, or no such inbox: for a key scoped to some inboxes the
+                # answer is the scope rule either way, so it learns nothing about other inboxes.
+                keys.check(row, keys.SEND)
+                if row.inbox_ids:
+                    raise errors.KeyRefused("inbox_scope", "inbox outside the API key's scope")
+                raise errors.KeyRefused("credentials", "")
+            keys.check(row, keys.SEND, inbox)
+        except errors.KeyRefused as exc:
+            audit.record(actor, "auth", "failure", exc.rule, address or "")
+            if exc.rule == "credentials":
+                return None
+            raise
+        audit.record(actor, "auth", "success", "", inbox.address)
+        return Principal(address=inbox.address, token_id=row.id, user=row.user, inbox=inbox, token=row, actor=actor)
 
     def refresh(self, principal):
         """Re-check the principal at the start of a transaction (MAIL) and again at the end of
@@ -112,9 +148,12 @@ class DbBackend:
             raise BackendUnavailable(str(exc)) from exc
         if row is None:
             return None
-        principal.user.plan, domain_status, principal.used_today = row
+        principal.user.plan, domain_status, principal.used_today, principal.key_used_today = row
         if principal.inbox.domain_id is not None:
             principal.inbox.domain.status = domain_status
+        if keys.is_expired(principal.token):
+            audit.record(principal.actor, "send", "refused", "key_expired", principal.address)
+            raise errors.KeyExpired()
         return principal
 
     @staticmethod
@@ -124,40 +163,62 @@ class DbBackend:
                 .join(models.Domain, JOIN.LEFT_OUTER).where(models.Inbox.address == address).first())
 
     def authorize_sender(self, principal, address):
-        submit.check_sender(principal.inbox, address)
+        with self._audited(principal, address):
+            submit.check_sender(principal.inbox, address)
 
     def check_rate(self, principal):
-        try:
-            quota.check_rate(principal.user)
-        except OUTAGES as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        with self._audited(principal, principal.address):
+            try:
+                quota.check_rate(principal.user)
+            except OUTAGES as exc:
+                raise BackendUnavailable(str(exc)) from exc
 
     def check_recipient_quota(self, principal, count):
-        quota.check_quota(principal.user, count, used=principal.used_today)
+        with self._audited(principal, principal.address):
+            keys.check_key_limit(principal.token, count, used=principal.key_used_today)
+            if not principal.token.sandbox:  # a sandbox key's messages are not charged
+                quota.check_quota(principal.user, count, used=principal.used_today)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _audited(principal, what):
+        """Record a refusal of a send (MAIL, RCPT) in the audit trail, then let it through."""
+        try:
+            yield
+        except errors.SubmitError as exc:
+            audit.record(principal.actor, "send", "refused", exc.code, what)
+            raise
 
     def check_not_paused(self, principal):
-        try:
-            with models.db.connection_context():
-                recipient_rules.check_paused(principal.inbox)
-        except OUTAGES as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        with self._audited(principal, principal.address):
+            try:
+                with models.db.connection_context():
+                    recipient_rules.check_paused(principal.inbox)
+            except OUTAGES as exc:
+                raise BackendUnavailable(str(exc)) from exc
 
     def check_recipient(self, principal, address, first_contacts):
         """Recipient safety (core/recipients.py): raise the refusal, or return whether ``address``
         would be a first contact of the inbox."""
-        try:
-            with models.db.connection_context():
-                return recipient_rules.check_recipient(principal.user, principal.inbox, address, first_contacts)
-        except OUTAGES as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        with self._audited(principal, address):
+            try:
+                with models.db.connection_context():
+                    return recipient_rules.check_recipient(principal.user, principal.inbox, address, first_contacts)
+            except OUTAGES as exc:
+                raise BackendUnavailable(str(exc)) from exc
 
     def submit(self, principal, mail_from, recipients, spool, refused=()):
-        try:
-            outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp",
-                                     refused=refused)
-        except OUTAGES as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return outbound.public_id
+        """The Accepted (queued id, and whether an Idempotency-Key named an earlier send)."""
+        with self._audited(principal, principal.address):
+            try:
+                outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp",
+                                         refused=refused, key=principal.token)
+            except OUTAGES as exc:
+                raise BackendUnavailable(str(exc)) from exc
+        replayed = getattr(outbound, "replayed", False)
+        audit.record(principal.actor, "send", "accepted", "replayed" if replayed else "",
+                     f"{outbound.public_id} from {principal.address}")
+        return Accepted(outbound.public_id, replayed)
 
 
 class DiscardBackend:
@@ -185,7 +246,7 @@ class DiscardBackend:
         self._failures[client_ip] = (start, count + 1)
         return count + 1 > self.max_auth_failures
 
-    def authenticate(self, username, password):
+    def authenticate(self, username, password, client_ip=""):
         address = username.strip().lower()
         if password is None or self.users.get(address) != password:
             return None
@@ -217,4 +278,4 @@ class DiscardBackend:
             spool.seek(0)
             with open(self.capture_dir / f"{public_id}.eml", "wb") as out:
                 shutil.copyfileobj(spool, out)
-        return public_id
+        return Accepted(public_id)

@@ -20,6 +20,7 @@ from dataclasses import field
 
 from core import metrics
 from smtpd_worker.backend import BackendUnavailable
+from core.errors import KeyRefused
 from core.errors import SubmitError
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 # 552, 554, 450 or 550. Permanent, because retrying with the same credentials cannot succeed; the
 # next MAIL gets 530 5.7.0 (RFC 4954 section 6: authentication is no longer in force).
 CREDENTIALS_REVOKED = "554 5.7.8 Authentication credentials no longer valid, message not accepted"
+# The key expired since AUTH: the same two replies, naming the rule (core/keys.py).
+KEY_EXPIRED_AT_MAIL = "530 5.7.0 Authentication required: API key expired"
+KEY_EXPIRED_AT_DATA = "554 5.7.8 Authentication credentials no longer valid (API key expired), message not accepted"
 NUL_IN_DATA = "554 5.6.0 Message contains NUL characters"
 UNKNOWN_PARAMETER = "555 5.5.4 Unsupported MAIL or RCPT parameter"
 
@@ -645,13 +649,17 @@ class Session:
         credentials = read_credentials(self, initial.strip(" "))
         if credentials is None:
             return None
-        principal = self.backend.authenticate(*credentials)
+        refusal = AUTH_FAILED
+        try:
+            principal = self.backend.authenticate(*credentials, client_ip=self.client)
+        except KeyRefused as exc:  # a valid key whose scope, permissions or expiry refuse this inbox
+            principal, refusal = None, exc.smtp_reply
         if principal is None:
             log.info("failed AUTH from %s as %r", self.peer_ip, credentials[0][:100])
             metrics.SMTP_AUTH_FAILURES.inc()
             if self.backend.record_auth_failure(self.client):
                 return self.close_with(AUTH_THROTTLED)
-            return self.reply(AUTH_FAILED)
+            return self.reply(refusal)
         self._authenticated(principal)
         self.reply(AUTH_OK)
 
@@ -728,7 +736,11 @@ class Session:
             return self.reply(NEEDS_SMTPUTF8 if exc.needs_utf8 else BAD_SENDER)
         if not address:  # null sender: this is submission, not a bounce relay
             return self.reply(SENDER_NOT_OWNED)
-        principal = self.backend.refresh(self.principal)
+        try:
+            principal = self.backend.refresh(self.principal)
+        except KeyRefused:  # the key expired since AUTH
+            self._lose_authentication()
+            return self.reply(KEY_EXPIRED_AT_MAIL)
         if principal is None:  # the token was revoked since AUTH
             self._lose_authentication()
             return self.reply(AUTH_REQUIRED)
@@ -784,11 +796,11 @@ class Session:
         try:
             envelope, self.envelope = self.envelope, None
             self.reply(START_DATA)
-            public_id = self._receive_and_submit(envelope)
+            accepted = self._receive_and_submit(envelope)
         finally:
             self.server.transfers.give_back(account)
-        if public_id is not None:
-            self.reply(f"250 2.0.0 OK queued as {public_id}")
+        if accepted is not None:
+            self.reply(f"250 2.0.0 OK {'already queued' if accepted.replayed else 'queued'} as {accepted.public_id}")
 
     def _receive_and_submit(self, envelope):
         """Spool the data (at ``data_min_rate`` or better) and submit it; the queued id, or None
@@ -806,7 +818,13 @@ class Session:
                     return None
                 # Revocation takes effect on a transaction in progress too: no 250 for a token
                 # revoked (or an inbox given up) while its data was arriving.
-                principal = self.backend.refresh(self.principal)
+                try:
+                    principal = self.backend.refresh(self.principal)
+                except KeyRefused:
+                    log.info("key of %s expired during DATA from %s", self.principal.address, self.peer_ip)
+                    self._lose_authentication()
+                    self.reply(KEY_EXPIRED_AT_DATA)
+                    return None
                 if principal is None:
                     log.info("token of %s revoked during DATA from %s", self.principal.address, self.peer_ip)
                     self._lose_authentication()

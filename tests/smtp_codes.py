@@ -26,6 +26,24 @@ def quota_exceeded(used, limit):
     return f"550 5.4.5 Daily sending quota exceeded ({used}/{limit}, resets 00:00 UTC)"
 
 
+# API keys (core/keys.py): the AUTH refusal names the rule; the per-key cap is worded like the quota.
+KEY_OUT_OF_SCOPE = "535 5.7.8 Authentication credentials invalid: inbox outside the API key's scope"
+KEY_LACKS_SEND = "535 5.7.8 Authentication credentials invalid: API key lacks the send permission"
+KEY_EXPIRED = "535 5.7.8 Authentication credentials invalid: API key expired"
+KEY_EXPIRED_AT_MAIL = "530 5.7.0 Authentication required: API key expired"
+KEY_EXPIRED_AT_DATA = "554 5.7.8 Authentication credentials no longer valid (API key expired), message not accepted"
+SIMULATOR_MIXED = "550 5.5.4 Simulator recipients cannot be mixed with other recipients in one message"
+IDEMPOTENCY_CONFLICT = "554 5.6.0 This Idempotency-Key was used with a different message"
+
+
+def key_limit(used, limit):
+    return f"550 5.4.5 Daily sending limit of this API key exceeded (key limit {used}/{limit}, resets 00:00 UTC)"
+
+
+def already_queued(public_id):
+    return f"250 2.0.0 OK already queued as {public_id}"
+
+
 RATE_LIMITED = "451 4.7.1 Sending rate limit exceeded, try again later"
 
 
