@@ -47,6 +47,7 @@ COMMANDS = {
     "outbound": ("cli.outbound:app", "Outbound emails: status and history of what was sent."),
     "events": ("cli.events:app", "Events: what happened to your mail, domains and inboxes."),
     "webhooks": ("cli.webhooks:app", "Webhook endpoints: where your events are POSTed, signed."),
+    "audit": ("cli.audit:audit", "Show the audit trail: logins and sends, with key prefix, client IP and protocol."),
 }
 
 

@@ -6,7 +6,9 @@ plain POST forms with ``csrf_token()``, and CSRFProtect checks every POST app-wi
 from email_validator import EmailNotValidError
 from email_validator import validate_email
 from flask_wtf import FlaskForm
+from wtforms import BooleanField
 from wtforms import EmailField
+from wtforms import IntegerField
 from wtforms import PasswordField
 from wtforms import SelectField
 from wtforms import SelectMultipleField
@@ -15,11 +17,14 @@ from wtforms import ValidationError
 from wtforms.validators import DataRequired
 from wtforms.validators import EqualTo
 from wtforms.validators import Length
+from wtforms.validators import NumberRange
+from wtforms.validators import Optional
 from wtforms.widgets import CheckboxInput
 from wtforms.widgets import ListWidget
 
 import models
 from core import accounts
+from core import keys
 from core.event_vocabulary import EVENT_TYPES
 
 PASSWORD_MIN = 10  # characters; NIST SP 800-63B asks for at least 8
@@ -65,9 +70,27 @@ class ChangePasswordForm(FlaskForm):
     confirm = PasswordField("Repeat new password", validators=[EqualTo("password", "The passwords do not match.")])
 
 
+EXPIRY_CHOICES = [("", "Never"), ("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days"), ("90d", "90 days"),
+                  ("365d", "1 year")]
+
+
+class CheckboxesField(SelectMultipleField):
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
 class TokenForm(FlaskForm):
+    """A new API key: the same choices as POST /v1/api-keys and `inboxlayer tokens create`
+    (core/keys.py checks them). ``inboxes`` choices are the user's inboxes (set by the view)."""
     name = StringField("Name", validators=[DataRequired("Give the key a name, e.g. the agent that uses it."),
                                            Length(max=100, message="Use at most 100 characters.")])
+    inboxes = CheckboxesField("Inboxes (none ticked = every inbox)", coerce=str, choices=[])
+    permissions = CheckboxesField("Permissions (none ticked = send and read)",
+                                  choices=[(p, p) for p in keys.PERMISSIONS], default=list(keys.DEFAULT_PERMISSIONS))
+    expires_in = SelectField("Expires", choices=EXPIRY_CHOICES, default="")
+    daily_limit = IntegerField("Daily send limit (optional)", validators=[
+        Optional(), NumberRange(min=1, max=keys.MAX_DAILY_LIMIT, message="Use a whole number of sends, at least 1.")])
+    sandbox = BooleanField("Sandbox: accept and store messages, never send them")
 
     def validate_name(self, field):
         field.data = " ".join(field.data.split())

@@ -10,8 +10,10 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
+from webapp.api import audit
 from webapp.api import errors
 from webapp.api import inboxes
+from webapp.api import keys
 from webapp.api import messages
 from webapp.api import openapi
 from webapp.api import outbound
@@ -19,7 +21,9 @@ from webapp.api import recipients
 from webapp.api import sending
 from webapp.api import smtp_settings
 from webapp.api import webhooks
+from core import keys as keys_rules
 from webapp.api.auth import authenticate
+from webapp.api.auth import require
 from webapp.api.errors import error_response
 
 __all__ = ["bp", "error_response"]
@@ -55,6 +59,10 @@ ROUTES = [
     ("/webhooks/<public_id>/replay", webhooks.replay, ["POST"]),
     ("/webhooks/<public_id>/test", webhooks.send_test, ["POST"]),
     ("/events", webhooks.list_events, ["GET"]),
+    ("/api-keys", keys.list_keys, ["GET"]),
+    ("/api-keys", keys.create_key, ["POST"]),
+    ("/api-keys/<int:key_id>", keys.revoke_key, ["DELETE"]),
+    ("/audit", audit.list_audit, ["GET"]),
 ]
 PUBLIC_ENDPOINTS = {"api.serve", "api.unknown_route"}
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -64,10 +72,18 @@ for rule, view, methods in ROUTES:
 errors.register(bp)
 
 
+# The API key permission (core/keys.py) each webhook and event view needs: reading the endpoints,
+# their deliveries and the feed is ``read``; creating, changing and replaying is ``manage``.
+WEBHOOK_VIEWS = {webhooks.list_webhooks, webhooks.get_webhook, webhooks.list_deliveries, webhooks.list_events}
+
+
 @bp.before_request
 def require_token():
     if request.endpoint not in PUBLIC_ENDPOINTS:
         authenticate()
+        view = current_app.view_functions.get(request.endpoint)
+        if getattr(view, "__module__", None) == webhooks.__name__:
+            require(keys_rules.READ if view in WEBHOOK_VIEWS else keys_rules.MANAGE)
 
 
 @bp.route("/", defaults={"rest": ""}, methods=ANY_METHOD)

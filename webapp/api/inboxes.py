@@ -4,7 +4,9 @@ from flask import jsonify
 
 import models
 from core import accounts
+from core import keys
 from core import quota
+from webapp.api.auth import require
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.outbound import iso
@@ -23,10 +25,14 @@ def inbox_json(inbox):
 
 def list_inboxes():
     query = models.Inbox.select().where(models.Inbox.user == g.user)
+    scoped = keys.inbox_filter(g.token, models.Inbox.id)
+    if scoped is not None:  # a scoped key sees its own inboxes only
+        query = query.where(scoped)
     return jsonify(paginate(query, models.Inbox.id, inbox_json))
 
 
 def create_inbox():
+    require(keys.MANAGE)
     name, domain_name, display_name = inbox_request(json_body())
     typed = app_settings()
     default_domain = typed.server.default_domain
@@ -67,4 +73,17 @@ def account():
     plan = quota.plan_of(g.user)
     return jsonify({"email": g.user.email, "plan": g.user.plan, "quota": quota_json(g.user),
                     "rate": {"per_second": plan["send_rate_per_second"], "burst": plan["send_burst"]},
-                    "token": {"name": g.token.name, "prefix": g.token.prefix}})
+                    "token": key_json(g.token)})
+
+
+def key_json(row, token=None):
+    """An API key as GET /v1/api-keys and /v1/account show it (``token`` only when just created)."""
+    scope = keys.describe(row)
+    data = {"id": row.id, "name": row.name, "prefix": row.prefix, "inboxes": scope["inboxes"],
+            "permissions": scope["permissions"], "expires_at": iso(scope["expires_at"]),
+            "daily_limit": scope["daily_limit"], "sandbox": scope["sandbox"], "created_at": iso(row.created_at),
+            "last_used_at": iso(row.last_used_at), "last_used_ip": row.last_used_ip,
+            "last_used_via": row.last_used_via, "revoked_at": iso(row.revoked_at)}
+    if token is not None:
+        data["token"] = token
+    return data

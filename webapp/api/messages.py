@@ -6,6 +6,7 @@ from peewee import JOIN
 
 import models
 from core import blobs
+from core import keys
 from core import mailview
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
@@ -30,7 +31,7 @@ def _query(inbox):
 
 
 def list_messages(address):
-    inbox = owned_inbox(address)
+    inbox = owned_inbox(address, keys.READ)
     folder = request.args.get("folder", "sent")
     if folder not in FOLDERS:
         raise Invalid("folder", f"must be one of {', '.join(FOLDERS)}")
@@ -39,7 +40,7 @@ def list_messages(address):
 
 
 def _find(address, message_id):
-    inbox = owned_inbox(address)
+    inbox = owned_inbox(address, keys.READ)
     row = _query(inbox).where(models.Message.id == message_id).first()
     if row is None:
         raise ApiError(404, "message_not_found", f"No message {message_id} in {inbox.address}")

@@ -8,6 +8,7 @@ from flask import jsonify
 from core import event_vocabulary
 from core import ids
 from core import outbound
+from core.keys import PERMISSIONS
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -116,7 +117,57 @@ SCHEMAS = {
                                      "remaining": {"type": "integer"}, "resets_at": DATETIME}},
             "rate": {"type": "object", "properties": {"per_second": {"type": "number"},
                                                       "burst": {"type": "integer"}}},
-            "token": {"type": "object", "properties": {"name": STRING, "prefix": STRING}},
+            "token": {"$ref": "#/components/schemas/ApiKey"},
+        },
+    },
+    "ApiKey": {
+        "type": "object",
+        "required": ["id", "name", "prefix", "inboxes", "permissions", "expires_at", "daily_limit", "sandbox",
+                     "created_at"],
+        "properties": {
+            "id": {"type": "integer"}, "name": STRING,
+            "prefix": {"type": "string", "description": "The first 12 characters of the key, shown in lists."},
+            "inboxes": _nullable({"type": "array", "items": STRING,
+                                  "description": "Inbox addresses the key may use; null = every inbox."}),
+            "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)}},
+            "expires_at": _nullable(DATETIME),
+            "daily_limit": _nullable({"type": "integer", "description": "Sends per UTC day for this key, under "
+                                                                        "the account quota."}),
+            "sandbox": {"type": "boolean", "description": "Messages are accepted and stored (status "
+                                                          "`sandboxed`), never relayed nor charged."},
+            "created_at": DATETIME, "last_used_at": _nullable(DATETIME), "last_used_ip": _nullable(STRING),
+            "last_used_via": _nullable({"type": "string", "enum": ["smtp", "api"]}),
+            "revoked_at": _nullable(DATETIME),
+            "token": {"type": "string", "description": "The full key: only in the answer that creates it."},
+        },
+    },
+    "ApiKeyCreate": {
+        "type": "object", "required": ["name"], "additionalProperties": False,
+        "description": "A key never gets more than the key that creates it (403 key_scope).",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "inboxes": {"type": "array", "items": {"type": "string", "maxLength": 320}, "minItems": 1,
+                        "maxItems": 100, "description": "Omit for every inbox of the account."},
+            "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)},
+                            "minItems": 1, "description": "Default: send and read."},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "daily_limit": {"type": "integer", "minimum": 1, "maximum": 10000000},
+            "sandbox": {"type": "boolean", "default": False},
+        },
+        "example": {"name": "support-agent", "inboxes": ["agent@inboxlayer.dev"], "permissions": ["send"],
+                    "daily_limit": 50},
+    },
+    "AuditEvent": {
+        "type": "object",
+        "required": ["id", "occurred_at", "action", "outcome", "reason", "key_prefix", "protocol", "client_ip"],
+        "properties": {
+            "id": {"type": "integer"}, "occurred_at": DATETIME,
+            "action": {"type": "string", "enum": ["auth", "send"]},
+            "outcome": {"type": "string", "enum": ["success", "failure", "accepted", "refused"]},
+            "reason": _nullable({"type": "string", "description": "A refusal's code (key_scope, credentials, "
+                                                                  "quota_exceeded, ...), or `replayed`."}),
+            "key_prefix": STRING, "protocol": {"type": "string", "enum": ["smtp", "api"]}, "client_ip": STRING,
+            "detail": STRING,
         },
     },
     "SmtpSettings": {
@@ -271,19 +322,22 @@ SCHEMAS["WebhookList"] = _list_of("Webhook")
 SCHEMAS["DeliveryList"] = _list_of("Delivery")
 SCHEMAS["InboxList"] = _list_of("Inbox")
 SCHEMAS["MessageList"] = _list_of("Message")
+SCHEMAS["ApiKeyList"] = _list_of("ApiKey")
+SCHEMAS["AuditList"] = _list_of("AuditEvent")
 
 ERROR_TEXT = {
     400: "Malformed request (body not JSON, bad Idempotency-Key).",
-    401: "Missing, invalid or revoked token.",
-    403: "Not allowed: the inbox may not send (custom domain not verified; `inbox_paused`), or the plan's inbox "
-         "limit is reached.",
+    401: "Missing, invalid, revoked or expired token (`key_expired`).",
+    403: "Not allowed: the API key's scope or permissions do not cover it (`key_scope`), the inbox may not send "
+         "(custom domain not verified; `inbox_paused`), or the plan's inbox limit is reached.",
     404: "No such resource in this account.",
     405: "Method not allowed on this path.",
     409: "Conflict (Idempotency-Key reused with another body; address taken).",
     413: "Request body or message over the size limit: 25 MB as sent, after base64 encoding of attachments.",
     422: "Invalid field (the message names it), or a recipient refused: `recipient_suppressed`, "
          "`recipient_not_allowed` (the message names each).",
-    429: "Rate limit, daily quota or new-recipient limit (`new_recipient_limit`) reached; see Retry-After.",
+    429: "Rate limit, daily quota, new-recipient limit (`new_recipient_limit`) or the API key's own daily limit "
+         "(`key_limit_exceeded`) reached; see Retry-After.",
     503: "A backing service is unavailable; try again later.",
 }
 RATE_HEADERS = {
@@ -370,42 +424,42 @@ PATHS = {
                     "rate limit, Sent copy and relay job. Each envelope recipient (to + cc + bcc, "
                     "de-duplicated) counts once against the daily quota.")},
     "/v1/inboxes/{address}/messages": {"get": _op(
-        "List stored messages of an inbox", _ok("Messages, newest first", "MessageList"), (422,),
+        "List stored messages of an inbox", _ok("Messages, newest first", "MessageList"), (403, 422),
         [ADDRESS, _query_param("folder", {"type": "string", "enum": ["sent", "inbox"], "default": "sent"},
                                "Folder."), LIMIT, CURSOR])},
     "/v1/inboxes/{address}/messages/{message_id}": {"get": _op(
-        "One stored message: headers, bodies, attachment list", _ok("Message", "MessageDetail"), (),
+        "One stored message: headers, bodies, attachment list", _ok("Message", "MessageDetail"), (403,),
         [ADDRESS, MESSAGE_ID])},
     "/v1/inboxes/{address}/messages/{message_id}.eml": {"get": _op(
         "One stored message, raw (RFC 5322)",
         _ok("The raw message", content_type="message/rfc822", schema={"type": "string", "format": "binary"}),
-        (), [ADDRESS, MESSAGE_ID])},
+        (403,), [ADDRESS, MESSAGE_ID])},
     "/v1/inboxes/{address}/policy": {
-        "get": _op("The inbox's recipient policy, first-contact cap and pause state", _ok("Policy", "Policy"), (),
+        "get": _op("The inbox's recipient policy, first-contact cap and pause state", _ok("Policy", "Policy"), (403,),
                    [ADDRESS]),
         "put": _op("Replace the inbox's allowlist and blocklist (and its own first-contact cap)",
-                   _ok("Policy", "Policy"), (422,), [ADDRESS], body="PolicyUpdate"),
+                   _ok("Policy", "Policy"), (403, 422), [ADDRESS], body="PolicyUpdate"),
     },
     "/v1/inboxes/{address}/resume": {"post": _op(
-        "Resume a paused inbox (the auto-pause then counts from now)", _ok("Policy", "Policy"), (), [ADDRESS])},
+        "Resume a paused inbox (the auto-pause then counts from now)", _ok("Policy", "Policy"), (403,), [ADDRESS])},
     "/v1/suppressions": {
         "get": _op("List the account's suppressed recipients", _ok("Suppressions, newest first", "SuppressionList"),
-                   (422,), [LIMIT, CURSOR]),
+                   (403, 422), [LIMIT, CURSOR]),
         "post": _op("Suppress one address (or a list)", _ok("Suppressed", status="201", schema={"oneOf": [
             {"$ref": "#/components/schemas/Suppression"},
             {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Suppression"}}}}]}),
-                    (422,), body="SuppressionCreate"),
+                    (403, 422), body="SuppressionCreate"),
     },
     "/v1/suppressions/{address}": {"delete": _op(
         "Take an address (any case or +tag variant) off the suppression list", {"204": {"description": "Removed"}},
-        (), [_path_param("address", {"type": "string", "example": "bob@example.com"}, "The suppressed address.")])},
+        (403,), [_path_param("address", {"type": "string", "example": "bob@example.com"}, "The suppressed address.")])},
     "/v1/outbound": {"get": _op(
-        "List outbound emails", _ok("Outbound emails, newest first", "OutboundList"), (422,),
+        "List outbound emails", _ok("Outbound emails, newest first", "OutboundList"), (403, 422),
         [_query_param("status", {"type": "string", "enum": list(outbound.STATUSES)}, "Only this status."),
          _query_param("inbox", {"type": "string"}, "Only sends from this inbox address."), LIMIT, CURSOR])},
     "/v1/outbound/{public_id}": {"get": _op(
-        "One outbound email with its status history", _ok("Outbound email", "Outbound"), (), [PUBLIC_ID])},
+        "One outbound email with its status history", _ok("Outbound email", "Outbound"), (403,), [PUBLIC_ID])},
     "/v1/webhooks": {
         "get": _op("List webhook endpoints", _ok("Endpoints, oldest first", "WebhookList"), ()),
         "post": _op("Create a webhook endpoint (its secret is in this answer only)",
@@ -444,6 +498,22 @@ PATHS = {
          _query_param("inbox", {"type": "string"}, "Only events of this inbox address."), LIMIT],
         description="Events appear here about a second after they happen, in the order of their cursor; "
                     "poll with `after` = the last `next_cursor`. Retained for `events.retention_days`.")},
+    "/v1/audit": {"get": _op(
+        "The audit trail: authentications and send decisions, newest first", _ok("Audit rows", "AuditList"),
+        (422,), [_query_param("key", {"type": "string", "maxLength": 16}, "Only this key (its prefix)."),
+                 _query_param("since", {"type": "string", "format": "date-time"}, "Only rows since then."),
+                 LIMIT, CURSOR],
+        description="A key with the manage permission reads the whole account's trail; another key its own rows.")},
+    "/v1/api-keys": {
+        "get": _op("List the account's API keys (prefix only)", _ok("API keys, newest first", "ApiKeyList"),
+                   (403, 422), [LIMIT, CURSOR]),
+        "post": _op("Create an API key (needs manage); the full key is in this answer only",
+                    _ok("Created", "ApiKey", "201"), (403, 422), body="ApiKeyCreate"),
+    },
+    "/v1/api-keys/{key_id}": {"delete": _op(
+        "Revoke an API key (needs manage; only a key no wider than the caller's)",
+        {"204": {"description": "Revoked: SMTP and API requests with it fail from now on."}}, (403,),
+        [_path_param("key_id", {"type": "integer", "minimum": 0}, "The key's id.")])},
 }
 
 

@@ -9,9 +9,11 @@ from peewee import JOIN
 import models
 from core import events as public_events
 from core import ids
+from core import keys
 from core import outbound
 from core import recipients
 from webapp.api.auth import owned_inbox
+from webapp.api.auth import require
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.pagination import paginate
@@ -41,10 +43,14 @@ def event_json(event):
 
 
 def _query():
-    return (models.OutboundEmail.select(models.OutboundEmail, models.Inbox, models.Message)
-            .join(models.Inbox).switch(models.OutboundEmail)
-            .join(models.Message, JOIN.LEFT_OUTER)
-            .where(models.OutboundEmail.user == g.user))
+    """The account's outbound emails that the key may read (its inbox scope)."""
+    require(keys.READ)
+    query = (models.OutboundEmail.select(models.OutboundEmail, models.Inbox, models.Message)
+             .join(models.Inbox).switch(models.OutboundEmail)
+             .join(models.Message, JOIN.LEFT_OUTER)
+             .where(models.OutboundEmail.user == g.user))
+    scoped = keys.inbox_filter(g.token, models.OutboundEmail.inbox)
+    return query if scoped is None else query.where(scoped)
 
 
 def find(public_id):
@@ -71,7 +77,7 @@ def list_outbound():
     inbox = request.args.get("inbox")
     if inbox is not None:
         try:
-            query = query.where(models.OutboundEmail.inbox == owned_inbox(inbox))
+            query = query.where(models.OutboundEmail.inbox == owned_inbox(inbox, keys.READ))
         except ApiError:
             raise Invalid("inbox", f"no inbox {inbox!r} in this account") from None
     return jsonify(paginate(query, models.OutboundEmail.id, outbound_json))

@@ -3,8 +3,10 @@ from flask import g
 from flask import jsonify
 
 import models
+from core import keys
 from core import recipients
 from webapp.api.auth import owned_inbox
+from webapp.api.auth import require
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
 from webapp.api.outbound import iso
@@ -27,10 +29,12 @@ def _invalid(exc):
 
 
 def list_suppressions():
+    require(keys.READ)
     return jsonify(paginate(recipients.list_suppressions(g.user), models.Suppression.id, recipients.suppression_json))
 
 
 def add_suppression():
+    require(keys.MANAGE)
     body = json_body(MAX_BODY)
     _fields(body, SUPPRESSION_FIELDS)
     if ("address" in body) == ("addresses" in body):
@@ -50,6 +54,7 @@ def add_suppression():
 
 
 def remove_suppression(address):
+    require(keys.MANAGE)
     if not recipients.remove_suppression(g.user, address):
         raise ApiError(404, "not_found", "This address is not on the account's suppression list")
     return "", 204
@@ -67,11 +72,11 @@ def policy_json(inbox):
 
 
 def get_policy(address):
-    return jsonify(policy_json(owned_inbox(address)))
+    return jsonify(policy_json(owned_inbox(address, keys.READ)))
 
 
 def put_policy(address):
-    inbox = owned_inbox(address)
+    inbox = owned_inbox(address, keys.MANAGE)
     body = json_body(MAX_BODY)
     _fields(body, POLICY_FIELDS)
     try:
@@ -84,6 +89,6 @@ def put_policy(address):
 
 
 def resume(address):
-    inbox = owned_inbox(address)
+    inbox = owned_inbox(address, keys.MANAGE)
     recipients.resume(inbox)
     return jsonify(policy_json(inbox))

@@ -9,7 +9,9 @@ from flask import jsonify
 from flask import request
 
 import models
+from core import audit
 from core import errors
+from core import keys
 from core import quota
 from core import recipients as recipient_rules
 from core import submit
@@ -28,7 +30,7 @@ from webapp.api.validation import canonical_digest
 from webapp.api.validation import json_body
 from webapp.views import app_settings
 
-MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width
+MAX_IDEMPOTENCY_KEY = submit.MAX_IDEMPOTENCY_KEY  # characters, the column's width
 # The JSON body may be twice the message limit: JSON escapes text (\uXXXX) that MIME encodes more
 # tightly. Attachments are base64 in both, so their size is about the same in either.
 BODY_LIMIT_FACTOR = 2
@@ -37,11 +39,22 @@ BASE64_LINE_SIZE = 78
 
 
 def send(address):
-    inbox = owned_inbox(address)
+    try:
+        inbox = owned_inbox(address, keys.SEND)
+    except errors.KeyRefused as exc:
+        audit.record(g.actor, "send", "refused", exc.code, (address or "")[:320])
+        raise
     try:
         response = _send(inbox)
     except errors.SubmitError as exc:
+        audit.record(g.actor, "send", "refused", exc.code, inbox.address)
         response = handle_submit_error(exc)
+    except ApiError as exc:
+        audit.record(g.actor, "send", "refused", exc.code, inbox.address)
+        raise
+    if response.status_code == 202:
+        audit.record(g.actor, "send", "accepted", "replayed" if "Idempotent-Replayed" in response.headers else "",
+                     f"{response.get_json()['id']} from {inbox.address}")
     if response.status_code in (200, 202, 429):
         _rate_limit_headers(response)
     return response
@@ -66,7 +79,9 @@ def _send(inbox):
     recipients = parsed.envelope_recipients()
     submit.check_sender(inbox, inbox.address)  # a custom domain must still be verified
     recipient_rules.check_send(g.user, inbox, recipients)  # paused, suppressed, policy, first-contact cap
-    quota.check_quota(g.user, len(recipients))
+    keys.check_key_limit(g.token, len(recipients))
+    if not g.token.sandbox:  # a sandbox key's messages are not charged
+        quota.check_quota(g.user, len(recipients))
     quota.check_rate(g.user)
     try:
         message = build_message(_sender(inbox), parsed, inbox.address.rsplit("@", 1)[1])
@@ -84,7 +99,7 @@ def _send(inbox):
         if size > max_size:
             raise ApiError(413, "message_too_large", too_large(size, max_size))
         outbound = submit.submit(g.user, inbox, inbox.address, recipients, spool, via="api",
-                                     idempotency_key=key, request_hash=request_hash if key else None)
+                                 idempotency_key=key, request_hash=request_hash if key else None, key=g.token)
     return _accepted(outbound, replayed=outbound.created_at < started)
 
 
@@ -130,7 +145,7 @@ def _idempotency_key():
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+    if not submit.valid_idempotency_key(key):
         raise ApiError(400, "invalid_idempotency_key",
                        f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return key
@@ -153,6 +168,11 @@ def _rate_limit_headers(response):
     except OUTAGES as exc:  # headers are informative; a failed lookup must not cost the send
         current_app.logger.warning("quota headers unavailable: %s", exc)
         return
-    response.headers["X-RateLimit-Limit"] = str(allowance["limit"])
-    response.headers["X-RateLimit-Remaining"] = str(allowance["remaining"])
+    limit, remaining = allowance["limit"], allowance["remaining"]
+    if g.token.daily_limit is not None:  # the key's own cap, when it binds first
+        key_remaining = max(g.token.daily_limit - keys.key_sends_today(g.token.id), 0)
+        if key_remaining < remaining or g.token.sandbox:
+            limit, remaining = g.token.daily_limit, key_remaining
+    response.headers["X-RateLimit-Limit"] = str(limit)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
     response.headers["X-RateLimit-Reset"] = str(calendar.timegm(quota.next_reset().timetuple()))
