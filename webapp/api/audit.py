@@ -43,8 +43,8 @@ def _since(value):
         if len(value) > 40:
             raise ValueError(value)
         when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is not None:
+            when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved across midnight by its offset
         raise Invalid("since", "must be an ISO 8601 date-time, e.g. 2026-11-29T00:00:00Z") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return when

@@ -73,8 +73,8 @@ def _timestamp(value):
         raise Invalid("expires_at", "must be an ISO 8601 date-time, e.g. 2026-12-31T00:00:00Z")
     try:
         when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is not None:
+            when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved across midnight by its offset
         raise Invalid("expires_at", "must be an ISO 8601 date-time, e.g. 2026-12-31T00:00:00Z") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return when
