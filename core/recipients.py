@@ -431,6 +431,8 @@ def health(inbox_id, now=None) -> dict:
             detail = json.loads(detail)
         except ValueError:
             continue
+        if detail.get("simulated"):  # the mailbox simulator (core/simulator.py) says nothing of the inbox
+            continue
         if kind == BOUNCE_EVENT:
             bounce = detail.get("bounce") or {}
             if bounce.get("bounceType") == "Permanent":

@@ -203,9 +203,11 @@ def ses_event(envelope):
     return kind, event
 
 
-def apply(sns_message_id, kind, event):
+def apply(sns_message_id, kind, event, simulated=False):
     """Take what the lifecycle needs out of the SES event and apply it (outbound.apply_ses_event).
-    Returns what happened: "applied", "recorded" (history only), "duplicate" or "unknown"."""
+    Returns what happened: "applied", "recorded" (history only), "duplicate" or "unknown".
+    ``simulated`` (core/simulator.py): the event is marked so in its detail and has no effect on
+    the account (no suppression, not counted towards a pause), like SES's mailbox simulator."""
     mail = event["mail"]
     ses_message_id = mail.get("messageId")
     if not isinstance(ses_message_id, str):
@@ -216,10 +218,12 @@ def apply(sns_message_id, kind, event):
     detail_key = kind[0].lower() + kind[1:]
     detail = {"ses_message_id": ses_message_id, "sns_message_id": sns_message_id,
               detail_key: event.get(detail_key) or event.get(kind.lower()) or {}}
+    if simulated:
+        detail["simulated"] = True
     tagged_id = str(public_ids[0]) if public_ids else None
     outcome = outbound.apply_ses_event(kind, sns_message_id, ses_message_id, tagged_id, detail,
                                        lambda: describe(kind, event))
-    if outcome in ("applied", "recorded"):  # first time this SNS message is seen
+    if outcome in ("applied", "recorded") and not simulated:  # first time this SNS message is seen
         recipients.note_ses_event(kind, event, ses_message_id, tagged_id)  # suppress, maybe pause
     return outcome
 

@@ -5,7 +5,9 @@ A message whose recipients are all simulator addresses is accepted like any othe
 same 250/202, a copy in Sent) but not charged to the quota, and the relay job (smtpd_worker/jobs.py)
 never hands it to SES: it records it sent under a simulated SES id and applies the matching SES
 event through the same lifecycle function the SNS webhook uses (outbound.apply_ses_event), so an
-agent's bounce handling sees exactly what a real bounce looks like. Mixing simulator and real
+agent's bounce handling sees exactly what a real bounce looks like; the event is marked
+``simulated`` and, unlike a real one, neither suppresses the address nor counts towards pausing the
+inbox (core/recipients.py). Mixing simulator and real
 recipients in one message is refused (SimulatorMixed): one message has one fate.
 """
 import json
@@ -60,5 +62,5 @@ def simulate(claim) -> str:
         event = {"eventType": kind, "mail": {"messageId": ses_id, "tags": {"outbound_id": [row.public_id]},
                                              "destination": [rcpt]},
                  kind[0].lower() + kind[1:]: detail(rcpt)}
-        ses_events.apply(f"simulator:{row.public_id}:{claim.attempt}:{index}", kind, event)
+        ses_events.apply(f"simulator:{row.public_id}:{claim.attempt}:{index}", kind, event, simulated=True)
     return ses_id

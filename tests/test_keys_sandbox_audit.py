@@ -85,8 +85,13 @@ def test_simulator_recipients_end_bounced_delivered_complained_without_ses(smtp_
     assert by_id[complained.json()["id"]].status == "complained"
     history = api.get(f"/v1/outbound/{bounced.public_id}").json()["events"]
     assert [e["type"] for e in history] == ["queued", "attempt", "sent", "bounced"]
+    assert history[-1]["detail"]["simulated"] is True
     assert ses_sent() == []
     assert usage_today(account.user) == 0  # the simulator is never charged
+    with models.db.connection_context():  # and, unlike a real bounce, neither suppresses nor pauses
+        assert models.Suppression.select().count() == 0
+    again = api.post(f"/v1/inboxes/{account.address}/send", json=send_body(to=[f"bounced@{SIMULATOR}"]))
+    assert again.status_code == 202
 
 
 # -- Idempotency-Key over SMTP ----------------------------------------------------------------------
