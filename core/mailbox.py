@@ -23,6 +23,8 @@ from peewee import fn
 import models
 from core import accounts
 from core import blobs
+from core import keys
+from core.errors import KeyRefused
 
 FOLDERS = {"INBOX": "inbox", "Sent": "sent"}  # IMAP name -> Message.folder
 SPECIAL_USE = {"Sent": "\\Sent"}  # RFC 6154
@@ -80,16 +82,22 @@ def authenticate(address, token):
         inbox = models.Inbox.get_or_none(models.Inbox.address == address)
     if inbox is None or inbox.user_id != row.user_id:
         return None, None
+    try:  # the key's expiry, read permission and inbox scope (core/keys.py), as for SMTP and REST
+        keys.check(row, keys.READ, inbox)
+    except KeyRefused:
+        return None, None
     return inbox, row
 
 
 def still_authorized(inbox_id, token_id):
-    """True while token ``token_id`` is live and its account owns inbox ``inbox_id`` (one query, per command)."""
+    """True while token ``token_id`` is live (not revoked, not expired) and its account owns inbox
+    ``inbox_id`` (one query, per command)."""
     with models.db.connection_context():
         return (models.Inbox.select(models.Inbox.id)
                 .join(models.ApiToken, on=(models.ApiToken.user == models.Inbox.user))
                 .where(models.Inbox.id == inbox_id, models.ApiToken.id == token_id,
-                       models.ApiToken.revoked_at.is_null())
+                       models.ApiToken.revoked_at.is_null(),
+                       models.ApiToken.expires_at.is_null() | (models.ApiToken.expires_at > models.utcnow()))
                 .exists())
 
 

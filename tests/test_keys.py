@@ -235,3 +235,23 @@ def test_key_defaults_keep_todays_behaviour(api, account):
             created["sandbox"]) == (None, ["send", "read"], None, None, False)
     # The fixture's key stands for one created before scopes existed: every permission (migration 0006).
     assert api.get("/v1/account").json()["token"]["permissions"] == ["send", "read", "manage"]
+
+
+# -- IMAP (the same decision: read permission, inbox scope, expiry) -----------------------------------
+
+def test_key_scope_applies_to_imap_login(account, imap_client):
+    import imaplib
+
+    other = second_inbox(account)
+    _, scoped = new_key(account, inboxes=[account.address])
+    _, send_only = new_key(account, permissions=[keys.SEND], name="send-only")
+    _, expired = new_key(account, expires_at=models.utcnow() + datetime.timedelta(seconds=2), name="short")
+    assert imap_client(account.address, scoped).select("Sent")[0] == "OK"
+    for username, password in ((other.address, scoped), (account.address, send_only)):
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+            imap_client(username, password)
+    with models.db.connection_context():
+        expires_at = models.ApiToken.get(models.ApiToken.name == "short").expires_at
+    wait_until(lambda: models.utcnow() > expires_at, timeout=10, what="the key's expiry")
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+        imap_client(account.address, expired)
