@@ -277,7 +277,9 @@ malformed sub-object matters only then) gives ``last_error``, or None to keep it
     Returns "applied", "recorded" (history only), "duplicate" (this SNS message was applied
     before) or "unknown" (no such message here)."""
     e = models.OutboundEmail
-    with models.db.atomic():
+    # Reads, then writes: on SQLite take the write lock at BEGIN (models.write_atomic), or any other
+    # writer committing in between (a submission, the audit trail's batch) fails it at once.
+    with models.write_atomic():
         row = e.get_or_none(e.ses_message_id == ses_message_id) if ses_message_id else None
         other_copy = False
         if row is None and tagged_id is not None:
