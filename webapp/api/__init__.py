@@ -5,6 +5,7 @@ The route table below is the whole API; docs/api.md and openapi.py describe the 
 """
 from flask import Blueprint
 from flask import current_app
+from flask import g
 from flask import request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound
@@ -22,6 +23,7 @@ from webapp.api import sending
 from webapp.api import smtp_settings
 from webapp.api import webhooks
 from core import keys as keys_rules
+from core.errors import KeyRefused
 from webapp.api.auth import authenticate
 from webapp.api.auth import require
 from webapp.api.errors import error_response
@@ -84,6 +86,9 @@ def require_token():
         view = current_app.view_functions.get(request.endpoint)
         if getattr(view, "__module__", None) == webhooks.__name__:
             require(keys_rules.READ if view in WEBHOOK_VIEWS else keys_rules.MANAGE)
+            if g.token.inbox_ids and view is not webhooks.list_events:
+                # Endpoints may cover every inbox: only a key that sees every inbox manages them.
+                raise KeyRefused("inbox_scope", "webhooks are account-wide: use an API key that sees every inbox")
 
 
 @bp.route("/", defaults={"rest": ""}, methods=ANY_METHOD)

@@ -8,7 +8,9 @@ from flask import request
 import models
 from core import event_vocabulary
 from core import events
+from core import keys
 from core import webhooks
+from core.errors import KeyRefused
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -170,7 +172,12 @@ def list_events():
         if not wanted or len(wanted) > MAX_TYPES_ARG or unknown:
             raise Invalid("type", f"must be event types separated by commas: {', '.join(event_vocabulary.EVENT_TYPES)}")
     inbox = request.args.get("inbox")
-    inbox_id = _inbox_arg(inbox).id if inbox is not None else None
+    inbox_row = _inbox_arg(inbox) if inbox is not None else None
+    if g.token.inbox_ids and (inbox_row is None or not keys.may_see(g.token, inbox_row)):
+        # A key scoped to some inboxes reads the feed of one of them (?inbox=), never the account's.
+        raise KeyRefused("inbox_scope", "inbox outside the API key's scope (a scoped key must name one of "
+                                        "its inboxes: ?inbox=)")
+    inbox_id = inbox_row.id if inbox_row is not None else None
     limit = limit_arg()
     page = events.feed(g.user.id, after_id, wanted, inbox_id, limit)
     # The cursor moves to the last event returned; with none, it stays where the caller was.
