@@ -255,3 +255,17 @@ def test_key_scope_applies_to_imap_login(account, imap_client):
     wait_until(lambda: models.utcnow() > expires_at, timeout=10, what="the key's expiry")
     with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
         imap_client(account.address, expired)
+
+
+def test_key_scope_applies_to_webhooks_and_the_event_feed(api_server, account):
+    _, scoped = new_key(account, inboxes=[account.address], permissions=keys.PERMISSIONS, name="scoped-manager")
+    _, reader = new_key(account, permissions=[keys.READ], name="reader")
+    scoped_api, reader_api = ApiSession(api_server, scoped), ApiSession(api_server, reader)
+    refused = scoped_api.get("/v1/events")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "key_scope")
+    assert scoped_api.get("/v1/events", params={"inbox": account.address}).status_code == 200
+    assert scoped_api.get("/v1/webhooks").json()["error"]["message"] == \
+        "webhooks are account-wide: use an API key that sees every inbox"
+    assert reader_api.get("/v1/webhooks").status_code == 200
+    created = reader_api.post("/v1/webhooks", json={"url": "https://example.com/hook", "events": []})
+    assert (created.status_code, created.json()["error"]["message"]) == (403, "API key lacks the manage permission")
