@@ -92,14 +92,17 @@ def record_outbound(event_type, outbound_id, **extra):
 
 
 def queued_fields(public_id, inbox_address, fields):
-    """The ``outbound.queued`` event for ``models.record_submission`` (it writes the event in the
-    submission's one statement): its id, type, data and fan-out pattern."""
-    row = models.OutboundEmail(public_id=public_id, status="queued", via=fields["via"], mail_from=fields["mail_from"],
+    """The submission's event for ``models.record_submission`` (it writes the event in the
+    submission's one statement): its id, type, data and fan-out pattern. A message accepted by a
+    sandbox key is ``outbound.sandboxed`` (it will never be sent), any other ``outbound.queued``."""
+    status = fields["status"]
+    event_type = vocabulary.OUTBOUND_SANDBOXED if status == "sandboxed" else vocabulary.OUTBOUND_QUEUED
+    row = models.OutboundEmail(public_id=public_id, status=status, via=fields["via"], mail_from=fields["mail_from"],
                                recipients=fields["recipients"], message=None, ses_message_id=None, attempts=0,
                                last_error=None, created_at=fields["now"], updated_at=fields["now"])
     data = outbound_resource(row, inbox_address, fields["subject"], fields["message_id"])
-    return {"public_event_id": ids.new_event_id(), "public_event_type": vocabulary.OUTBOUND_QUEUED,
-            "public_event_data": json.dumps(data), "public_event_like": f"%,{vocabulary.OUTBOUND_QUEUED},%"}
+    return {"public_event_id": ids.new_event_id(), "public_event_type": event_type,
+            "public_event_data": json.dumps(data), "public_event_like": f"%,{event_type},%"}
 
 
 def envelope(event, inbox_address=None, outbound_public_id=None):

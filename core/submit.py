@@ -298,8 +298,6 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
                                  **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now, status=status)
     fields.update(events.queued_fields(public_id, inbox.address, fields))  # written in the same statement
-    if status != lifecycle.QUEUED:  # a sandboxed message: its public event says so in the resource
-        fields["public_event_data"] = json.dumps({**json.loads(fields["public_event_data"]), "status": status})
     try:
         capped = key is not None and key.daily_limit is not None
         first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused

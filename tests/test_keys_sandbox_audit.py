@@ -51,6 +51,9 @@ def test_sandbox_key_20_messages_accepted_stored_never_relayed_nor_charged(smtp_
     with models.db.connection_context():
         assert models.Message.select().where(models.Message.folder == "sent").count() == 20
         assert {e.type for e in models.OutboundEvent.select()} == {"sandboxed"}
+        public = [(e.type, json.loads(e.data)["status"]) for e in models.Event.select()]
+    # What webhooks and the feed see: one outbound.sandboxed per message, never outbound.queued.
+    assert public == [("outbound.sandboxed", "sandboxed")] * 20
     assert ses_sent() == []
     assert usage_today(account.user) == 0
     assert outbox.relay_queue().count == 0
