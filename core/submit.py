@@ -63,6 +63,7 @@ SENDER_FIELDS = (("sender", "Sender"), ("resent-from", "Resent-From"), ("resent-
 IDEMPOTENCY_FIELD = "idempotency-key"
 DROPPED_FIELDS = frozenset({"return-path", IDEMPOTENCY_FIELD})
 MAX_IDEMPOTENCY_KEY = 255  # characters, the column's width (the REST header has the same rule)
+IDEMPOTENCY_WINDOW = datetime.timedelta(hours=24)  # a repeated key replays within this; after it, it is a new send
 # Display names written unquoted must be atoms (RFC 5322 specials quoted; "=?" would read as an
 # encoded-word).
 NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]|=\?')
@@ -334,14 +335,21 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
 
 
 def earlier_send(user, idempotency_key, request_hash):
-    """The send ``idempotency_key`` already made for ``user`` (to be replayed), or None;
-    IdempotencyConflict if that send was for another request (``request_hash`` differs).
+    """The send ``idempotency_key`` already made for ``user`` within IDEMPOTENCY_WINDOW (to be
+    replayed), or None; IdempotencyConflict if that send was for another request (``request_hash``
+    differs). After the window the key may be used again for a new send.
 
     The one replay rule: the REST API asks before building a message, and submit asks again when
     the unique index on (user, idempotency_key) refuses a concurrent duplicate.
     """
     existing = models.OutboundEmail.get_or_none(models.OutboundEmail.user == user,
                                                 models.OutboundEmail.idempotency_key == idempotency_key)
+    if existing is not None and existing.created_at < models.utcnow() - IDEMPOTENCY_WINDOW:
+        # An expired key is free again: the old row lets go of it (only when it is reused, so no
+        # sweep and no cost on sends without a key), and the unique index admits the new send.
+        models.OutboundEmail.update(idempotency_key=None).where(
+            models.OutboundEmail.id == existing.id, models.OutboundEmail.idempotency_key == idempotency_key).execute()
+        return None
     if existing is not None and existing.request_hash != request_hash:
         raise IdempotencyConflict("This Idempotency-Key was used with a different request")
     return existing

@@ -1,6 +1,7 @@
 """Issue 13, continued: sandbox keys, the mailbox simulator, Idempotency-Key over SMTP, the audit
 trail, and the key choices in the CLI and the dashboard. Real SMTP server, real HTTP, real Redis
 queue and relay worker, the moto SES server over HTTP, both databases."""
+import datetime
 import json
 import re
 import subprocess
@@ -126,6 +127,41 @@ def test_smtp_idempotency_key_twice_one_outbound_one_message_at_ses(smtp_server,
     assert len(sent) == 1
     assert b"Idempotency-Key" not in sent[0]["raw_data"].encode()
     assert rows()[0].status == "sent"
+
+
+def test_idempotency_key_replays_within_24h_and_is_a_new_send_after(smtp_server, api, account, relay_config):
+    """Both front-ends: inside the window the key replays; once the first send is older than 24 h
+    the same key (same request) is a new send, over SMTP and over REST."""
+    raw = message(account.address).replace(b"Subject: hello\r\n", b"Subject: hello\r\nIdempotency-Key: daily-1\r\n")
+
+    def smtp_once():
+        client = RawClient(smtp_server)
+        client.authenticate(account.address, account.token)
+        client.start_data(account.address)
+        reply = client.cmd(raw.decode() + ".\r\n")
+        client.close()
+        return reply
+
+    def rest_once():
+        return api.post(f"/v1/inboxes/{account.address}/send", json=send_body(to=["a@example.com"]),
+                        headers={"Idempotency-Key": "daily-2"})
+
+    def age_all_sends(hours):
+        with models.db.connection_context():
+            models.OutboundEmail.update(created_at=models.utcnow() - datetime.timedelta(hours=hours)).execute()
+
+    first_smtp, first_rest = smtp_once(), rest_once()
+    assert first_smtp.startswith("250 2.0.0 OK queued as ob_") and first_rest.status_code == 202
+    smtp_id, rest_id = first_smtp.rsplit(" ", 1)[1], first_rest.json()["id"]
+    age_all_sends(23)
+    assert smtp_once() == codes.already_queued(smtp_id)
+    assert rest_once().headers.get("Idempotent-Replayed") == "true"
+    age_all_sends(25)
+    again_smtp, again_rest = smtp_once(), rest_once()
+    assert again_smtp.startswith("250 2.0.0 OK queued as ob_") and again_smtp.rsplit(" ", 1)[1] != smtp_id
+    assert again_rest.status_code == 202 and "Idempotent-Replayed" not in again_rest.headers
+    assert again_rest.json()["id"] != rest_id
+    assert len(rows()) == 4
 
 
 # -- the audit trail --------------------------------------------------------------------------------
