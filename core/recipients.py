@@ -309,6 +309,14 @@ def refused_at_rcpt(events) -> list:
     return []
 
 
+def refused_for_message(message_id) -> list:
+    """The same list for a stored Sent copy: the refusals of the OutboundEmail that sent it (the
+    copy's bytes stay exactly what was relayed; the refusals are told beside them)."""
+    queued = (models.OutboundEvent.select().join(models.OutboundEmail)
+              .where(models.OutboundEmail.message == message_id, models.OutboundEvent.type == "queued").first())
+    return refused_at_rcpt([queued] if queued is not None else [])
+
+
 # -- the suppression list ---------------------------------------------------------------------
 
 def suppression_json(row) -> dict:

@@ -78,6 +78,8 @@ def test_hard_bounce_suppresses_bob_smtp_refuses_him_and_carol_still_goes(
     shown = api.get(f"/v1/outbound/{public_id}").json()["refused_recipients"]
     assert shown == [{"address": a, "reason": codes.recipient_suppressed(a, reason)}
                      for a in ("bob@x.com", "Bob@X.com", "bob+1@x.com")]
+    sent_copy = api.get(f"/v1/inboxes/{account.address}/messages/{row.message_id}").json()
+    assert sent_copy["outbound_id"] == public_id and sent_copy["refused_recipients"] == shown
     assert jobs.relay_outbound(row.id) == "sent"
     assert [set(d) for d in sent_to(ses_sent, "after bounce")] == [{"carol@x.com"}]
 

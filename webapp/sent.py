@@ -12,6 +12,7 @@ import models
 from webapp.forms import MAX_ID
 from core import blobs
 from core import mailview
+from core import recipients as recipient_rules
 from webapp.inboxes import owned_inbox
 from webapp.views import get_or_404
 from webapp.views import paginate
@@ -62,6 +63,7 @@ def show(inbox_id, message_id):
         parsed = mailview.parse(f)
     outbound = models.OutboundEmail.get_or_none(models.OutboundEmail.message == message)
     return render_template("sent/show.html", inbox=inbox, message=message, outbound=outbound,
+                           refused=recipient_rules.refused_for_message(message.id),
                            headers=mailview.headers(parsed), text=mailview.text_body(parsed),
                            has_html=mailview.html_body(parsed) is not None,
                            attachments=mailview.attachments(parsed))

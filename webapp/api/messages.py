@@ -8,6 +8,7 @@ import models
 from core import blobs
 from core import keys
 from core import mailview
+from core import recipients
 from webapp.api.auth import owned_inbox
 from webapp.api.errors import ApiError
 from webapp.api.errors import Invalid
@@ -54,6 +55,7 @@ def get_message(address, message_id):
     data = message_json(row)
     data.update(mailview.content(parsed))
     data["raw_url"] = f"/v1/inboxes/{row.inbox.address}/messages/{row.id}.eml"
+    data["refused_recipients"] = recipients.refused_for_message(row.id)
     return jsonify(data)
 
 

@@ -206,7 +206,12 @@ SCHEMAS = {
                 "attachments": {"type": "array", "items": {
                     "type": "object", "properties": {"filename": _nullable(STRING), "content_type": STRING,
                                                      "size": {"type": "integer"}}}},
-                "raw_url": STRING}}],
+                "raw_url": STRING,
+                "refused_recipients": {
+                    "type": "array", "description": "Recipients of the envelope refused at SMTP RCPT (the "
+                                                    "message went to the others), with the reply.",
+                    "items": {"type": "object", "properties": {"address": STRING, "reason": _nullable(STRING)}}},
+            }}],
     },
 }
 
