@@ -330,6 +330,8 @@ def test_browser_phone_width_pages_have_no_horizontal_overflow(live_server, brow
     page.goto(f"{base}/account/keys/")
     page.fill("#name", "phone agent")
     page.click("button:has-text('Create key')")
+    expect(page.locator("#new-token")).to_be_visible()  # the new page, not the form page still going
+    page.wait_for_load_state("load")  # its stylesheet applied before measuring
     check("api-key-created")
     page.goto(f"{base}/account/keys/")
     check("api-keys")
