@@ -378,8 +378,12 @@ def test_dev_stack_stops_everything_and_fails_when_a_process_dies(tmp_path):
 
 def test_dev_stack_delivers_webhooks_to_a_receiver_on_this_machine(dev_stack, receiver):
     """`inboxlayer dev` allows loopback webhook URLs out of the box (production refuses them)."""
+    # Managing webhooks needs a key with the manage permission (the recipe's first key sends and reads).
+    hooks_key = dev_stack.cli("tokens", "create", USER, "--name", "hooks", "--permission", "send",
+                              "--permission", "read", "--permission", "manage", "--quiet")
+    assert hooks_key.returncode == 0, hooks_key.stderr
     api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {dev_stack.token}"
+    api.headers["Authorization"] = f"Bearer {hooks_key.stdout.strip()}"
     created = api.post(f"{dev_stack.url}/v1/webhooks", json={"url": receiver.url, "events": ["outbound.sent"]},
                        timeout=30)
     assert created.status_code == 201, created.text
