@@ -20,8 +20,14 @@ run: $(STAMP)
 services:
 	bash scripts/test-services.sh
 
+# The suite runs on TEST_WORKERS pytest-xdist processes (each its own databases and Redis prefixes,
+# a test file stays on one worker); tests marked `serial` (they restart the machine's Postgres) run
+# alone afterwards. Exit code 5 = "no tests collected" (PYTEST_ARGS selected none of that half).
+TEST_WORKERS ?= auto
+TEST_ENV = INBOXLAYER_TEST_DATABASES=$${INBOXLAYER_TEST_DATABASES:-sqlite,postgres}
 test: $(STAMP) services
-	INBOXLAYER_TEST_DATABASES=$${INBOXLAYER_TEST_DATABASES:-sqlite,postgres} $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(TEST_ENV) $(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP) services
 	$(BIN)/python bench/smtp_throughput.py

@@ -24,6 +24,8 @@ from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outcomes
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.serial  # restarts the machine's Postgres: never beside other tests
+
 BURST = 40
 
 
