@@ -39,6 +39,15 @@ def test_openapi_lists_exactly_the_served_routes(app):
     assert documented_operations(openapi.document()) == served_operations(app)
 
 
+def test_openapi_documents_the_key_scope_refusal_where_a_key_can_get_it():
+    """403 key_scope can answer every operation but the four any live key may call (the fuzz test
+    uses an all-permission key, so it would not notice a missing 403)."""
+    any_key = {("get", "/v1/account"), ("get", "/v1/smtp"), ("get", "/v1/inboxes"), ("get", "/v1/audit")}
+    missing = [(method, path) for path, operations in openapi.PATHS.items() for method, op in operations.items()
+               if op.get("security") != [] and (method, path) not in any_key and "403" not in op["responses"]]
+    assert missing == []
+
+
 def test_openapi_document_is_valid_openapi_3(anonymous_api):
     response = anonymous_api.get("/v1/openapi.json")
     assert response.status_code == 200

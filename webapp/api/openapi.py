@@ -466,37 +466,37 @@ PATHS = {
     "/v1/outbound/{public_id}": {"get": _op(
         "One outbound email with its status history", _ok("Outbound email", "Outbound"), (403,), [PUBLIC_ID])},
     "/v1/webhooks": {
-        "get": _op("List webhook endpoints", _ok("Endpoints, oldest first", "WebhookList"), ()),
+        "get": _op("List webhook endpoints", _ok("Endpoints, oldest first", "WebhookList"), (403,)),
         "post": _op("Create a webhook endpoint (its secret is in this answer only)",
-                    _ok("Created", "Webhook", "201"), (422,), body="WebhookCreate"),
+                    _ok("Created", "Webhook", "201"), (403, 422), body="WebhookCreate"),
     },
     "/v1/webhooks/{public_id}": {
-        "get": _op("One webhook endpoint", _ok("Endpoint", "Webhook"), (), [WEBHOOK_ID]),
-        "patch": _op("Change url, events, inbox filter or enabled", _ok("Endpoint", "Webhook"), (422,),
+        "get": _op("One webhook endpoint", _ok("Endpoint", "Webhook"), (403,), [WEBHOOK_ID]),
+        "patch": _op("Change url, events, inbox filter or enabled", _ok("Endpoint", "Webhook"), (403, 422),
                      [WEBHOOK_ID], body="WebhookUpdate"),
         "delete": {**_op("Delete a webhook endpoint and its delivery log", {}, (), [WEBHOOK_ID]),
                    "responses": {"204": {"description": "Deleted"},
-                                 **{str(s): _error(s) for s in (400, 401, 404, 405, 413, 503)}}},
+                                 **{str(s): _error(s) for s in (400, 401, 403, 404, 405, 413, 503)}}},
     },
     "/v1/webhooks/{public_id}/rotate-secret": {"post": _op(
         "New signing secret; the old one keeps signing for 24 h", _ok("Endpoint with its new secret", "Webhook"),
-        (), [WEBHOOK_ID])},
+        (403,), [WEBHOOK_ID])},
     "/v1/webhooks/{public_id}/deliveries": {"get": _op(
         "Delivery log: each event sent to this endpoint, its attempts, status codes, latency, response",
-        _ok("Deliveries, newest first", "DeliveryList"), (422,), [WEBHOOK_ID, LIMIT, CURSOR])},
+        _ok("Deliveries, newest first", "DeliveryList"), (403, 422), [WEBHOOK_ID, LIMIT, CURSOR])},
     "/v1/webhooks/{public_id}/replay": {"post": _op(
         "Deliver one event (same event id) or every event since a time again",
         _ok("Queued", status="202", schema={"type": "object", "required": ["replayed"],
                                             "properties": {"replayed": {"type": "integer"}}}),
-        (422,), [WEBHOOK_ID], body="WebhookReplay")},
+        (403, 422), [WEBHOOK_ID], body="WebhookReplay")},
     "/v1/webhooks/{public_id}/test": {"post": _op(
         "Send a `webhook.test` event to this endpoint",
         _ok("Queued", status="202", schema={"type": "object", "required": ["event"],
                                             "properties": {"event": STRING}}),
-        (409,), [WEBHOOK_ID])},
+        (403, 409), [WEBHOOK_ID])},
     "/v1/events": {"get": _op(
         "The event feed: events after a cursor, oldest first",
-        _ok("Events", "EventFeed"), (422,),
+        _ok("Events", "EventFeed"), (403, 422),
         [_query_param("after", {"type": "string"}, "`next_cursor` of the previous page; omit to start at the "
                                                    "oldest event retained."),
          _query_param("type", {"type": "string"}, "Event types, comma-separated."),
