@@ -7,12 +7,9 @@ failed-auth throttle SMTP uses (one Redis counter per client address, shared by 
 and every node).
 """
 import logging
-import signal
-import sys
 import time
 
 import gevent
-from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -24,6 +21,7 @@ from imapd.session import SessionSettings
 from smtpd_worker import tls
 from smtpd_worker.server import CountsPerKey
 from smtpd_worker.server import client_key
+from smtpd_worker.server import serve
 from smtpd_worker.server import use_greenlet_local_connections
 
 log = logging.getLogger(__name__)
@@ -154,31 +152,6 @@ def build(config, host=None, starttls_port=None, tls_port=None):
                       imap["max_connections"], imap["max_connections_per_ip"], imap["shutdown_grace"])
 
 
-def serve(server):
-    stopped = Event()
-
-    def shut_down():
-        log.info("shutting down: no new connections, waiting sessions get BYE")
-        server.stop()
-        stopped.set()
-
-    def on_signal():
-        if not server.stopping:
-            gevent.spawn(shut_down)
-
-    gevent.signal_handler(signal.SIGTERM, on_signal)
-    gevent.signal_handler(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot listen: %s", exc)
-        sys.exit(1)
-    for kind, (host, port) in server.addresses.items():
-        log.info("IMAP (%s) listening on %s:%d", "STARTTLS" if kind == "starttls" else "TLS", host, port)
-    stopped.wait()
-    log.info("stopped")
-
-
 def main(config):
     """`inboxlayer imapd`: the production server."""
     # Imported here (not for a cycle): only the server process loads the database stack.
@@ -191,4 +164,4 @@ def main(config):
     runtime.setup_logging(config)
     metrics.start_http_exporter(config["metrics"]["imap_port"], config["metrics"]["host"])
     use_greenlet_local_connections()
-    serve(build(config))
+    serve(build(config), protocol="IMAP", farewell="waiting sessions get BYE")

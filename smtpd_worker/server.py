@@ -236,12 +236,13 @@ def build(config, backend, host=None, starttls_port=None, tls_port=None):
                             smtp["shutdown_grace"], smtp["max_connections_per_ip"])
 
 
-def serve(server):
-    """Run ``server`` until SIGTERM or SIGINT, then shut it down gracefully."""
+def serve(server, protocol="SMTP submission", farewell="idle sessions get 421"):
+    """Run ``server`` until SIGTERM or SIGINT, then shut it down gracefully. The IMAP server
+    (imapd/server.py) runs the same way: ``protocol`` and ``farewell`` name it in the log."""
     stopped = Event()
 
     def shut_down():
-        log.info("shutting down: no new connections, idle sessions get 421")
+        log.info("shutting down: no new connections, %s", farewell)
         server.stop()
         stopped.set()
 
@@ -257,8 +258,7 @@ def serve(server):
         log.error("cannot listen: %s", exc)
         sys.exit(1)
     for kind, (host, port) in server.addresses.items():
-        log.info("SMTP submission (%s) listening on %s:%d", "STARTTLS" if kind == "starttls" else "TLS",
-                 host, port)
+        log.info("%s (%s) listening on %s:%d", protocol, "STARTTLS" if kind == "starttls" else "TLS", host, port)
     stopped.wait()
     log.info("stopped")
 
