@@ -4,6 +4,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import redis as redis_lib
 from rq.job import Job
 from rq.job import JobStatus
@@ -185,102 +186,96 @@ def test_worker_sigkill_takes_its_scheduler_process_along(start_worker):
 
 
 def test_redis_restart_loses_nothing_and_the_worker_carries_on(relay_config, start_worker, submit, ses_sent,
-                                                              free_tcp_port, tmp_path):
+                                                              private_redis):
     """A private redis-server (no persistence, like ours) is stopped and started again under a
     running worker. A message committed while Redis is down cannot be enqueued; the reconciler
     of the same worker process enqueues it once Redis is back. Each message is sent once."""
-    redis_url = f"redis://127.0.0.1:{free_tcp_port}/0"
+    relay_config["redis"]["url"] = private_redis.url
+    relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
+    runtime.configure(relay_config)
+    worker = start_worker(REDIS_URL=private_redis.url)
+    before = submit()
+    wait_until(lambda: outbound(before.id).status == "sent", what="the first message to be relayed")
 
-    pidfile = tmp_path / "redis.pid"
+    private_redis.stop()
+    during = submit()  # committed; its enqueue fails and is left to the reconciler
+    assert outbound(during.id).status == "queued"
+    private_redis.start()
 
-    def start_redis():
-        pidfile.unlink(missing_ok=True)
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(free_tcp_port),
-                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--pidfile", str(pidfile)],
-                       check=True, stdout=subprocess.DEVNULL)
-        # The server that answers must be the one just started (not a stale one, nor anything else
-        # that took the port while it was free).
-        wait_until(lambda: pidfile.exists() and _server_pid(redis_url) == int(pidfile.read_text()),
-                   what="the private redis-server to answer")
-
-    start_redis()
     try:
-        relay_config["redis"]["url"] = redis_url
-        relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
-        runtime.configure(relay_config)
-        worker = start_worker(REDIS_URL=redis_url)
-        before = submit()
-        wait_until(lambda: outbound(before.id).status == "sent", what="the first message to be relayed")
-
-        redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
-        during = submit()  # committed; its enqueue fails and is left to the reconciler
-        assert outbound(during.id).status == "queued"
-        start_redis()
-
-        try:
-            wait_until(lambda: outbound(during.id).status == "sent", timeout=60,
-                       what="the reconciler to enqueue the message committed while Redis was down")
-        except AssertionError as exc:  # the worker's own account is what explains a miss here
-            raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()[-6000:]}") from None
-        assert worker.proc.poll() is None
-        assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(before.id).ses_message_id,
-                                                              outbound(during.id).ses_message_id])
-        assert [t for t, _ in events_of(during.id)] == ["queued", "attempt", "sent"]
-    finally:
-        try:
-            redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
-        except redis_lib.RedisError:
-            pass
+        wait_until(lambda: outbound(during.id).status == "sent", timeout=60,
+                   what="the reconciler to enqueue the message committed while Redis was down")
+    except AssertionError as exc:  # the worker's own account is what explains a miss here
+        raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()[-6000:]}") from None
+    assert worker.proc.poll() is None
+    assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(before.id).ses_message_id,
+                                                          outbound(during.id).ses_message_id])
+    assert [t for t, _ in events_of(during.id)] == ["queued", "attempt", "sent"]
 
 
 def test_redis_lost_during_a_job_does_not_end_the_worker(relay_config, start_worker, submit, ses_sent,
-                                                          free_tcp_port, tmp_path):
+                                                          private_redis, tmp_path):
     """Redis goes away while a job is inside its SES call, so RQ's bookkeeping after the job fails
     (on the pool thread that ran it) and RQ may leave its work loop. The process goes on (a new
     work loop once Redis answers again if needed): it stays alive and relays the next message
     (before the fix it ran its reconciler and took no jobs)."""
-    redis_url = f"redis://127.0.0.1:{free_tcp_port}/0"
-    pidfile = tmp_path / "redis.pid"
     mark = tmp_path / "calling"
+    relay_config["redis"]["url"] = private_redis.url
+    relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
+    runtime.configure(relay_config)
+    worker = start_worker(REDIS_URL=private_redis.url, **_slow_ses(mark, 2))
+    first = submit()
+    wait_until(mark.exists, what="the worker to be inside the SES call")
+    private_redis.stop()
+    wait_until(lambda: outbound(first.id).status == "sent", what="the job in flight to record its send")
+    # RQ's bookkeeping after the job fails: on a pool thread (logged there) or, when the
+    # dispatching thread meets the lost Redis first, by RQ leaving its work loop.
+    wait_until(lambda: any(said in worker.output() for said in ("work loop", "failed around job")),
+               what="the worker to meet the lost Redis")
+    private_redis.start()
 
-    def start_redis():
-        pidfile.unlink(missing_ok=True)
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(free_tcp_port),
-                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--pidfile", str(pidfile)],
-                       check=True, stdout=subprocess.DEVNULL)
-        wait_until(lambda: pidfile.exists() and _server_pid(redis_url) == int(pidfile.read_text()),
+    second = submit()
+    try:
+        wait_until(lambda: outbound(second.id).status == "sent", timeout=60,
+                   what="the worker to relay a message after Redis came back")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()[-6000:]}") from None
+    assert worker.proc.poll() is None
+    assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(first.id).ses_message_id,
+                                                          outbound(second.id).ses_message_id])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (no persistence, like ours) that it can stop and start."""
+
+    def __init__(self, port, directory):
+        self.port, self.directory = port, directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.pidfile = directory / "redis.pid"
+
+    def start(self):
+        self.pidfile.unlink(missing_ok=True)
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port),
+                        "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                        "--pidfile", str(self.pidfile)], check=True, stdout=subprocess.DEVNULL)
+        # The server that answers must be the one just started (not a stale one, nor anything else
+        # that took the port while it was free).
+        wait_until(lambda: self.pidfile.exists() and _server_pid(self.url) == int(self.pidfile.read_text()),
                    what="the private redis-server to answer")
 
-    start_redis()
-    try:
-        relay_config["redis"]["url"] = redis_url
-        relay_config["relay"].update(reconcile_after=1, reconcile_interval=1)
-        runtime.configure(relay_config)
-        worker = start_worker(REDIS_URL=redis_url, **_slow_ses(mark, 2))
-        first = submit()
-        wait_until(mark.exists, what="the worker to be inside the SES call")
-        redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
-        wait_until(lambda: outbound(first.id).status == "sent", what="the job in flight to record its send")
-        # RQ's bookkeeping after the job fails: on a pool thread (logged there) or, when the
-        # dispatching thread meets the lost Redis first, by RQ leaving its work loop.
-        wait_until(lambda: any(said in worker.output() for said in ("work loop", "failed around job")),
-                   what="the worker to meet the lost Redis")
-        start_redis()
-
-        second = submit()
+    def stop(self):
         try:
-            wait_until(lambda: outbound(second.id).status == "sent", timeout=60,
-                       what="the worker to relay a message after Redis came back")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- worker output ---\n{worker.output()[-6000:]}") from None
-        assert worker.proc.poll() is None
-        assert sorted(m["id"] for m in ses_sent()) == sorted([outbound(first.id).ses_message_id,
-                                                              outbound(second.id).ses_message_id])
-    finally:
-        try:
-            redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
+            redis_lib.Redis.from_url(self.url).shutdown(nosave=True)
         except redis_lib.RedisError:
-            pass
+            pass  # already down
+
+
+@pytest.fixture
+def private_redis(free_tcp_port, tmp_path):
+    server = PrivateRedis(free_tcp_port, tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 def _server_pid(url):
