@@ -84,6 +84,14 @@ def check(token, action=None, inbox=None, now=None) -> None:
         raise KeyRefused("inbox_scope", "inbox outside the API key's scope")
 
 
+def check_account_wide(token, what) -> None:
+    """KeyRefused (``inbox_scope``) unless ``token`` sees every inbox of its account: for actions
+    whose effect reaches every inbox (creating inboxes, the suppression list, webhooks), which a key
+    confined to some inboxes must not take on the others' behalf. ``what`` names them, plural."""
+    if token.inbox_ids:
+        raise KeyRefused("inbox_scope", f"{what} are account-wide: use an API key that sees every inbox")
+
+
 def may_see(token, inbox) -> bool:
     """True when ``inbox`` (an Inbox row) is inside ``token``'s inbox scope."""
     if inbox.user_id != token.user_id:

@@ -269,3 +269,24 @@ def test_key_scope_applies_to_webhooks_and_the_event_feed(api_server, account):
     assert reader_api.get("/v1/webhooks").status_code == 200
     created = reader_api.post("/v1/webhooks", json={"url": "https://example.com/hook", "events": []})
     assert (created.status_code, created.json()["error"]["message"]) == (403, "API key lacks the manage permission")
+
+
+def test_key_scoped_to_one_inbox_cannot_act_for_the_whole_account(api_server, account):
+    """Creating inboxes and changing the suppression list reach every inbox of the account: a key
+    confined to one inbox is refused them even with ``manage``; an account-wide manage key is not."""
+    _, scoped = new_key(account, inboxes=[account.address], permissions=keys.PERMISSIONS, name="scoped-manager")
+    _, wide = new_key(account, permissions=keys.PERMISSIONS, name="account-manager")
+    scoped_api, wide_api = ApiSession(api_server, scoped), ApiSession(api_server, wide)
+    attempts = [("post", "/v1/inboxes", {"name": "newbox"}, "new inboxes"),
+                ("post", "/v1/suppressions", {"address": "x@example.com"}, "suppressions"),
+                ("delete", "/v1/suppressions/y@example.com", None, "suppressions")]
+    for method, path, body, what in attempts:
+        refused = getattr(scoped_api, method)(path, **({"json": body} if body is not None else {}))
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "key_scope"), path
+        assert refused.json()["error"]["message"] == f"{what} are account-wide: use an API key that sees every inbox"
+    with models.db.connection_context():
+        assert not models.Inbox.select().where(models.Inbox.address.startswith("newbox@")).exists()
+        assert not models.Suppression.select().where(models.Suppression.address == "x@example.com").exists()
+    assert wide_api.post("/v1/inboxes", json={"name": "newbox"}).status_code == 201
+    assert wide_api.post("/v1/suppressions", json={"address": "x@example.com"}).status_code == 201
+    assert scoped_api.get("/v1/suppressions").status_code == 200  # reading stays a read

@@ -23,7 +23,6 @@ from webapp.api import sending
 from webapp.api import smtp_settings
 from webapp.api import webhooks
 from core import keys as keys_rules
-from core.errors import KeyRefused
 from webapp.api.auth import authenticate
 from webapp.api.auth import require
 from webapp.api.errors import error_response
@@ -87,8 +86,7 @@ def require_token():
         if getattr(view, "__module__", None) == webhooks.__name__:
             require(keys_rules.READ if view in WEBHOOK_VIEWS else keys_rules.MANAGE)
             if g.token.inbox_ids and view is not webhooks.list_events:
-                # Endpoints may cover every inbox: only a key that sees every inbox manages them.
-                raise KeyRefused("inbox_scope", "webhooks are account-wide: use an API key that sees every inbox")
+                keys_rules.check_account_wide(g.token, "webhooks")  # an endpoint may cover every inbox
 
 
 @bp.route("/", defaults={"rest": ""}, methods=ANY_METHOD)

@@ -33,6 +33,7 @@ def list_inboxes():
 
 def create_inbox():
     require(keys.MANAGE)
+    keys.check_account_wide(g.token, "new inboxes")  # a key confined to some inboxes adds none
     name, domain_name, display_name = inbox_request(json_body())
     typed = app_settings()
     default_domain = typed.server.default_domain

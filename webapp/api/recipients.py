@@ -35,6 +35,7 @@ def list_suppressions():
 
 def add_suppression():
     require(keys.MANAGE)
+    keys.check_account_wide(g.token, "suppressions")  # the list applies to every inbox
     body = json_body(MAX_BODY)
     _fields(body, SUPPRESSION_FIELDS)
     if ("address" in body) == ("addresses" in body):
@@ -55,6 +56,7 @@ def add_suppression():
 
 def remove_suppression(address):
     require(keys.MANAGE)
+    keys.check_account_wide(g.token, "suppressions")
     if not recipients.remove_suppression(g.user, address):
         raise ApiError(404, "not_found", "This address is not on the account's suppression list")
     return "", 204
