@@ -1,26 +1,23 @@
-"""The CLI's side of the REST API: stored credentials and a small HTTP client (stdlib only).
+"""The CLI's side of the REST API: stored credentials, and inboxlayer_client (the project's one HTTP
+client) with its errors as one-line CliErrors.
 
 Credentials live in ``<config dir>/credentials.json`` (0600), where the config dir is
 $INBOXLAYER_HOME or typer's app dir for "inboxlayer" (~/.config/inboxlayer on Linux).
 INBOXLAYER_API_URL / INBOXLAYER_TOKEN override the file; --api-url / --token override both.
 """
-import ipaddress
 import json
 import os
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+import inboxlayer_client as client_lib
 from cli.output import CliError
 
 CREDENTIALS_FILE = "credentials.json"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-TIMEOUT = 120  # seconds per request; a 25 MB upload on a slow link takes a while
+TIMEOUT = client_lib.TIMEOUT
 USER_AGENT = "inboxlayer-cli/1"
 
 ApiUrlOption = typer.Option(None, "--api-url", help="API base URL (default: stored by `login`, or "
@@ -92,108 +89,46 @@ def resolve(api_url=None, token=None):
 
 
 def check_url(url):
-    """The base URL, refused unless it is https:// or plain http:// to this machine (loopback):
-    the token travels in every request, and plain http elsewhere would hand it to the network."""
+    """The base URL, refused (exit 2) unless https:// or plain http:// to this machine (loopback):
+    inboxlayer_client.check_url's rule, the token travels in every request."""
     try:
-        parsed = urllib.parse.urlsplit(url.strip())
-        scheme, hostname = parsed.scheme, parsed.hostname
-    except ValueError:  # e.g. an unclosed [IPv6 literal
-        scheme = hostname = None
-    if scheme not in ("http", "https") or not hostname:
-        raise CliError(f"API URL {url!r} must be http(s)://host[:port]", 2)
-    if scheme == "http" and not is_loopback(hostname):
-        raise CliError(f"refusing to send the API token over plain http to {hostname}: use https://{parsed.netloc}"
-                       " (plain http is allowed only for localhost, 127.0.0.0/8 and ::1)", 2)
-    return url.strip().rstrip("/")
-
-
-def is_loopback(hostname):
-    if hostname.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Never follow a redirect: urllib would resend the Authorization header to wherever it points.
-    The 3xx surfaces as an HTTPError and becomes an error naming the new location."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
+        return client_lib.check_url(url)
+    except client_lib.TransportError as exc:
+        raise CliError(str(exc), 2) from None
 
 
 class ApiClient:
+    """The commands' view of inboxlayer_client.Inboxlayer (the one HTTP client): the same calls,
+    its errors turned into one-line CliErrors (ApiError keeps the status and code)."""
+
     def __init__(self, credentials, timeout=TIMEOUT):
         self.credentials = credentials
         self.base_url = credentials.api_url
         self.timeout = timeout
+        self.api = client_lib.Inboxlayer(credentials.api_url, credentials.token, timeout=timeout,
+                                         user_agent=USER_AGENT)
 
     def get(self, path, **query):
-        query = {k: v for k, v in query.items() if v is not None}
-        if query:
-            path = f"{path}?{urllib.parse.urlencode(query)}"
-        return self.request("GET", path)
+        return self.call(self.api.get, path, **query)
 
     def post_json(self, path, data, headers=None):
-        return self.request("POST", path, json.dumps(data).encode(), headers)
+        return self.call(self.api.post_json, path, data, headers)
 
     def request(self, method, path, body=None, headers=None, length=None):
         """Send one request; return the decoded JSON. ``body`` is bytes or a binary file
         (then ``length`` is its size). Raises ApiError for refusals, CliError for transport."""
-        request = urllib.request.Request(self.base_url + path, data=body, method=method)
-        request.add_header("Authorization", f"Bearer {self.credentials.token}")
-        request.add_header("Accept", "application/json")
-        request.add_header("User-Agent", USER_AGENT)
-        if body is not None:
-            request.add_header("Content-Type", "application/json")
-            request.add_header("Content-Length", str(length if length is not None else len(body)))
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
+        return self.call(self.api.request, method, path, body, headers, length)
+
+    def call(self, method, *args, **kwargs):
+        """Run one Inboxlayer method; its errors as CliError (ApiError for the API's refusals)."""
         try:
-            with _opener.open(request, timeout=self.timeout) as response:
-                if response.status == 204:  # No Content (a DELETE)
-                    return None
-                return _decode(response.read(), response.status, self.base_url)
-        except urllib.error.HTTPError as exc:
-            if 300 <= exc.code < 400:
-                location = urllib.parse.urljoin(self.base_url + path, exc.headers.get("Location") or "")
-                raise CliError(f"the API at {self.base_url} redirected {method} {path} to {location} "
-                               f"(HTTP {exc.code}); not following it with the token: if that is the API, "
-                               "use its address as --api-url") from None
-            raise _api_error(exc) from None
-        except urllib.error.URLError as exc:
-            raise CliError(f"cannot reach the API at {self.base_url}: {exc.reason}") from None
-        except (socket.timeout, TimeoutError):
-            raise CliError(f"the API at {self.base_url} did not answer within {self.timeout}s") from None
-        except OSError as exc:
-            raise CliError(f"connection to the API at {self.base_url} failed: {exc}") from None
-
-
-def _decode(raw, status, base_url):
-    if status == 204:
-        return None  # No Content (a DELETE)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise CliError(f"the server at {base_url} answered HTTP {status} with something that is not JSON; "
-                       "is --api-url the Inboxlayer API?") from None
-
-
-def _api_error(exc):
-    try:
-        raw = exc.read()
-    except OSError:
-        raw = b""
-    try:
-        error = json.loads(raw)["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"{exc.reason or 'request failed'}"
-    if exc.code == 401:
-        message = f"{message}; check the token or run `inboxlayer login`"
-    return ApiError(exc.code, code, message, dict(exc.headers or {}))
+            return method(*args, **kwargs)
+        except client_lib.ApiError as exc:
+            message = exc.message
+            if exc.status == 401:
+                message = f"{message}; check the token or run `inboxlayer login`"
+            raise ApiError(exc.status, exc.code, message, exc.headers) from None
+        except client_lib.WaitTimeout:
+            raise  # the caller knows its exit code
+        except client_lib.InboxlayerError as exc:
+            raise CliError(str(exc)) from None

@@ -3,13 +3,11 @@
 Exit codes shared with `send --wait`: 0 fine, 1 error, 2 usage, 3 timed out waiting,
 4 the message bounced, drew a complaint or failed.
 """
-import time
-import urllib.parse
-
 import typer
 from rich.table import Column
 from rich.table import Table
 
+import inboxlayer_client as client_lib
 from cli.client import ApiClient
 from cli.client import ApiUrlOption
 from cli.client import TokenOption
@@ -34,7 +32,7 @@ app = typer.Typer(help="Outbound emails: status and history of what was sent.", 
 
 
 def fetch(client, outbound_id):
-    return client.get(f"/v1/outbound/{urllib.parse.quote(outbound_id, safe='')}")
+    return client.call(client.api.get_outbound, outbound_id)
 
 
 def style_of(status):
@@ -54,17 +52,16 @@ def styled(status):
 
 def wait_for(client, outbound_id, until, timeout):
     """Poll until the status is in ``until`` or final; show it live on stderr. Returns the row."""
-    deadline = time.monotonic() + timeout if timeout else None
     with err_console.status(f"{outbound_id}: waiting") as live:
-        while True:
-            row = fetch(client, outbound_id)
+        def show_progress(row):
             attempts = f", attempt {row['attempts']}" if row.get("attempts") else ""
             live.update(f"{outbound_id}: {styled(row['status'])}{attempts}")
-            if row["status"] in until or row["status"] in FINAL:
-                return row
-            if deadline is not None and time.monotonic() >= deadline:
-                raise CliError(f"{outbound_id} is still {row['status']} after {timeout:g}s", EXIT_TIMEOUT)
-            time.sleep(POLL_INTERVAL)
+
+        try:
+            return client.call(client.api.wait_for_outbound, outbound_id, until=until, timeout=timeout,
+                               interval=POLL_INTERVAL, on_poll=show_progress)
+        except client_lib.WaitTimeout as exc:
+            raise CliError(str(exc), EXIT_TIMEOUT) from None
 
 
 def check_outcome(row):

@@ -168,19 +168,17 @@ def _readable(path):
 # -- via the REST API -----------------------------------------------------------------------------
 
 def _send_api(client, sender, body, attachments, idempotency_key):
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    path = f"/v1/inboxes/{urllib.parse.quote(sender.strip(), safe='@')}/send"
     with tempfile.TemporaryFile(prefix="inboxlayer-send-") as spool:
         _write_json_body(spool, body, attachments)
         size = spool.tell()
         spool.seek(0)
         if size < PROGRESS_THRESHOLD:
-            return client.request("POST", path, spool.read(), headers)
+            return client.call(client.api.send_raw, sender, spool.read(), idempotency_key)
         with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       console=err_console) as progress:
             task = progress.add_task("upload", total=size)
             reader = _ProgressReader(spool, lambda n: progress.advance(task, n))
-            return client.request("POST", path, reader, headers, length=size)
+            return client.call(client.api.send_raw, sender, reader, idempotency_key, length=size)
 
 
 def _write_json_body(out, body, attachments):
