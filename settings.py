@@ -368,6 +368,12 @@ class Events(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Audit(Section):
+    retention_days: int
+    prune_interval: int  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
 class Dev(Section):
     redis_port: int
 
@@ -387,7 +393,7 @@ class Plan(Section):
 
 SECTIONS = {"server": Server, "database": Database, "redis": Redis, "web": Web, "smtp": Smtp, "imap": Imap, "ses": Ses,
             "blobs": Blobs, "relay": Relay, "dns": Dns, "metrics": Metrics, "webhooks": Webhooks, "events": Events,
-            "dev": Dev}
+            "audit": Audit, "dev": Dev}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +412,7 @@ class Settings:
     metrics: Metrics
     webhooks: Webhooks
     events: Events
+    audit: Audit
     dev: Dev
     plans: Mapping[str, Plan]
 

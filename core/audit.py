@@ -9,11 +9,13 @@ the database is down the oldest rows are dropped and counted, never the process'
 """
 import atexit
 import collections
+import datetime
 import logging
 import threading
 from dataclasses import dataclass
 
 import models
+import settings
 from core.errors import OUTAGES
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,22 @@ def flush():
             log.warning("audit trail: %d row(s) not written: %s", len(rows), exc)
             return 0
         return len(rows)
+
+
+PRUNE_BATCH = 10_000  # rows deleted per statement, so a long backlog never holds one huge transaction
+
+
+def prune(now=None):
+    """Delete audit rows older than ``audit.retention_days``. A periodic task; returns how many."""
+    cutoff = (now or models.utcnow()) - datetime.timedelta(days=settings.current().audit.retention_days)
+    removed = 0
+    with models.db.connection_context():
+        while True:
+            old = [row.id for row in models.AuditEvent.select(models.AuditEvent.id)
+                   .where(models.AuditEvent.occurred_at < cutoff).limit(PRUNE_BATCH)]
+            if not old:
+                return removed
+            removed += models.AuditEvent.delete().where(models.AuditEvent.id.in_(old)).execute()
 
 
 def _run():

@@ -27,6 +27,7 @@ def tasks(config):
         (config["blobs"]["sweep_interval"], "smtpd_worker.sweeper:sweep_orphan_blobs"),
         (config["webhooks"]["dispatch_interval"], "core.webhooks:dispatch_due"),
         (config["events"]["prune_interval"], "core.events:prune"),
+        (config["audit"]["prune_interval"], "core.audit:prune"),
     ]
 
 

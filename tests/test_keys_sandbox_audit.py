@@ -7,8 +7,10 @@ import re
 import subprocess
 
 import models
+from core import audit
 from core import keys
 from core import outbox
+from smtpd_worker import periodic
 from tests import smtp_codes as codes
 from tests.fixtures_api import ApiSession
 from tests.fixtures_api import send_body
@@ -217,6 +219,24 @@ def test_audit_refused_send_at_rcpt_recorded(smtp_client, api, account):
     refusals = wait_until(lambda: [e for e in api.get("/v1/audit", params={"key": prefix}).json()["data"]
                                    if e["outcome"] == "refused"], what="the refusal in the audit trail")
     assert [(e["reason"], e["protocol"]) for e in refusals] == [("key_limit_exceeded", "smtp")]
+
+
+def test_audit_rows_past_retention_are_pruned(account, reconfigure, config):
+    config["audit"]["retention_days"] = 90
+    reconfigure()
+    now = models.utcnow()
+    ages = {"old": 91, "edge": 89, "new": 0}
+    with models.db.connection_context():
+        for detail, days in ages.items():
+            models.AuditEvent.create(user=account.user, action="auth", outcome="success", protocol="api",
+                                     detail=detail, occurred_at=now - datetime.timedelta(days=days))
+
+    assert audit.prune(now) == 1
+
+    with models.db.connection_context():
+        kept = sorted(e.detail for e in models.AuditEvent.select().where(models.AuditEvent.user == account.user))
+    assert kept == ["edge", "new"]
+    assert (config["audit"]["prune_interval"], "core.audit:prune") in periodic.tasks(config)  # workers run it
 
 
 # -- CLI and dashboard ------------------------------------------------------------------------------
