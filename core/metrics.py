@@ -41,5 +41,6 @@ def _queue_depth():
         return float("nan")
 
 
+READINESS_RUNS = Counter("inboxlayer_readiness_runs_total", "Readiness checks run (database, Redis, SES)")
 QUEUE_DEPTH = Gauge("inboxlayer_relay_queue_depth", "Relay jobs waiting in Redis")
 QUEUE_DEPTH.set_function(_queue_depth)

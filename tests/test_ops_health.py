@@ -107,6 +107,21 @@ def test_readyz_shows_details_only_to_operators(app, config, free_tcp_port, reco
         assert "detail" not in client.get("/readyz", headers=headers, environ_base=environ).get_json()["checks"]["ses"]
 
 
+def test_readyz_public_answers_share_one_run_operators_get_a_fresh_one(app):
+    """A public client polling /readyz must not turn each request into database, Redis and SES API
+    calls (the SES account's API rate is every tenant's)."""
+    client = app.test_client()
+    runs = metrics.READINESS_RUNS._value.get
+    client.get("/readyz", environ_base=PUBLIC_CLIENT)  # may start a fresh interval
+    before = runs()
+    answers = [client.get("/readyz", environ_base=PUBLIC_CLIENT) for _ in range(30)]
+    assert {a.status_code for a in answers} == {200}
+    assert runs() - before <= 1  # at most the one run that a closing interval forces, not 30
+    for _ in range(3):
+        assert client.get("/readyz", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    assert runs() - before >= 3  # operators see the state now
+
+
 def test_metrics_only_for_operators(app, config, reconfigure):
     client = app.test_client()
     refused = client.get("/metrics", environ_base=PUBLIC_CLIENT)

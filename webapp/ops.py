@@ -4,7 +4,8 @@ What the public may see and what only operators may:
 
 - ``/healthz`` answers 200 without touching any dependency (liveness), for anyone.
 - ``/readyz`` answers 200 or 503 for anyone, with each check's name and ``ok``; the check details
-  (timings, endpoints, exception text) only for operators.
+  (timings, endpoints, exception text) only for operators. The public answer is at most
+  ``core.health.SHARED_MAX_AGE`` seconds old: one run per interval, however often it is asked.
 - ``/metrics`` (Prometheus text) only for operators; anyone else gets 403.
 
 An operator is a request carrying ``Authorization: Bearer <web.ops_token>`` (set it with
@@ -65,9 +66,10 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    results = health.run_all(app_config())
-    ready = all(ok for ok, _ in results.values())
     operator = is_operator()
+    # Operators get a fresh run; the public shares one run per interval (see health.SHARED_MAX_AGE).
+    results = health.run_all(app_config()) if operator else health.run_all_shared(app_config())
+    ready = all(ok for ok, _ in results.values())
     body = {name: ({"ok": ok, "detail": detail} if operator else {"ok": ok})
             for name, (ok, detail) in results.items()}
     return jsonify(status="ready" if ready else "unavailable", checks=body), 200 if ready else 503
