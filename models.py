@@ -134,6 +134,20 @@ class Message(BaseModel):
     size = BigIntegerField()
     blob_key = CharField(max_length=255, index=True)
     created_at = DateTimeField(default=utcnow, index=True)
+    # The IMAP UID: from the inbox's ImapUidCounter, taken in the transaction that inserts the row,
+    # so UIDs ascend in commit order and are never reused (not the id: Postgres hands ids out at
+    # INSERT, and two sends can commit in the opposite order).
+    imap_uid = BigIntegerField()
+
+    class Meta:
+        indexes = ((("inbox", "folder", "imap_uid"), True),)
+
+
+class ImapUidCounter(BaseModel):
+    """The last IMAP UID an inbox handed out. Its row lock serialises the inbox's commits that take
+    one (record_submission), which is what makes UID order the order in which messages become visible."""
+    inbox = ForeignKeyField(Inbox, primary_key=True, on_delete="CASCADE")
+    last_uid = BigIntegerField()
 
 
 class MessageFlags(BaseModel):
@@ -318,7 +332,7 @@ class AuditEvent(BaseModel):
         indexes = ((("user", "id"), False),)
 
 
-MODELS = [User, ApiToken, Domain, Inbox, Message, MessageFlags, OutboundEmail, OutboundEvent, SendUsage,
+MODELS = [User, ApiToken, Domain, Inbox, Message, ImapUidCounter, MessageFlags, OutboundEmail, OutboundEvent, SendUsage,
           Suppression, RecipientRule, KnownRecipient, NewRecipientUsage, Event, WebhookEndpoint, WebhookDelivery,
           WebhookAttempt, KeyUsage, AuditEvent]
 
@@ -476,10 +490,15 @@ WITH usage AS (
     ON CONFLICT (user_id, day) DO UPDATE SET count = send_usage.count + EXCLUDED.count
     WHERE send_usage.count + EXCLUDED.count <= %(limit)s
     RETURNING 1
+), uid AS (
+    INSERT INTO imap_uid_counter (inbox_id, last_uid) SELECT %(inbox_id)s, 1 FROM usage
+    ON CONFLICT (inbox_id) DO UPDATE SET last_uid = imap_uid_counter.last_uid + 1
+    RETURNING last_uid
 ), sent AS (
-    INSERT INTO message (inbox_id, folder, message_id, subject, from_addr, to_addrs, size, blob_key, created_at)
+    INSERT INTO message (inbox_id, folder, message_id, subject, from_addr, to_addrs, size, blob_key, created_at,
+                         imap_uid)
     SELECT %(inbox_id)s, 'sent', %(message_id)s, %(subject)s, %(from_addr)s, %(to_addrs)s, %(size)s,
-           %(blob_key)s, %(now)s FROM usage
+           %(blob_key)s, %(now)s, uid.last_uid FROM usage, uid
     RETURNING id
 ), outbound AS (
     INSERT INTO outbound_email (public_id, user_id, inbox_id, message_id, via, mail_from, recipients, status,
@@ -528,6 +547,16 @@ def insert_event(public_id, user_id, inbox_id, outbound_id, event_type, data_jso
     return event_id
 
 
+def next_imap_uid(inbox_id):
+    """Take the inbox's next IMAP UID, in the caller's transaction: the counter row stays locked
+    until it commits, so the inbox's next UID is taken only after this one is visible. (Postgres's
+    submission does the same inside its one statement, the ``uid`` step of _RECORD_SUBMISSION_PG.)"""
+    (ImapUidCounter.insert(inbox=inbox_id, last_uid=1)
+     .on_conflict(conflict_target=[ImapUidCounter.inbox],
+                  update={ImapUidCounter.last_uid: ImapUidCounter.last_uid + 1}).execute())
+    return ImapUidCounter.select(ImapUidCounter.last_uid).where(ImapUidCounter.inbox == inbox_id).scalar()
+
+
 def record_submission(fields, count, limit):
     """Store a submitted message, all or nothing: the Sent copy (Message), the queued
     OutboundEmail, its first event, and ``count`` sends reserved within ``limit``.
@@ -549,7 +578,8 @@ def record_submission(fields, count, limit):
         message_id = Message.insert(
             inbox=fields["inbox_id"], folder="sent", message_id=fields["message_id"], subject=fields["subject"],
             from_addr=fields["from_addr"], to_addrs=fields["to_addrs"], size=fields["size"],
-            blob_key=fields["blob_key"], created_at=fields["now"]).execute()
+            blob_key=fields["blob_key"], created_at=fields["now"],
+            imap_uid=next_imap_uid(fields["inbox_id"])).execute()
         outbound_id = OutboundEmail.insert(
             public_id=fields["public_id"], user=fields["user_id"], inbox=fields["inbox_id"], message=message_id,
             via=fields["via"], mail_from=fields["mail_from"], recipients=fields["recipients"], status=fields["status"],

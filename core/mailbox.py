@@ -4,13 +4,12 @@ Protocol-free: imapd/ parses and renders IMAP, this module answers from the mode
 store. Each function scopes its own connection (``connection_context``), so an idle IMAP session
 holds none.
 
-UIDs are the Message row ids. They ascend in a folder, and are never reused within one inbox:
-messages are only ever deleted together with their inbox, and a re-created inbox is a new row with
-a new ``created_at``, which is the UIDVALIDITY. (SQLite may hand out the rowid of a deleted last
-row again, but every row of a live inbox is older than any such reuse, so a reused id is still
-above each UID the inbox ever had.) Postgres assigns ids at INSERT, not at COMMIT, so two
-concurrent sends may commit out of id order; a client that saw the higher UID first still gets the
-lower one on its next full UID FETCH/SEARCH, not through UIDNEXT. docs/imap.md says so.
+UIDs are Message.imap_uid, taken from the inbox's counter (models.ImapUidCounter) in the
+transaction that stores the message; the counter's row lock makes the inbox's commits take turns,
+so UIDs become visible in ascending order and a client that saw UID n never learns of a lower one
+later. They are never reused: messages are only deleted with their inbox, and a re-created inbox
+is a new row with a new counter and a new ``created_at``, which is the UIDVALIDITY. (Messages
+stored before migration 0011 kept their id as their UID.)
 """
 import calendar
 import datetime
@@ -18,7 +17,6 @@ from array import array
 from dataclasses import dataclass
 
 from peewee import JOIN
-from peewee import fn
 
 import models
 from core import accounts
@@ -106,9 +104,10 @@ def still_authorized(inbox_id, token_id):
 def uids(inbox_id, folder, after=0):
     """The UIDs in ``folder`` above ``after``, ascending, as a compact array (8 bytes each)."""
     with models.db.connection_context():
-        query = (models.Message.select(models.Message.id)
-                 .where(models.Message.inbox == inbox_id, models.Message.folder == folder, models.Message.id > after)
-                 .order_by(models.Message.id).tuples())
+        query = (models.Message.select(models.Message.imap_uid)
+                 .where(models.Message.inbox == inbox_id, models.Message.folder == folder,
+                        models.Message.imap_uid > after)
+                 .order_by(models.Message.imap_uid).tuples())
         return array("q", (row[0] for row in query.iterator()))
 
 
@@ -116,12 +115,12 @@ def _meta_query(inbox_id, folder):
     return (models.Message.select(models.Message, models.MessageFlags.seen, models.MessageFlags.flagged)
             .join(models.MessageFlags, JOIN.LEFT_OUTER, on=(models.MessageFlags.message == models.Message.id))
             .where(models.Message.inbox == inbox_id, models.Message.folder == folder)
-            .order_by(models.Message.id))
+            .order_by(models.Message.imap_uid))
 
 
 def _meta(row):
     flags = getattr(row, "messageflags", None)
-    return MessageMeta(uid=row.id, size=row.size, internal_date=row.created_at, blob_key=row.blob_key,
+    return MessageMeta(uid=row.imap_uid, size=row.size, internal_date=row.created_at, blob_key=row.blob_key,
                        message_id=row.message_id, subject=row.subject or "", from_addr=row.from_addr or "",
                        to_addrs=row.to_addrs or "", seen=bool(flags and flags.seen), flagged=bool(flags and flags.flagged))
 
@@ -132,8 +131,8 @@ def metadata(inbox_id, folder, wanted):
     with models.db.connection_context():
         for start in range(0, len(wanted), ROWS_PER_QUERY):
             batch = wanted[start:start + ROWS_PER_QUERY]
-            for row in _meta_query(inbox_id, folder).where(models.Message.id.in_(batch)):
-                found[row.id] = _meta(row)
+            for row in _meta_query(inbox_id, folder).where(models.Message.imap_uid.in_(batch)):
+                found[row.imap_uid] = _meta(row)
     return [found[uid] for uid in wanted if uid in found]
 
 
@@ -145,14 +144,14 @@ def all_metadata(inbox_id, folder):
 
 
 def status(inbox_id, folder):
-    """(messages, unseen, highest uid) of ``folder``."""
+    """(messages, unseen, highest UID the inbox has handed out) of ``folder``: UIDNEXT is one more."""
     with models.db.connection_context():
         base = models.Message.select().where(models.Message.inbox == inbox_id, models.Message.folder == folder)
         total = base.count()
         seen = (base.join(models.MessageFlags, on=(models.MessageFlags.message == models.Message.id))
                 .where(models.MessageFlags.seen == True).count())  # noqa: E712 (peewee expression)
-        highest = (models.Message.select(fn.MAX(models.Message.id))
-                   .where(models.Message.inbox == inbox_id, models.Message.folder == folder).scalar()) or 0
+        highest = (models.ImapUidCounter.select(models.ImapUidCounter.last_uid)  # the inbox's, any folder
+                   .where(models.ImapUidCounter.inbox == inbox_id).scalar()) or 0
     return total, total - seen, highest
 
 
@@ -169,7 +168,7 @@ def set_flags(inbox_id, folder, wanted, seen=None, flagged=None):
         for start in range(0, len(wanted), ROWS_PER_QUERY):
             batch = [row[0] for row in models.Message.select(models.Message.id).where(
                 models.Message.inbox == inbox_id, models.Message.folder == folder,
-                models.Message.id.in_(wanted[start:start + ROWS_PER_QUERY])).tuples()]
+                models.Message.imap_uid.in_(wanted[start:start + ROWS_PER_QUERY])).tuples()]
             if not batch:
                 continue
             with models.db.atomic():
@@ -190,7 +189,7 @@ def find_sent_copy(inbox_id, message_id, now=None):
         return None
     since = (now or models.utcnow()) - DUPLICATE_WINDOW
     with models.db.connection_context():
-        return (models.Message.select(models.Message.id)
+        return (models.Message.select(models.Message.imap_uid)
                 .where(models.Message.inbox == inbox_id, models.Message.folder == "sent",
                        models.Message.message_id == message_id[:998], models.Message.created_at >= since)
-                .order_by(models.Message.id.desc()).scalar())
+                .order_by(models.Message.imap_uid.desc()).scalar())

@@ -26,8 +26,8 @@ def stored_copies(address):
     """{uid: bytes} of the inbox's Sent copies, read from the blob store."""
     with models.db.connection_context():
         rows = list(models.Message.select().join(models.Inbox).where(models.Inbox.address == address)
-                    .order_by(models.Message.id))
-    return {row.id: blobs.store().read_bytes(row.blob_key) for row in rows}
+                    .order_by(models.Message.imap_uid))
+    return {row.imap_uid: blobs.store().read_bytes(row.blob_key) for row in rows}
 
 
 def smtp_message(account, subject, body="Hello over SMTP\r\n", attachment=None):

@@ -365,7 +365,8 @@ def store_hostile_message(account, to_count=16000):
     with models.db.connection_context():
         return models.Message.create(inbox=account.inbox.id, folder="sent", message_id="<hostile@x>",
                                      subject="flood", from_addr=account.address, to_addrs="r0@example.com",
-                                     size=len(raw), blob_key=key)
+                                     size=len(raw), blob_key=key,
+                                     imap_uid=models.next_imap_uid(account.inbox.id))
 
 
 def test_api_reads_a_message_with_a_huge_to_header_quickly(api, account):
