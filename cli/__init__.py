@@ -1,7 +1,7 @@
 """`inboxlayer`: admin, sending and server commands.
 
 Client commands talk HTTP and SMTP only: `login`, `logout`, `send`, `status`, `outbound`,
-`suppressions` import
+`suppressions`, `events`, `webhooks`, `mcp` import
 cli/client.py and cli/output.py, never Flask, peewee or Redis. Admin commands open the database
 (`db`, `users`, `tokens`, `inboxes`, through cli/common.py) or run a process (`web`, `smtpd`,
 `worker`, `dev`, `health`, in cli/servers.py).
@@ -47,6 +47,7 @@ COMMANDS = {
     "outbound": ("cli.outbound:app", "Outbound emails: status and history of what was sent."),
     "events": ("cli.events:app", "Events: what happened to your mail, domains and inboxes."),
     "webhooks": ("cli.webhooks:app", "Webhook endpoints: where your events are POSTed, signed."),
+    "mcp": ("cli.mcp:mcp", "Serve the MCP tools over stdio for a local agent (INBOXLAYER_TOKEN, INBOXLAYER_API_URL)."),
     "audit": ("cli.audit:audit", "Show the audit trail: logins and sends, with key prefix, client IP and protocol."),
 }
 

@@ -14,8 +14,8 @@ are retried after their ``Retry-After`` (bounded: ``max_retries`` times, ``max_r
 seconds each). The client refuses plain http to anything but this machine (the token travels
 in every request) and follows no redirect (it would resend the token wherever it points).
 
-The CLI's client commands (cli/client.py) and the MCP server (cli/mcp.py) use this module: it is
-the project's one HTTP client. docs/agents.md is its reference.
+The CLI's client commands (cli/client.py) and the MCP tools (inboxlayer_client/mcp_server.py) use
+this module: it is the project's one HTTP client. docs/agents.md is its reference.
 """
 import base64
 import datetime
@@ -202,8 +202,9 @@ class Inboxlayer:
     """The REST API at ``api_url`` with ``token`` (an API key: its scope limits what this client can do)."""
 
     def __init__(self, api_url, token, timeout=TIMEOUT, max_retries=MAX_RETRIES, max_retry_wait=MAX_RETRY_WAIT,
-                 user_agent=USER_AGENT, sleep=time.sleep):
-        self.base_url = check_url(api_url)
+                 user_agent=USER_AGENT, sleep=time.sleep, allow_plain_http=False):
+        """``allow_plain_http``: skip the https rule, for a server calling its own local address only."""
+        self.base_url = api_url.strip().rstrip("/") if allow_plain_http else check_url(api_url)
         self.token = token.strip()
         self.timeout, self.max_retries, self.max_retry_wait = timeout, max_retries, max_retry_wait
         self.user_agent = user_agent

@@ -18,7 +18,8 @@ INBOXLAYER = Path(sys.executable).parent / "inboxlayer"  # the console script py
 SERVER_STACK = {"flask", "werkzeug", "peewee", "playhouse", "redis", "rq", "boto3", "gevent",
                 "models", "runtime", "smtpd_worker", "webapp"}
 CLIENT_MODULES = ("cli", "cli.output", "cli.client", "cli.login", "cli.send", "cli.outbound", "cli.suppressions",
-                  "cli.events", "cli.webhooks", "core.event_vocabulary",
+                  "cli.events", "cli.webhooks", "cli.mcp", "inboxlayer_client", "inboxlayer_client.mcp_server",
+                  "core.event_vocabulary",
                   "core.mail")  # core.mail: `send --via smtp` builds the MIME with it
 
 
@@ -51,7 +52,7 @@ def top_level(modules):
 @pytest.mark.parametrize("args", [["--help"], ["send", "--help"], ["status", "--help"], ["outbound", "--help"],
                                   ["outbound", "list", "--help"], ["login", "--help"], ["logout", "--help"],
                                   ["suppressions", "--help"], ["suppressions", "add", "--help"],
-                                  ["events", "tail", "--help"], ["webhooks", "list", "--help"]],
+                                  ["events", "tail", "--help"], ["webhooks", "list", "--help"], ["mcp", "--help"]],
                          ids=" ".join)
 def test_cli_client_command_loads_no_server_stack(args):
     result, modules = imported_by(args)

@@ -23,7 +23,7 @@ def test_error_pages_registered_by_the_factory(app):
                 for exc, handler in by_class.items()}
     assert app_wide == {CSRFError: errors.handle_csrf, HTTPException: errors.handle_http,
                         InternalServerError: errors.handle_unexpected, Exception: errors.handle_unexpected}
-    assert sorted(name for name in app.error_handler_spec if name is not None) == ["api"]  # the API's own
+    assert sorted(name for name in app.error_handler_spec if name is not None) == ["api", "mcp"]  # JSON errors: REST, /mcp
 
 
 def test_error_pages_need_no_dashboard_blueprint(config):

@@ -17,6 +17,7 @@ from webapp import dashboard
 from webapp import domains
 from webapp import endpoints
 from webapp import errors
+from webapp import mcp
 from webapp import ops
 from webapp import suppressions
 from webapp import views
@@ -60,10 +61,11 @@ def create_app(config=None):
     app.jinja_env.filters.update(views.TEMPLATE_FILTERS)
     app.jinja_env.globals.update(views.TEMPLATE_GLOBALS)
 
-    for module in (auth, dashboard, api_keys, domains, suppressions, endpoints, webhooks, ops, api):
+    for module in (auth, dashboard, api_keys, domains, suppressions, endpoints, webhooks, ops, api, mcp):
         app.register_blueprint(module.bp)
     csrf.exempt(api.bp)
     csrf.exempt(webhooks.bp)
+    csrf.exempt(mcp.bp)
     return app
 
 
