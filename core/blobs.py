@@ -3,6 +3,7 @@
 Messages can be 25 MB, so everything here streams file objects; nothing reads a whole
 message into memory except ``read_bytes``, which callers use only when they must.
 """
+import io
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from core.errors import BlobError
 
 CHUNK = 1024 * 1024  # bytes per copy step
+READ_BUFFER = 64 * 1024  # bytes an opened blob reads from disk at a time (one trip off the event loop)
 SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_./-]{0,200}")
 
 
@@ -55,14 +57,29 @@ class FileBlobStore:
         _fsync_dir(directory.parent)
 
     def open(self, key):
+        """The blob as a seekable binary file. Opening it and each 64 KiB it reads from disk run the
+        way set_blocking_io says (on the IMAP server: gevent's thread pool, so a slow disk or
+        network file system stalls only the session reading, not every session)."""
+        path = self._path(key)
         try:
-            return open(self._path(key), "rb")
+            raw = _run_blocking(open, path, "rb", 0)
         except OSError as exc:
             raise BlobError(f"blob {key} unavailable: {exc.strerror or exc}") from exc
+        return io.BufferedReader(_ReadsOffLoop(raw), READ_BUFFER)
 
     def read_bytes(self, key):
         with self.open(key) as f:
             return f.read()
+
+    def check(self):
+        """Raise BlobError unless the store's directory is there (made if missing, as the first
+        store would) and readable (readiness)."""
+        try:
+            _run_blocking(self._make_dirs, self.root)
+        except OSError as exc:
+            raise BlobError(f"{self.root} cannot be made: {exc.strerror or exc}") from exc
+        if not self.root.is_dir() or not _run_blocking(os.access, self.root, os.R_OK | os.X_OK):
+            raise BlobError(f"{self.root} is not a readable directory")
 
     def delete(self, key):
         try:
@@ -85,6 +102,37 @@ class FileBlobStore:
                 yield prefix + entry.name, entry.stat(follow_symlinks=False).st_mtime
 
 
+class _ReadsOffLoop(io.RawIOBase):
+    """An unbuffered file whose reads run through the installed blocking-I/O runner (seeks are
+    cheap and stay inline); FileBlobStore.open buffers it, so there is one trip per 64 KiB."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        return _run_blocking(self.raw.readinto, buffer)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self.raw.seek(offset, whence)
+
+    def tell(self):
+        return self.raw.tell()
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def close(self):
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
 def _fsync_dir(directory):
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -102,9 +150,10 @@ _run_blocking = run_directly
 
 
 def set_blocking_io(runner):
-    """Install how FileBlobStore runs its blocking writes: ``runner(function, *args)`` returns
-    ``function(*args)``. The SMTP server installs gevent's thread pool at start-up, so one slow
-    disk flush does not stall every other session; ``None`` restores the inline default."""
+    """Install how FileBlobStore runs its blocking file I/O (writes, opens, reads):
+    ``runner(function, *args)`` returns ``function(*args)``. The SMTP and IMAP servers install
+    gevent's thread pool at start-up, so one slow disk flush or read does not stall every other
+    session; ``None`` restores the inline default."""
     global _run_blocking
     _run_blocking = runner or run_directly
 
@@ -142,6 +191,16 @@ class S3BlobStore:
     def read_bytes(self, key):
         with self.open(key) as f:
             return f.read()
+
+    def check(self):
+        """Raise BlobError unless the bucket answers (readiness)."""
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobError(f"blob store unavailable: {exc}") from exc
 
     def delete(self, key):
         from botocore.exceptions import BotoCoreError

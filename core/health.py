@@ -1,9 +1,11 @@
-"""Readiness checks shared by `GET /readyz` and `inboxlayer health`: database, Redis, SES."""
+"""Readiness checks shared by `GET /readyz` and `inboxlayer health` (database, Redis, SES), and the
+IMAP process's `/readyz` (imapd/health.py: database, blob store)."""
 import functools
 import threading
 import time
 
 import models
+from core import blobs
 from core import metrics
 from core import outbox
 from core import ses
@@ -19,6 +21,12 @@ _shared = {}  # (region, endpoint, database, redis) -> (monotonic time, results)
 def check_database():
     with models.db.connection_context():
         models.db.execute_sql("SELECT 1")
+    return "reachable"
+
+
+def check_blobs():
+    """The blob store answers (the IMAP process's readiness: it serves stored messages)."""
+    blobs.store().check()
     return "reachable"
 
 

@@ -13,14 +13,17 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from core import blobs
 from core import limits
 from core import metrics
+from imapd import health
 from imapd.session import HANDSHAKE_TIMEOUT
 from imapd.session import Session
 from imapd.session import SessionSettings
 from smtpd_worker import tls
 from smtpd_worker.server import CountsPerKey
 from smtpd_worker.server import client_key
+from smtpd_worker.server import in_thread_pool
 from smtpd_worker.server import serve
 from smtpd_worker.server import use_greenlet_local_connections
 
@@ -162,6 +165,8 @@ def main(config):
 
     runtime.configure(config)
     runtime.setup_logging(config)
-    metrics.start_http_exporter(config["metrics"]["imap_port"], config["metrics"]["host"])
+    blobs.set_blocking_io(in_thread_pool)  # a slow blob read stalls only the session reading it
     use_greenlet_local_connections()
-    serve(build(config), protocol="IMAP", farewell="waiting sessions get BYE")
+    server = build(config)
+    health.start(server, config["metrics"]["imap_port"], config["metrics"]["host"])  # /metrics, /readyz
+    serve(server, protocol="IMAP", farewell="waiting sessions get BYE")
