@@ -113,7 +113,11 @@ def test_mcp_stdio_tools_send_wait_sent_and_read_back(subprocess_env, api_server
         message = ok(await session.call_tool("read_sent_message", {"inbox": account.address,
                                                                   "message_id": sent_folder["data"][0]["id"]}))
         usage = ok(await session.call_tool("get_usage", {}))
-        events = ok(await session.call_tool("list_events", {"type": "outbound.queued"}))
+        for _ in range(60):  # the feed shows an event once it is a second old (core/events.py SETTLE)
+            events = ok(await session.call_tool("list_events", {"type": "outbound.queued"}))
+            if events["data"]:
+                break
+            await anyio.sleep(0.25)
         return listed, sent, again, waited, status, outbound, sent_folder, message, usage, events
 
     listed, sent, again, waited, status, outbound, sent_folder, message, usage, events = run(
