@@ -242,3 +242,36 @@ def test_mcp_http_on_gunicorn_gevent(cluster, account, config):
                            headers={"Authorization": "Bearer il_not-a-real-token", "Accept": "application/json"})
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
     assert "Traceback" not in cluster.logs()
+
+
+def test_mcp_http_wait_holds_up_neither_the_worker_nor_other_mcp_calls(cluster, account):
+    """A wait_for_outbound runs on its own OS thread: while it waits (no relay worker, so the message
+    stays queued), the same gevent worker answers REST and other /mcp calls at once."""
+    web = cluster.web()
+    wait_until(lambda: healthy(web.url), timeout=60, what="web up")
+    sent = run(lambda: http_session(web.url, account.token), lambda session: send(session, account.address))
+    outbound_id = ok(sent)["id"]
+    timings = {}
+
+    async def steps(session):
+        async def waiter():
+            started = anyio.current_time()
+            timings["wait_result"] = await session.call_tool("wait_for_outbound", {"outbound_id": outbound_id,
+                                                                                   "timeout_seconds": 4})
+            timings["wait"] = anyio.current_time() - started
+
+        async with http_session(web.url, account.token) as other, anyio.create_task_group() as tasks:
+            tasks.start_soon(waiter)
+            await anyio.sleep(1)  # the wait is in progress on the server
+            started = anyio.current_time()
+            timings["usage_result"] = await other.call_tool("get_usage", {})
+            timings["usage"] = anyio.current_time() - started
+            started = anyio.current_time()
+            timings["healthz_ok"] = await anyio.to_thread.run_sync(healthy, web.url)
+            timings["healthz"] = anyio.current_time() - started
+
+    run(lambda: http_session(web.url, account.token), steps)
+    assert ok(timings["usage_result"])["quota"]["used"] == 1
+    assert timings["usage"] < 2 and timings["healthz_ok"] and timings["healthz"] < 1, timings
+    assert "is still queued after 4s" in error_text(timings["wait_result"])
+    assert 4 <= timings["wait"] < 10, timings

@@ -1,9 +1,9 @@
 """``/mcp``: the MCP tools (cli/mcp.py) over streamable HTTP on the web process, Bearer token auth.
 
 The web process is Flask under gunicorn's gevent worker; the MCP SDK's transport is an ASGI app on
-asyncio/anyio. Running an asyncio loop inside a greenlet is unsound (the running loop is per OS
-thread, so two greenlets' loops would collide), so each request runs the SDK in its stateless,
-JSON-response mode on a fresh event loop in a real OS thread of gevent's threadpool: the request's
+asyncio/anyio. Running an asyncio loop inside a greenlet is not sound (the running loop is tracked
+per OS thread, so two greenlets' loops would collide), so each request runs the SDK in its stateless,
+JSON-response mode on a fresh event loop in a real OS thread (a gevent ThreadPool): the request's
 greenlet waits for that thread without blocking the others, and no MCP state outlives the request.
 
 The tools reach the data the way every other client does: through inboxlayer_client, over HTTP,
@@ -29,6 +29,7 @@ from webapp.api.errors import ApiError
 bp = Blueprint("mcp", __name__)
 api_errors.register(bp)
 
+MCP_THREADS = 20  # concurrent /mcp requests per web worker; more wait for a free thread
 MAX_BODY = 8 * 2**20  # bytes of JSON-RPC request: a send_email with a few MB of base64 attachments
 _api_url = contextvars.ContextVar("inboxlayer_mcp_api_url")
 
@@ -89,13 +90,21 @@ def _scope():
 def _in_thread(scope, body, api_url):
     """Run the ASGI request on a private event loop in a real OS thread; the greenlet waits."""
     try:
-        from gevent import get_hub
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency; this is the plain-thread fallback
         monkey = None
     if monkey is not None and monkey.is_module_patched("threading"):
-        return get_hub().threadpool.apply(_run, (scope, body, api_url))
+        return _pool().apply(_run, (scope, body, api_url))
     return _run(scope, body, api_url)
+
+
+@functools.cache
+def _pool():
+    """MCP's own OS threads (created in the worker, after the fork): a pile of long
+    wait_for_outbound calls must not take the hub's pool, which also resolves host names."""
+    from gevent.threadpool import ThreadPool
+
+    return ThreadPool(MCP_THREADS)
 
 
 def _run(scope, body, api_url):
