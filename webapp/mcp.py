@@ -1,4 +1,4 @@
-"""``/mcp``: the MCP tools (cli/mcp.py) over streamable HTTP on the web process, Bearer token auth.
+"""``/mcp``: the MCP tools (inboxlayer_client/mcp_server.py) over streamable HTTP on the web process, Bearer token auth.
 
 The web process is Flask under gunicorn's gevent worker; the MCP SDK's transport is an ASGI app on
 asyncio/anyio. Running an asyncio loop inside a greenlet is not sound (the running loop is tracked
