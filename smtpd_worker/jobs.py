@@ -6,7 +6,7 @@ SES transport, and the queue. The database is the truth; Redis only carries hint
 N"). A job may run twice, late, or never; the row decides what happens:
 
 - A worker *claims* a row (``outbound.claim``) before it calls SES. Two workers can never both
-  hold a row. While the attempt runs, a thread renews the lease (``relay.lease``), so only a dead
+  hold a row. While the attempt runs, one thread of the process renews the leases (``relay.lease``), so only a dead
   worker's lease lapses.
 - The result is recorded only while the claim is still ours (same attempt number).
 - Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
@@ -24,6 +24,7 @@ At-least-once window: if SES accepted a message and the worker died before recor
 still ends with an ``attempt`` event and no result. The next claim sees that, records a
 ``possible_duplicate`` event and sends again. See docs/relay.md.
 """
+import contextlib
 import datetime
 import json
 import logging
@@ -73,7 +74,7 @@ def relay_outbound(outbound_id):
         ses_id = _with_db(simulator.simulate, claim)  # never reaches SES (core/simulator.py)
         log.info("simulated %s as %s", claim.row.public_id, ses_id, extra={"outbound_id": claim.row.public_id})
         return "simulated"
-    with LeaseKeeper(claim):  # stopped before any result is written: those set next_attempt_at
+    with LEASES.holding(claim):  # let go before any result is written: those set next_attempt_at
         result = _attempt(claim)
     row = claim.row
     extra = {"outbound_id": row.public_id}
@@ -174,32 +175,69 @@ class InflightBytes:
 INFLIGHT = InflightBytes()
 
 
-class LeaseKeeper(threading.Thread):
-    """Renews a claim's lease every third of ``relay.lease`` while its attempt runs, so a live
-    worker keeps its row however long SES takes, and a dead one (SIGKILL, lost machine) frees it
-    within one lease instead of one job timeout."""
+class Leases(threading.Thread):
+    """Renews the lease of every claim this process holds, every third of ``relay.lease``, so a live
+    worker keeps its rows however long SES takes, and a dead one (SIGKILL, lost machine) frees them
+    within one lease instead of one job timeout. One thread for the process (a thread per job cost
+    a start, a wake-up and a join for every message); ``holding(claim)`` puts a claim in its care
+    for the attempt and takes it out, waiting for a renewal of it under way, before any result is
+    written (results set ``next_attempt_at`` themselves)."""
 
-    def __init__(self, claim):
-        super().__init__(name=f"lease-{claim.row.id}", daemon=True)
-        self.claim = claim
-        self.lease = settings.current().relay.lease
-        self.stopping = threading.Event()
+    TICK = 0.25  # seconds between looks for a due renewal
 
-    def __enter__(self):
-        self.start()
-        return self
+    class Held:
+        def __init__(self, claim, lease):
+            self.claim, self.lease = claim, lease
+            self.due = time.monotonic() + lease / 3
+            self.lock = threading.Lock()  # held while this claim is renewed
+            self.done = False  # its attempt ended: never renew it again
 
-    def __exit__(self, *exc_info):
-        self.stopping.set()
-        self.join()
+    def __init__(self):
+        super().__init__(name="leases", daemon=True)
+        self.held = {}  # row id -> Held
+        self.lock = threading.Lock()  # guards ``held`` (never held across a database call)
+        self.started = False
+
+    @contextlib.contextmanager
+    def holding(self, claim):
+        held = self.Held(claim, settings.current().relay.lease)
+        with self.lock:
+            self.held[claim.row.id] = held
+            if not self.started:
+                self.started = True
+                self.start()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.held.pop(claim.row.id, None)
+            with held.lock:  # waits for a renewal under way: it could overwrite the result's next_attempt_at
+                held.done = True
 
     def run(self):
-        while not self.stopping.wait(self.lease / 3):
-            try:
-                if not _with_db(outbound.renew_lease, self.claim, self.lease):
-                    return  # the row moved on (an SES event settled it): nothing left to hold
-            except Exception as exc:  # the database is down: the lease may lapse; the claim check guards results
-                log.warning("could not renew the lease of row %s: %s", self.claim.row.id, exc)
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self.lock:
+                due = [held for held in self.held.values() if held.due <= now]
+            for held in due:
+                with held.lock:
+                    if held.done:
+                        continue
+                    held.due = time.monotonic() + held.lease / 3
+                    if not self._renew(held.claim, held.lease):
+                        held.done = True  # the row moved on (an SES event settled it): nothing left to hold
+
+    @staticmethod
+    def _renew(claim, lease):
+        try:
+            return _with_db(outbound.renew_lease, claim, lease)
+        except Exception as exc:  # the database is down: the lease may lapse; the claim check guards results
+            log.warning("could not renew the lease of row %s: %s", claim.row.id, exc)
+            return True
+
+
+LEASES = Leases()
 
 
 def _read_message(blob_key):
