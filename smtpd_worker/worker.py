@@ -6,8 +6,9 @@ of a bounded pool: the main thread takes a free slot, dequeues a job, does RQ's 
 (``prepare_execution``) and hands the job to the pool; RQ 3 keeps one Execution per running job,
 so several at once is its own model. An SES call spends its time waiting on the network, so
 threads are enough (boto3 clients are thread-safe; each thread takes its own pooled database
-connection per transaction). Job timeouts use RQ's ``TimerDeathPenalty`` (SIGALRM reaches only the
-main thread). Any job kind on the queue runs the same way. Retries are scheduled with
+connection per transaction). Job timeouts raise RQ's ``JobTimeoutException`` in the job's thread
+(as RQ's ``TimerDeathPenalty`` does; SIGALRM reaches only the main thread), from one watchdog
+thread for the process (``WatchdogDeathPenalty``). Any job kind on the queue runs the same way. Retries are scheduled with
 ``enqueue_in`` and moved to the queue by RQ's scheduler, which one worker per queue runs
 (``with_scheduler=True``; the others wait for its lock).
 
@@ -20,6 +21,8 @@ and the reconciler re-enqueues it.
 """
 import ctypes
 import ctypes.util
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -50,6 +53,79 @@ SWITCH_INTERVAL = 0.0005  # seconds; see main()
 HEARTBEAT_EVERY = 5  # seconds between the worker's own RQ heartbeats (its key lives 480 s)
 
 
+class Watchdog(threading.Thread):
+    """One thread that enforces the job timeouts of every job of the process. RQ's
+    ``TimerDeathPenalty`` starts (and cancels) a ``threading.Timer`` thread for every job."""
+
+    def __init__(self):
+        super().__init__(name="job-timeouts", daemon=True)
+        self.cond = threading.Condition()
+        self.heap = []  # (deadline, sequence, penalty); cancelled ones are dropped lazily
+        self.sequence = itertools.count()
+        self.started = False
+        self.armed = 0  # penalties armed now
+
+    def arm(self, penalty, timeout):
+        with self.cond:
+            penalty.armed = True
+            self.armed += 1
+            heapq.heappush(self.heap, (time.monotonic() + timeout, next(self.sequence), penalty))
+            if not self.started:
+                self.started = True
+                self.start()
+            elif self.heap[0][2] is penalty:
+                self.cond.notify()
+
+    def disarm(self, penalty):
+        with self.cond:  # after this, the penalty can no longer fire
+            if not penalty.armed:
+                return  # it fired already
+            penalty.armed = False
+            self.armed -= 1
+            if len(self.heap) > 2 * self.armed + 64:  # drop the cancelled ones (most of them)
+                self.heap = [entry for entry in self.heap if entry[2].armed]
+                heapq.heapify(self.heap)
+
+    def run(self):
+        with self.cond:
+            while True:
+                while self.heap and not self.heap[0][2].armed:
+                    heapq.heappop(self.heap)
+                if not self.heap:
+                    self.cond.wait()
+                    continue
+                deadline, _, penalty = self.heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self.cond.wait(wait)
+                    continue
+                heapq.heappop(self.heap)
+                penalty.armed = False
+                self.armed -= 1
+                try:
+                    penalty.handle_death_penalty()  # the job's thread raises JobTimeoutException
+                except Exception:
+                    log.exception("could not stop a job past its timeout")
+
+
+WATCHDOG = Watchdog()
+
+
+class WatchdogDeathPenalty(TimerDeathPenalty):
+    """RQ's TimerDeathPenalty (an exception raised in the job's thread once its timeout passes),
+    with the process's one Watchdog thread instead of a timer thread per job."""
+
+    armed = False
+
+    def setup_death_penalty(self):
+        if self._timeout > 0:
+            WATCHDOG.arm(self, self._timeout)
+
+    def cancel_death_penalty(self):
+        if self._timeout > 0:
+            WATCHDOG.disarm(self)
+
+
 class RelayWorker(SimpleWorker):
     """RQ's SimpleWorker with up to ``concurrency`` jobs in flight on a thread pool, our own
     liveness beat (see Liveness) and the SIGTERM hand-back."""
@@ -59,7 +135,7 @@ class RelayWorker(SimpleWorker):
     # minute a worker could sit idle for another minute with Redis back and mail waiting. Retrying
     # a local Redis every few seconds costs nothing.
     max_connection_wait_time = 5.0
-    death_penalty_class = TimerDeathPenalty  # jobs run on pool threads; SIGALRM would hit the main thread
+    death_penalty_class = WatchdogDeathPenalty  # jobs run on pool threads; SIGALRM would hit the main thread
 
     def __init__(self, *args, concurrency=None, **kwargs):
         super().__init__(*args, **kwargs)

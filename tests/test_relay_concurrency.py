@@ -9,6 +9,7 @@ control, and holding calls is what makes "32 in flight" observable.
 """
 import signal
 import threading
+import time
 
 import models
 from smtpd_worker import jobs
@@ -132,3 +133,42 @@ def test_inflight_bytes_cap_makes_a_job_wait_for_room(relay_config, reconfigure)
     assert budget.acquire(10, stop) is False
     budget.release(5000)
     assert budget.used == 0
+
+
+def test_job_timeouts_of_many_threads_share_one_watchdog():
+    """Job timeouts (relay.job_timeout) are raised in the job's own thread by the process's one
+    watchdog thread: a job past its timeout is stopped, one that ended in time never is (not even
+    after its deadline passes), and the watchdog starts no thread per job."""
+    from rq.timeouts import JobTimeoutException
+
+    from smtpd_worker.worker import WatchdogDeathPenalty
+
+    outcome = {}
+
+    def job(name, timeout, seconds, linger):
+        try:
+            with WatchdogDeathPenalty(timeout, JobTimeoutException):
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+            outcome[name] = "finished"
+            deadline = time.monotonic() + linger  # past its own timeout: nothing may arrive now
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            outcome[name] = "finished, not stopped later"
+        except JobTimeoutException:
+            outcome[name] = "stopped" if name not in outcome else "stopped after it finished"
+
+    threads_before = threading.active_count()
+    runs = [threading.Thread(target=job, args=("slow", 1, 30, 0)),
+            threading.Thread(target=job, args=("quick", 1.5, 0.1, 3))]
+    runs += [threading.Thread(target=job, args=(f"quick{n}", 1, 0.05, 1.5)) for n in range(20)]
+    started = time.monotonic()
+    for thread in runs:
+        thread.start()
+    assert threading.active_count() <= threads_before + len(runs) + 1  # the job threads and one watchdog
+    for thread in runs:
+        thread.join(40)
+    assert outcome.pop("slow") == "stopped"
+    assert time.monotonic() - started < 10  # stopped near its 1 s timeout, not after 30 s of work
+    assert set(outcome.values()) == {"finished, not stopped later"} and len(outcome) == 21
