@@ -574,11 +574,12 @@ class Session:
 
     # -- selected ------------------------------------------------------------------------------
 
-    def imap_CLOSE(self, tag, args):
-        self.folder, self.uids = None, None
-        self.send(f"{tag} OK CLOSE completed")
+    def imap_CLOSE(self, tag, args, verb="CLOSE"):
+        self.folder, self.uids = None, None  # nothing to expunge: Sent is read-only
+        self.send(f"{tag} OK {verb} completed")
 
-    imap_UNSELECT = imap_CLOSE
+    def imap_UNSELECT(self, tag, args):
+        self.imap_CLOSE(tag, args, verb="UNSELECT")
 
     def imap_EXPUNGE(self, tag, args):
         self.send(f"{tag} {NO_READ_ONLY}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start what the test suite needs when it is not already answering: PostgreSQL, Redis,
 # and the Debian packages used by tests (chromium for Playwright; swaks and s-nail as real SMTP
-# clients, s-nail and mbsync (isync) as real IMAP clients; openssl's s_client to check the dev
+# clients, s-nail, mbsync (isync) and fetchmail as real IMAP clients; openssl's s_client to check the dev
 # certificate).
 set -euo pipefail
 
@@ -21,12 +21,14 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v s-nail >/dev/null 2>&1 || missing+=(s-nail)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test-services: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # xdist workers may get here together: wait for each other's dpkg lock instead of failing
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
 fi
 
 for _ in $(seq 1 50); do

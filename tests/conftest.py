@@ -4,6 +4,7 @@ Every test that takes ``config`` runs once per database backend in INBOXLAYER_TE
 (default: sqlite and postgres). Services that cannot be reached fail the run loudly.
 """
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -40,10 +41,15 @@ for _name in ("DATABASE_URL", "REDIS_URL", "PORT"):
     os.environ.pop(_name, None)
 
 
+CLIENT_PROGRAMS = ("swaks", "s-nail", "mbsync", "fetchmail", "openssl")  # Debian packages test-services.sh installs
+
+
 def _ensure_services():
     try:
         psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3).close()
         redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        if not all(shutil.which(program) for program in CLIENT_PROGRAMS):
+            raise LookupError("a real client program is missing")
     except Exception:
         subprocess.run(["bash", str(ROOT / "scripts" / "test-services.sh")], check=True)
     # Fail loudly, never skip: these raise if the services are still not there.
