@@ -19,6 +19,9 @@ MESSAGE_BYTES = Counter("inboxlayer_message_bytes_total", "Bytes of accepted mes
 RELAY_ATTEMPTS = Counter("inboxlayer_relay_attempts_total", "SES send attempts", ["outcome"])
 RELAY_LATENCY = Histogram("inboxlayer_relay_seconds", "Duration of one SES send call",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+SUBMIT_BATCH_SIZE = Histogram("inboxlayer_submit_batch_size", "Messages committed together (group commit)",
+                              buckets=(1, 2, 4, 8, 16, 32, 64))
+SUBMIT_WAITING = Gauge("inboxlayer_submit_waiting", "Messages queued behind the batch being committed")
 STATUS_CHANGES = Counter("inboxlayer_outbound_status_total", "OutboundEmail status transitions", ["status"])
 
 

@@ -71,11 +71,19 @@ def enqueue_relay(outbound_id: int) -> Job:
     The job id is derived from the row, so a second enqueue of a job still waiting is a no-op
     in practice (RQ replaces the job hash) and the reconciler cannot pile up duplicates.
     """
+    return enqueue_relays([outbound_id])[0]
+
+
+def enqueue_relays(outbound_ids) -> list:
+    """enqueue_relay for several rows in one pipelined Redis round trip (a group commit's batch).
+    Raises QueueUnavailable if Redis is down."""
     queue = relay_queue()
+    timeout = settings.current().relay.job_timeout
     try:
-        return queue.enqueue(RELAY_JOB, outbound_id, job_id=relay_job_id(outbound_id),
-                             job_timeout=settings.current().relay.job_timeout,
-                             result_ttl=3600, failure_ttl=86400)
+        return queue.enqueue_many([
+            Queue.prepare_data(RELAY_JOB, (outbound_id,), job_id=relay_job_id(outbound_id), timeout=timeout,
+                               result_ttl=3600, failure_ttl=86400)
+            for outbound_id in dict.fromkeys(outbound_ids)])
     except redis.RedisError as exc:
         raise QueueUnavailable(str(exc)) from exc
 

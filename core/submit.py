@@ -5,6 +5,7 @@ the OutboundEmail (queued) and its first event -> commit -> enqueue the relay jo
 After submit() returns, the message is durable: if the enqueue failed, the reconciler finds the
 queued row. Every failure before the commit raises a SubmitError and leaves nothing behind.
 """
+import contextlib
 import datetime
 import email.utils
 import hashlib
@@ -21,6 +22,7 @@ import models
 from core import blobs
 from core import event_vocabulary
 from core import events
+from core import group_commit
 from core import headers
 from core import ids
 from core import keys
@@ -237,9 +239,8 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
         log.error("blob write failed for %s: %s", public_id, exc)
         raise TemporaryFailure() from exc
     try:
-        with models.db.connection_context():
-            outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked,
-                               idempotency_key, request_hash, refused, key, status, charged)
+        outbound = _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked,
+                           idempotency_key, request_hash, refused, key, status, charged)
     except SubmitError:  # quota reached, idempotency conflict: nothing was written
         _discard_blob(blob_key)
         raise
@@ -247,7 +248,7 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
         _discard_blob(blob_key)
         replay.outbound.replayed = True
         return replay.outbound
-    except (PeeweeException, OSError) as exc:
+    except (PeeweeException, OSError, group_commit.Interrupted) as exc:
         # A connection lost at COMMIT leaves the outcome unknown: the row may be there. Look
         # once more; if it is, the message is durable and the client deserves its 250.
         outbound = _committed_row(public_id)
@@ -258,19 +259,22 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
             raise TemporaryFailure() from exc
         log.warning("commit of %s reported %s but the row is there", public_id, exc,
                     extra={"outbound_id": public_id})
+        outbound.enqueued = False
     metrics.MESSAGES_ACCEPTED.labels(via=via).inc()
     metrics.MESSAGE_BYTES.labels(via=via).inc(size)
     log.info("accepted %s via %s from %s to %d recipient(s), %d bytes%s", public_id, via, inbox.address,
              len(recipients), size, " (sandboxed)" if sandboxed else "", extra={"outbound_id": public_id})
-    if outbound.status == lifecycle.SANDBOXED:
-        return outbound  # never relayed
-    try:
-        outbox.enqueue_relay(outbound.id)
-    except outbox.QueueUnavailable as exc:
-        # The row is committed: the reconciler will enqueue it. The 250 stays true.
-        log.warning("enqueue failed for %s, left to the reconciler: %s", public_id, exc,
-                    extra={"outbound_id": public_id})
+    if outbound.status != lifecycle.SANDBOXED and not outbound.enqueued:
+        _enqueue([outbound.id])  # committed alone (first contacts, key cap, refused recipients)
     return outbound
+
+
+def _enqueue(outbound_ids):
+    try:
+        outbox.enqueue_relays(outbound_ids)
+    except outbox.QueueUnavailable as exc:
+        # The rows are committed: the reconciler will enqueue them. The 250 stays true.
+        log.warning("enqueue failed for %s, left to the reconciler: %s", outbound_ids, exc)
 
 
 def _committed_row(public_id):
@@ -288,6 +292,9 @@ class _Replay(Exception):
 
 def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, checked, idempotency_key,
             request_hash, refused=(), key=None, status=lifecycle.QUEUED, charged=None):
+    """Store the message; the OutboundEmail as callers read it (``enqueued`` set when its relay
+    job was enqueued with its batch). Opens its own connections: a caller waiting for its
+    batch holds none."""
     limit = quota.plan_of(user)["daily_send_limit"]
     charged = len(recipients) if charged is None else charged
     now = models.utcnow()
@@ -299,14 +306,21 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
                                  **({"refused": [{"address": a, "reason": r} for a, r in refused]} if refused else {})}),
         idempotency_key=idempotency_key, request_hash=request_hash, now=now, status=status)
     fields.update(events.queued_fields(public_id, inbox.address, fields))  # written in the same statement
+    enqueued = False
     try:
         capped = key is not None and key.daily_limit is not None
-        first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused
+        with models.db.connection_context():
+            first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused
         if not first_contacts and not refused and not capped:
-            ids = models.record_submission(fields, charged, limit)  # one statement, as ever
+            # The common case, one statement (models.record_submission): committed together with
+            # the messages that end at the same moment (group commit), its relay job enqueued with theirs.
+            item = _batcher.run(_Pending(fields, charged, limit, status))
+            if item.error is not None:
+                raise item.error
+            ids, enqueued = item.result
         else:  # first contacts counted against the cap, the key's own daily cap reserved, RCPT refusals
-            # recorded, in the transaction that stores the message
-            with models.write_atomic():
+            # recorded, in the transaction that stores the message (alone: see docs/smtp.md)
+            with models.db.connection_context(), models.write_atomic():
                 if first_contacts:
                     recipient_rules.admit(user, inbox, recipients)
                 if capped and not models.reserve_key_send(key.id, len(recipients), key.daily_limit):
@@ -320,18 +334,76 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = earlier_send(user, idempotency_key, request_hash)
+        with models.db.connection_context():
+            existing = earlier_send(user, idempotency_key, request_hash)
         if existing is None:
             raise
         raise _Replay(existing) from None
     if ids is None:
-        raise quota.exceeded(models.sends_today(user), limit)
+        with models.db.connection_context():
+            raise quota.exceeded(models.sends_today(user), limit)
     sent_id, outbound_id = ids
     # What the callers read, without a query to fetch back what was just written.
-    return models.OutboundEmail(
+    outbound = models.OutboundEmail(
         id=outbound_id, public_id=public_id, user=user, inbox=inbox, message=sent_id, via=via, mail_from=mail_from,
         recipients=fields["recipients"], status=status, attempts=0, idempotency_key=idempotency_key,
         request_hash=request_hash, created_at=now, updated_at=now)
+    outbound.enqueued = enqueued
+    return outbound
+
+
+# -- group commit ---------------------------------------------------------------------------------
+
+class _Pending:
+    """One message waiting for its batch: record_submission's arguments."""
+
+    __slots__ = ("fields", "charged", "limit", "status")
+
+    def __init__(self, fields, charged, limit, status):
+        self.fields, self.charged, self.limit, self.status = fields, charged, limit, status
+
+
+def _commit_batch(items):
+    """Commit the messages of ``items`` in one transaction; each item gets (ids, enqueued) with
+    ids None when over its account's quota, or its own IntegrityError (a reused idempotency key:
+    its statement ran under a savepoint, so its neighbours go on). Any other error fails the
+    whole batch: the callers then look for their rows (_committed_row), as after a lost COMMIT.
+
+    Messages are written in account order, so two processes' batches take the accounts' usage
+    row locks in the same order and cannot deadlock on them."""
+    ordered = sorted(items, key=lambda item: (item.payload.fields["user_id"], item.payload.fields["public_id"]))
+    with models.db.connection_context():
+        # Alone and without a key, the message is one statement and its own transaction (on Postgres
+        # no BEGIN/COMMIT round trips); otherwise one transaction for the batch.
+        alone = len(ordered) == 1 and ordered[0].payload.fields["idempotency_key"] is None
+        with contextlib.nullcontext() if alone else models.write_atomic():
+            for item in ordered:
+                pending = item.payload
+                if pending.fields["idempotency_key"] is None:  # nothing in it can collide: no savepoint
+                    item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
+                    continue
+                try:
+                    with models.db.atomic():  # a savepoint: a duplicate key rolls back this message only
+                        item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
+                except IntegrityError as exc:
+                    item.error = exc
+    # Committed: every caller may now be answered. One Redis round trip enqueues the batch's relay jobs.
+    relayed = [item for item in items if item.error is None and item.result is not None
+               and item.payload.status != lifecycle.SANDBOXED]
+    enqueued = False
+    if relayed:
+        try:
+            outbox.enqueue_relays([item.result[1] for item in relayed])
+            enqueued = True
+        except outbox.QueueUnavailable as exc:  # the rows are committed: the reconciler enqueues them
+            log.warning("enqueue of %d message(s) failed, left to the reconciler: %s", len(relayed), exc)
+    for item in items:
+        if item.error is None:
+            item.result = (item.result, enqueued or item.payload.status == lifecycle.SANDBOXED)
+
+
+_batcher = group_commit.Batcher(_commit_batch)
+metrics.SUBMIT_WAITING.set_function(_batcher.waiting)
 
 
 def earlier_send(user, idempotency_key, request_hash):
