@@ -467,10 +467,11 @@ def refund_send(user, day, count):
 
 
 def sender_state(address, token_id):
-    """(plan, domain status or None, sends today, the token's own sends today) for the inbox
-    ``address`` while token ``token_id`` is live and its account owns the inbox; None otherwise.
-    One query, because SMTP asks it for every message."""
-    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0), COALESCE(k.count, 0) FROM inbox i '
+    """(plan, domain status or None, sends today, the token's own sends today, the inbox's
+    paused_at and paused_reason) for the inbox ``address`` while token ``token_id`` is live and
+    its account owns the inbox; None otherwise. One query, because SMTP asks it for every message."""
+    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0), COALESCE(k.count, 0), i.paused_at, i.paused_reason '
+           'FROM inbox i '
            'JOIN "user" u ON u.id = i.user_id '
            'JOIN api_token t ON t.user_id = u.id AND t.id = {p} AND t.revoked_at IS NULL '
            'LEFT JOIN domain d ON d.id = i.domain_id '

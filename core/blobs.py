@@ -26,12 +26,22 @@ class FileBlobStore:
             raise BlobError(f"bad blob key {key!r}")
         return self.root / key
 
-    def put(self, key, fileobj):
+    def put(self, key, fileobj, sync_name=True):
         """Store ``fileobj`` under ``key`` durably and return its size: the data, the name and any
-        new directory are fsynced before this returns, since a 250 follows."""
-        return _run_blocking(self._put, self._path(key), fileobj)
+        new directory are fsynced before this returns, since a 250 follows. With ``sync_name``
+        False the name's durability is left to a later sync_names() (group commit: one directory
+        fsync for the messages committed together)."""
+        return _run_blocking(self._put, self._path(key), fileobj, sync_name)
 
-    def _put(self, target, fileobj):
+    def sync_names(self, keys):
+        """Make the names of blobs put with ``sync_name=False`` durable: one fsync per directory."""
+        directories = {self._path(key).parent for key in keys}
+        try:
+            _run_blocking(_fsync_dirs, directories)
+        except OSError as exc:
+            raise BlobError(f"blob store sync failed: {exc.strerror or exc}") from exc
+
+    def _put(self, target, fileobj, sync_name=True):
         try:
             self._make_dirs(target.parent)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
@@ -41,7 +51,8 @@ class FileBlobStore:
                 os.fsync(out.fileno())
                 size = out.tell()
             os.replace(tmp, target)
-            _fsync_dir(target.parent)  # the rename is durable only once the directory is
+            if sync_name:
+                _fsync_dir(target.parent)  # the rename is durable only once the directory is
         except OSError as exc:
             raise BlobError(f"blob store write failed: {exc.strerror or exc}") from exc
         return size
@@ -133,6 +144,11 @@ class _ReadsOffLoop(io.RawIOBase):
         super().close()
 
 
+def _fsync_dirs(directories):
+    for directory in directories:
+        _fsync_dir(directory)
+
+
 def _fsync_dir(directory):
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -165,7 +181,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region)
 
-    def put(self, key, fileobj):
+    def put(self, key, fileobj, sync_name=True):  # an upload is durable when it returns
         from botocore.exceptions import BotoCoreError
         from botocore.exceptions import ClientError
 
@@ -175,6 +191,9 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as exc:
             raise BlobError(f"blob store write failed: {exc}") from exc
         return counted.size
+
+    def sync_names(self, keys):
+        pass
 
     def open(self, key):
         from botocore.exceptions import BotoCoreError

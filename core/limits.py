@@ -36,8 +36,15 @@ return n
 """
 
 
+_scripts = {}  # source -> (connection, Script): the SHA is computed once, not per message
+
+
 def _script(source):
-    return outbox.connection().register_script(source)
+    connection = outbox.connection()
+    cached = _scripts.get(source)
+    if cached is None or cached[0] is not connection:
+        cached = _scripts[source] = (connection, connection.register_script(source))
+    return cached[1]
 
 
 def take_send_token(user_id, rate_per_second, burst):

@@ -186,8 +186,13 @@ def paused_reason(inbox_id):
     return row.paused_reason or "paused"
 
 
-def check_paused(inbox) -> None:
-    reason = paused_reason(inbox.id)
+def check_paused(inbox, as_read=False) -> None:
+    """Raise InboxPaused if the inbox is paused: read fresh, or with ``as_read`` from the inbox's
+    paused_at/paused_reason as the caller has just read them (SMTP's per-message refresh)."""
+    if as_read:
+        reason = None if inbox.paused_at is None else (inbox.paused_reason or "paused")
+    else:
+        reason = paused_reason(inbox.id)
     if reason is not None:
         raise InboxPaused(reason)
 

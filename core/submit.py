@@ -234,7 +234,8 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
     now = models.utcnow()
     blob_key = f"{now:%Y/%m/%d}/{public_id}.eml"
     try:
-        size = blobs.store().put(blob_key, _Prefixed(checked.prefix, spool))
+        # The name is made durable with the commit: one directory fsync per batch (_commit_batch)
+        size = blobs.store().put(blob_key, _Prefixed(checked.prefix, spool), sync_name=False)
     except blobs.BlobError as exc:
         log.error("blob write failed for %s: %s", public_id, exc)
         raise TemporaryFailure() from exc
@@ -248,7 +249,7 @@ def _accept(user, inbox, mail_from, recipients, spool, via, idempotency_key, req
         _discard_blob(blob_key)
         replay.outbound.replayed = True
         return replay.outbound
-    except (PeeweeException, OSError, group_commit.Interrupted) as exc:
+    except (PeeweeException, OSError, blobs.BlobError, group_commit.Interrupted) as exc:
         # A connection lost at COMMIT leaves the outcome unknown: the row may be there. Look
         # once more; if it is, the message is durable and the client deserves its 250.
         outbound = _committed_row(public_id)
@@ -320,6 +321,7 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
             ids, enqueued = item.result
         else:  # first contacts counted against the cap, the key's own daily cap reserved, RCPT refusals
             # recorded, in the transaction that stores the message (alone: see docs/smtp.md)
+            blobs.store().sync_names([blob_key])
             with models.db.connection_context(), models.write_atomic():
                 if first_contacts:
                     recipient_rules.admit(user, inbox, recipients)
@@ -372,6 +374,7 @@ def _commit_batch(items):
     Messages are written in account order, so two processes' batches take the accounts' usage
     row locks in the same order and cannot deadlock on them."""
     ordered = sorted(items, key=lambda item: (item.payload.fields["user_id"], item.payload.fields["public_id"]))
+    blobs.store().sync_names([item.payload.fields["blob_key"] for item in items])  # the blobs' names, durable first
     with models.db.connection_context():
         # Alone and without a key, the message is one statement and its own transaction (on Postgres
         # no BEGIN/COMMIT round trips); otherwise one transaction for the batch.

@@ -148,7 +148,8 @@ class DbBackend:
             raise BackendUnavailable(str(exc)) from exc
         if row is None:
             return None
-        principal.user.plan, domain_status, principal.used_today, principal.key_used_today = row
+        (principal.user.plan, domain_status, principal.used_today, principal.key_used_today,
+         principal.inbox.paused_at, principal.inbox.paused_reason) = row
         if principal.inbox.domain_id is not None:
             principal.inbox.domain.status = domain_status
         if keys.is_expired(principal.token):
@@ -190,12 +191,9 @@ class DbBackend:
             raise
 
     def check_not_paused(self, principal):
+        """After refresh() (MAIL asks both in a row): its read of the inbox's pause answers, no query."""
         with self._audited(principal, principal.address):
-            try:
-                with models.db.connection_context():
-                    recipient_rules.check_paused(principal.inbox)
-            except OUTAGES as exc:
-                raise BackendUnavailable(str(exc)) from exc
+            recipient_rules.check_paused(principal.inbox, as_read=True)
 
     def check_recipient(self, principal, address, first_contacts):
         """Recipient safety (core/recipients.py): raise the refusal, or return whether ``address``

@@ -252,3 +252,28 @@ def test_concurrent_smtp_sessions_and_rest_sends_each_get_their_own_answer(confi
     assert stored == ids
     for client in clients:
         client.quit()
+
+
+def test_blob_names_are_synced_once_per_directory_through_the_blocking_runner(tmp_path):
+    """put(sync_name=False) leaves the directory fsync to sync_names, which the batch's leader
+    calls once for the batch (one fsync per directory, on the thread pool in the SMTP server)."""
+    from core import blobs
+
+    calls = []
+
+    def recording(function, *args):
+        calls.append((function.__name__, args[-1] if function.__name__ == "_fsync_dirs" else None))
+        return function(*args)
+
+    store = blobs.FileBlobStore(tmp_path)
+    blobs.set_blocking_io(recording)
+    try:
+        keys = [f"2026/01/01/ob_{i}.eml" for i in range(3)] + ["2026/01/02/ob_3.eml"]
+        for key in keys:
+            assert store.put(key, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"), sync_name=False) == 20
+        store.sync_names(keys)
+    finally:
+        blobs.set_blocking_io(None)
+    assert [name for name, _ in calls] == ["_put"] * 4 + ["_fsync_dirs"]
+    assert calls[-1][1] == {tmp_path / "2026/01/01", tmp_path / "2026/01/02"}
+    assert all((tmp_path / key).read_bytes() == b"Subject: x\r\n\r\nbody\r\n" for key in keys)
