@@ -281,12 +281,15 @@ class Bench:
         if name == "aiosmtpd":
             argv = [sys.executable, "-c", AIOSMTPD_CODE, HOST, str(port), self.cert, self.key, SENDER, self.token]
             return Peer(name, argv, self.env(), port, self.token, self.context, log_path)
-        env = self.env(INBOXLAYER_SMTP_STARTTLS_PORT=str(port))
+        metrics_port = free_port()  # the full pipeline's group commit batch sizes are read from here
+        env = self.env(INBOXLAYER_SMTP_STARTTLS_PORT=str(port), INBOXLAYER_METRICS_SMTP_PORT=str(metrics_port))
         if name == "ours-discard":
             argv = [sys.executable, "-c", DISCARD_CODE, "--user", f"{SENDER}:{self.token}"]
         else:
             argv = [sys.executable, "-m", "cli", "smtpd"]
-        return Peer(name, argv, env, port, self.token, self.context, log_path)
+        peer = Peer(name, argv, env, port, self.token, self.context, log_path)
+        peer.metrics_port = metrics_port
+        return peer
 
     def cleanup(self):
         client = redis.Redis.from_url(REDIS_URL)
@@ -322,10 +325,21 @@ def throughput_scenarios(bench, reps):
                 seconds, latencies = run_sessions(peers[name], 200, 1, kb)
                 results["conns"][name].append((200 / seconds, p99(latencies), peers[name].last_cpu, seconds))
             print(f"  repetition {rep + 1}/{reps} done", file=sys.stderr)
+        results["batches"] = batch_sizes(peers["ours-full"])
     finally:
         for peer in peers.values():
             peer.stop()
     return results
+
+
+def batch_sizes(peer):
+    """(batches, messages) the full pipeline's group commit made so far (its /metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{HOST}:{peer.metrics_port}/metrics", timeout=10).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("inboxlayer_submit_batch_size_")}
+    return values.get("inboxlayer_submit_batch_size_count", 0), values.get("inboxlayer_submit_batch_size_sum", 0)
 
 
 def memory_scenarios(bench):
@@ -373,6 +387,7 @@ def report(throughput, memory, reps):
 
     rows = []
     cpu_ms, busy = {}, {}
+    batches, batched = throughput.pop("batches", (0, 0))
     for key, label, unit in (("msgs", "1 KB, 50 conns x 20 msgs", "msgs/s"),
                              ("conns", "1 KB, 200 conns x 1 msg", "conns/s")):
         runs = throughput[key]
@@ -405,6 +420,9 @@ def report(throughput, memory, reps):
     for key, label in (("msgs", "1 KB, 50 conns x 20 msgs"), ("conns", "1 KB, 200 conns x 1 msg")):
         print(f"| {label} | {' / '.join(f'{cpu_ms[key][p]:.2f}' for p in PEERS)} | "
               f"{' / '.join(f'{busy[key][p][0]:.0%}, {busy[key][p][1]:.0%}' for p in PEERS)} |")
+    if batches:
+        print(f"full pipeline group commit: {batched:,.0f} messages in {batches:,.0f} batches "
+              f"(mean {batched / batches:.1f} a batch, warm-up and both scenarios)")
     print(f"server CPU ratio a/b (capacity ratio): msgs {cpu_ms['msgs']['aiosmtpd'] / cpu_ms['msgs']['ours-discard']:.2f}, "
           f"conns {cpu_ms['conns']['aiosmtpd'] / cpu_ms['conns']['ours-discard']:.2f}; a/c msgs "
           f"{cpu_ms['msgs']['aiosmtpd'] / cpu_ms['msgs']['ours-full']:.2f}")
