@@ -147,7 +147,8 @@ def build_server(client_for: Callable[[Context], client_lib.Inboxlayer], in_thre
             ctx: Context, outbound_id: OutboundId,
             until: Annotated[Literal["sent", "delivered"], Field(
                 description="'sent': return once SES accepted it (seconds, usually); 'delivered': once the "
-                            "recipient's server took it, or it bounced or drew a complaint (can take minutes).")] = "sent",
+                            "recipient's server took it, or it bounced or drew a complaint (can take "
+                            "minutes).")] = "sent",
             timeout_seconds: Annotated[int, Field(description=f"Give up after this long (1-{MAX_WAIT}).",
                                                   ge=1, le=MAX_WAIT)] = DEFAULT_WAIT) -> dict[str, Any]:
         """Wait until a sent email reaches `until`, or a final status (delivered, bounced, complained, failed,

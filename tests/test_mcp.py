@@ -29,7 +29,8 @@ TOOLS = {"send_email", "get_outbound_status", "wait_for_outbound", "list_outboun
 
 @asynccontextmanager
 async def stdio_session(subprocess_env, api_url, token):
-    env = {**subprocess_env, "INBOXLAYER_API_URL": api_url, "INBOXLAYER_TOKEN": token, "INBOXLAYER_HOME": "/nonexistent"}
+    env = {**subprocess_env, "INBOXLAYER_API_URL": api_url, "INBOXLAYER_TOKEN": token,
+           "INBOXLAYER_HOME": "/nonexistent"}
     params = StdioServerParameters(command=sys.executable, args=["-m", "cli", "mcp"], env=env, cwd=str(ROOT))
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -190,7 +191,8 @@ def test_mcp_stdio_quota_refusal_is_a_tool_error_with_the_reset_time(subprocess_
     first, refused = run(lambda: stdio_session(subprocess_env, api_server, account.token), steps)
     assert first["status"] == "queued"
     text = error_text(refused)
-    assert text.startswith("Error executing tool send_email: Daily sending quota exceeded (1/1, resets 00:00 UTC) [quota_exceeded]; "
+    assert text.startswith("Error executing tool send_email: Daily sending quota exceeded (1/1, resets 00:00 UTC) "
+                           "[quota_exceeded]; "
                            f"it resets at {next_midnight()} UTC.")
 
 
