@@ -18,14 +18,19 @@ from dataclasses import dataclass
 
 from peewee import JOIN
 
+import redis
+
 import models
 from core import accounts
 from core import blobs
 from core import keys
+from core import outbox
 from core.errors import KeyRefused
 
 FOLDERS = {"INBOX": "inbox", "Sent": "sent"}  # IMAP name -> Message.folder
 SPECIAL_USE = {"Sent": "\\Sent"}  # RFC 6154
+FLAGS_VERSION = "imapflags"  # Redis counter per inbox, moved on every flag change (see flags_version)
+FLAGS_VERSION_TTL = 86400  # seconds; an expired counter reads 0, which a session takes as a change
 DUPLICATE_WINDOW = datetime.timedelta(days=7)  # an APPEND matches a Sent copy this recent (same Message-ID)
 ROWS_PER_QUERY = 500  # UIDs per IN (...) list
 
@@ -175,6 +180,37 @@ def set_flags(inbox_id, folder, wanted, seen=None, flagged=None):
                 (models.MessageFlags.insert_many([{"message": uid} for uid in batch])
                  .on_conflict_ignore().execute())
                 models.MessageFlags.update(**changes).where(models.MessageFlags.message.in_(batch)).execute()
+    _flags_changed(inbox_id)
+
+
+def flags_version(inbox_id):
+    """A number that moves whenever a flag of the inbox changes (one Redis GET: what an idle
+    session polls before reading every flag again), or None when Redis is unavailable."""
+    try:
+        return int(outbox.connection().get(outbox.key(FLAGS_VERSION, inbox_id)) or 0)
+    except (redis.RedisError, outbox.QueueUnavailable):
+        return None
+
+
+def _flags_changed(inbox_id):
+    try:
+        connection = outbox.connection()
+        name = outbox.key(FLAGS_VERSION, inbox_id)
+        connection.pipeline().incr(name).expire(name, FLAGS_VERSION_TTL).execute()
+    except (redis.RedisError, outbox.QueueUnavailable):
+        pass  # sessions then learn of it at their next NOOP/CHECK, which compare anyway
+
+
+def flag_rows(inbox_id, folder):
+    """(uid, seen, flagged) of the messages in ``folder`` with any flag set, streamed."""
+    with models.db.connection_context():
+        query = (models.Message.select(models.Message.imap_uid, models.MessageFlags.seen, models.MessageFlags.flagged)
+                 .join(models.MessageFlags, on=(models.MessageFlags.message == models.Message.id))
+                 .where(models.Message.inbox == inbox_id, models.Message.folder == folder,
+                        (models.MessageFlags.seen == True) | (models.MessageFlags.flagged == True))  # noqa: E712
+                 .tuples())
+        for uid, seen, flag in query.iterator():
+            yield uid, bool(seen), bool(flag)
 
 
 def open_message(blob_key):

@@ -8,6 +8,7 @@ What a folder holds comes from core.mailbox; this module speaks the protocol onl
 """
 import base64
 import binascii
+import bisect
 import logging
 import re
 import socket
@@ -39,6 +40,7 @@ MAX_LITERALS = 16  # literals in one command
 SPOOL_IN_MEMORY = 64 * 1024  # an APPEND literal above this is spooled to a temporary file
 LITERAL = re.compile(rb"\{(\d{1,20})(\+)?\}\r?\n\Z")
 TAG = re.compile(r"[\x21\x23-\x27\x2c-\x5b\x5e-\x7a\x7c\x7e]{1,64}")  # ASTRING-CHAR minus "+" (RFC 3501 9)
+SEEN, FLAGGED = 1, 2  # Session.flag_bits
 STRUCTURE_CACHE = 4  # parsed message structures one session keeps
 
 CAPABILITIES = "IMAP4rev1 LITERAL+ SASL-IR ID NAMESPACE IDLE UIDPLUS SPECIAL-USE UNSELECT CHILDREN"
@@ -181,6 +183,8 @@ class Session:
         self.folder = None  # Message.folder of the selected mailbox
         self.read_only = False
         self.uids = None  # array of the selected mailbox's UIDs; sequence number n is uids[n - 1]
+        self.flag_bits = None  # per sequence number (index n - 1): SEEN | FLAGGED, as this client knows them
+        self.flags_version = None  # mailbox.flags_version when flag_bits was last compared
         self.commands = 0
         self.bad_commands = 0
         self.idle = True
@@ -533,6 +537,8 @@ class Session:
             return
         self.uids = mailbox.uids(self.inbox.id, key)
         self.folder, self.read_only = key, read_only
+        self.flags_version = mailbox.flags_version(self.inbox.id)
+        self.flag_bits = self._current_flag_bits()
         self.structures.clear()
         _total, unseen, highest = mailbox.status(self.inbox.id, key)
         self.send("* FLAGS (\\Seen \\Flagged)")
@@ -575,7 +581,7 @@ class Session:
     # -- selected ------------------------------------------------------------------------------
 
     def imap_CLOSE(self, tag, args, verb="CLOSE"):
-        self.folder, self.uids = None, None  # nothing to expunge: Sent is read-only
+        self.folder, self.uids, self.flag_bits = None, None, None  # nothing to expunge: Sent is read-only
         self.send(f"{tag} OK {verb} completed")
 
     def imap_UNSELECT(self, tag, args):
@@ -635,6 +641,7 @@ class Session:
                 mailbox.set_flags(self.inbox.id, self.folder, unseen, seen=True)
                 for uid in unseen:
                     metas[uid].seen = True
+                self._remember_flags(metas.values())
             for number, uid in batch:
                 meta = metas.get(uid)
                 if meta is not None:
@@ -752,12 +759,15 @@ class Session:
                               flagged=False if flagged else None)
         else:
             mailbox.set_flags(self.inbox.id, self.folder, wanted, seen=seen, flagged=flagged)
-        if not action.endswith(".SILENT"):
-            by_number = dict((uid, n) for n, uid in chosen)
-            for start in range(0, len(wanted), mailbox.ROWS_PER_QUERY):
-                for meta in mailbox.metadata(self.inbox.id, self.folder, wanted[start:start + mailbox.ROWS_PER_QUERY]):
-                    uid_part = f"UID {meta.uid} " if by_uid else ""
-                    self.send(f"* {by_number[meta.uid]} FETCH ({uid_part}FLAGS {fetch.flags(meta).decode()})")
+        by_number = dict((uid, n) for n, uid in chosen)
+        for start in range(0, len(wanted), mailbox.ROWS_PER_QUERY):
+            metas = mailbox.metadata(self.inbox.id, self.folder, wanted[start:start + mailbox.ROWS_PER_QUERY])
+            self._remember_flags(metas)  # this client is told here, not again as another session's change
+            if action.endswith(".SILENT"):
+                continue
+            for meta in metas:
+                uid_part = f"UID {meta.uid} " if by_uid else ""
+                self.send(f"* {by_number[meta.uid]} FETCH ({uid_part}FLAGS {fetch.flags(meta).decode()})")
         self.send(f"{tag} OK {'UID ' if by_uid else ''}STORE completed")
 
     def _search(self, tag, args, by_uid):
@@ -782,16 +792,44 @@ class Session:
         self.send("* SEARCH" + "".join(f" {n}" for n in found))
         self.send(f"{tag} OK {'UID ' if by_uid else ''}SEARCH completed")
 
-    def _announce_new(self):
-        """Tell a client with a mailbox selected about messages that arrived since (EXISTS)."""
+    def _announce_new(self, polling=False):
+        """Tell a client with a mailbox selected about messages that arrived since (EXISTS) and
+        flags another session changed (unsolicited FETCH FLAGS). ``polling`` (IDLE): compare the
+        flags only when the inbox's flags version moved (or new messages came), not every poll."""
         if self.folder is None:
             return False
         new = mailbox.uids(self.inbox.id, self.folder, after=self.uids[-1] if self.uids else 0)
-        if not new:
-            return False
-        self.uids.extend(new)
-        self.send(f"* {len(self.uids)} EXISTS")
-        return True
+        if new:
+            self.uids.extend(new)
+            self.flag_bits.extend(bytes(len(new)))
+            self.send(f"* {len(self.uids)} EXISTS")
+        version = mailbox.flags_version(self.inbox.id)
+        if new or not polling or version is None or version != self.flags_version:
+            self.flags_version = version
+            self._announce_flags()
+        return bool(new)
+
+    def _current_flag_bits(self):
+        bits = bytearray(len(self.uids))
+        for uid, seen, flag in mailbox.flag_rows(self.inbox.id, self.folder):
+            index = bisect.bisect_left(self.uids, uid)
+            if index < len(self.uids) and self.uids[index] == uid:
+                bits[index] = (SEEN if seen else 0) | (FLAGGED if flag else 0)
+        return bits
+
+    def _announce_flags(self):
+        current = self._current_flag_bits()
+        for index, (known, now) in enumerate(zip(self.flag_bits, current)):
+            if known != now:
+                names = " ".join(n for bit, n in ((SEEN, "\\Seen"), (FLAGGED, "\\Flagged")) if now & bit)
+                self.send(f"* {index + 1} FETCH (UID {self.uids[index]} FLAGS ({names}))")
+        self.flag_bits = current
+
+    def _remember_flags(self, metas):
+        for meta in metas:
+            index = bisect.bisect_left(self.uids, meta.uid)
+            if index < len(self.uids) and self.uids[index] == meta.uid:
+                self.flag_bits[index] = (SEEN if meta.seen else 0) | (FLAGGED if meta.flagged else 0)
 
     def imap_IDLE(self, tag, args):
         self.send("+ idling")
@@ -810,6 +848,6 @@ class Session:
                 raise Bad("Expected DONE")
             if not mailbox.still_authorized(self.inbox.id, self.token_id):
                 raise Close(BYE_REVOKED)
-            self._announce_new()
+            self._announce_new(polling=True)
             gevent.sleep(0)
 

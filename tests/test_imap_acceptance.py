@@ -204,3 +204,31 @@ def test_imap_a_thousand_idle_connections_do_not_slow_another_client(account, se
         for sock in idle:
             sock.close()
     assert server.proc.poll() is None
+
+
+def test_imap_flag_changes_reach_other_sessions_in_idle_and_at_noop(account, sent, imap_raw):  # noqa: F811
+    smtp_uid, rest_uid = list(sent)
+    watcher, changer = imap_raw(), imap_raw()
+    for client in (watcher, changer):
+        login_raw(client, account)
+        client.send("s SELECT Sent\r\n")
+        client.expect_tagged("s")
+    watcher.send("i IDLE\r\n")
+    assert watcher.line() == "+ idling\r\n"
+    changer.send(f"c UID STORE {smtp_uid} +FLAGS (\\Flagged)\r\n")
+    assert changer.expect_tagged("c") == [f"* 1 FETCH (UID {smtp_uid} FLAGS (\\Flagged))\r\n",
+                                          "c OK UID STORE completed\r\n"]
+    started = time.monotonic()
+    assert watcher.line() == f"* 1 FETCH (UID {smtp_uid} FLAGS (\\Flagged))\r\n"  # pushed, not asked for
+    assert time.monotonic() - started < 2
+    watcher.send("DONE\r\n")
+    assert watcher.expect_tagged("i") == ["i OK IDLE terminated\r\n"]
+    changer.send(f"d UID STORE {smtp_uid} -FLAGS.SILENT (\\Flagged)\r\ne UID FETCH {rest_uid} (BODY[])\r\n")
+    changer.expect_tagged("d")
+    changer.expect_tagged("e")  # sets \Seen on message 2
+    watcher.send("n NOOP\r\n")
+    assert watcher.expect_tagged("n") == [f"* 1 FETCH (UID {smtp_uid} FLAGS ())\r\n",
+                                          f"* 2 FETCH (UID {rest_uid} FLAGS (\\Seen))\r\n",
+                                          "n OK NOOP completed\r\n"]
+    changer.send("n NOOP\r\n")  # its own changes are not echoed back to it
+    assert changer.expect_tagged("n") == ["n OK NOOP completed\r\n"]
