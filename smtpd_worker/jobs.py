@@ -6,8 +6,8 @@ SES transport, and the queue. The database is the truth; Redis only carries hint
 N"). A job may run twice, late, or never; the row decides what happens:
 
 - A worker *claims* a row (``outbound.claim``) before it calls SES. Two workers can never both
-  hold a row. While the attempt runs, one thread of the process renews the leases (``relay.lease``), so only a dead
-  worker's lease lapses.
+  hold a row. While the attempt runs, one thread of the process renews the leases
+  (``relay.lease``), so only a dead worker's lease lapses.
 - The result is recorded only while the claim is still ours (same attempt number).
 - Between retries the row stays ``sending`` with ``next_attempt_at`` = when the retry is due, so
   users see one final outcome and a list of attempts, not a stream of soft failures.

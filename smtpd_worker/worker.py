@@ -8,9 +8,9 @@ so several at once is its own model. An SES call spends its time waiting on the 
 threads are enough (boto3 clients are thread-safe; each thread takes its own pooled database
 connection per transaction). Job timeouts raise RQ's ``JobTimeoutException`` in the job's thread
 (as RQ's ``TimerDeathPenalty`` does; SIGALRM reaches only the main thread), from one watchdog
-thread for the process (``WatchdogDeathPenalty``). Any job kind on the queue runs the same way. Retries are scheduled with
-``enqueue_in`` and moved to the queue by RQ's scheduler, which one worker per queue runs
-(``with_scheduler=True``; the others wait for its lock).
+thread for the process (``WatchdogDeathPenalty``). Any job kind on the queue runs the same way.
+Retries are scheduled with ``enqueue_in`` and moved to the queue by RQ's scheduler, which one
+worker per queue runs (``with_scheduler=True``; the others wait for its lock).
 
 SIGTERM (a deploy; SIGKILL follows ~30 s later): the worker stops taking jobs; a job that has not
 called SES yet (including one waiting for the rate governor or for room under
