@@ -41,6 +41,7 @@ from core import event_vocabulary
 from core import events
 from core import outbound
 from core import quota
+from core import simulator
 from core.errors import InboxPaused
 from core.errors import NewRecipientLimit
 from core.errors import RecipientNotAllowed
@@ -210,10 +211,20 @@ FROM inbox i WHERE i.id = {p}
 """
 
 
-def check_recipient(user, inbox, address, pending_new=0) -> bool:
+def counted(addresses, sandbox=False) -> list:
+    """The recipients that count as contacts of the inbox (the known recipients, the first-contact
+    cap): none of a sandbox key's message, which reaches nobody, and never a mailbox-simulator
+    address (core/simulator.py). Suppression and policy still apply to every recipient."""
+    if sandbox:
+        return []
+    return [a for a in addresses if not simulator.is_simulator(a)]
+
+
+def check_recipient(user, inbox, address, pending_new=0, sandbox=False) -> bool:
     """SMTP ``RCPT TO``: raise the refusal for ``address``, or return whether it is a first contact.
     ``pending_new``: first contacts already accepted in this transaction (they count toward the cap
-    as the message would commit them). One query, two when the inbox has a policy."""
+    as the message would commit them); ``sandbox``: the client uses a sandbox key (see ``counted``).
+    One query, two when the inbox has a policy."""
     key = address_key(address)
     row = models.db.execute_sql(_RECIPIENT_STATE.format(p=models.db.obj.param),
                                 (key, key, models.today().isoformat(), inbox.id)).fetchone()
@@ -226,7 +237,7 @@ def check_recipient(user, inbox, address, pending_new=0) -> bool:
         raise RecipientSuppressed([(address, suppression)])
     if has_rules and not allowed(policy_of(inbox), key):
         raise RecipientNotAllowed([(address, None)])
-    if is_known:
+    if is_known or not counted([address], sandbox):
         return False
     cap = own_cap if own_cap is not None else quota.plan_of(user).new_recipients_per_day
     if cap and used + pending_new + 1 > cap:
@@ -234,9 +245,10 @@ def check_recipient(user, inbox, address, pending_new=0) -> bool:
     return True
 
 
-def check_send(user, inbox, addresses) -> None:
+def check_send(user, inbox, addresses, sandbox=False) -> None:
     """REST: raise one refusal naming every refused recipient of the message (paused first, then
-    suppressed, then not allowed, then the first-contact cap); None when all may be sent to."""
+    suppressed, then not allowed, then the first-contact cap; see ``counted`` for ``sandbox``);
+    None when all may be sent to."""
     check_paused(inbox)
     keys = {a: address_key(a) for a in addresses}
     reasons = suppressed(user, set(keys.values()))
@@ -249,7 +261,8 @@ def check_send(user, inbox, addresses) -> None:
         raise RecipientNotAllowed(refused)
     cap = cap_of(user, inbox)
     if cap:
-        fresh = set(keys.values()) - known(inbox, set(keys.values()))
+        contacts = {address_key(a) for a in counted(addresses, sandbox)}
+        fresh = contacts - known(inbox, contacts) if contacts else set()
         used = new_today(inbox)
         if fresh and used + len(fresh) > cap:
             raise NewRecipientLimit(min(used, cap), cap, quota.seconds_to_reset())
@@ -261,10 +274,11 @@ def unknown_recipients(inbox, addresses) -> list:
     without a lock and the message needs no first-contact accounting (``admit``). One query."""
     keys = sorted({address_key(a) for a in addresses})
     p = models.db.obj.param
-    sql = (f"SELECT 'paused', i.paused_reason FROM inbox i WHERE i.id = {p} AND i.paused_at IS NOT NULL "
-           f"UNION ALL SELECT 'known', k.address FROM known_recipient k "
-           f"WHERE k.inbox_id = {p} AND k.address IN ({', '.join([p] * len(keys))})")
-    rows = models.db.execute_sql(sql, (inbox.id, inbox.id, *keys)).fetchall()
+    sql = f"SELECT 'paused', i.paused_reason FROM inbox i WHERE i.id = {p} AND i.paused_at IS NOT NULL"
+    if keys:
+        sql += (f" UNION ALL SELECT 'known', k.address FROM known_recipient k "
+                f"WHERE k.inbox_id = {p} AND k.address IN ({', '.join([p] * len(keys))})")
+    rows = models.db.execute_sql(sql, (inbox.id, inbox.id, *keys) if keys else (inbox.id,)).fetchall()
     for kind, text in rows:
         if kind == "paused":
             raise InboxPaused(text or "paused")

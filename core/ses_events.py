@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 import settings
 from core import outbound
 from core import recipients
+from core import simulator
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +273,15 @@ def handle(body, now=None):
         return 409, "notification already processed"
     log.info("SES %s for %s: %s", kind, event["mail"].get("messageId"), outcome)
     return 200, outcome
+
+
+def apply_simulated(claim) -> str:
+    """The relay job's SES call for a simulated message (core/simulator.py): record it sent under a
+    simulated id, then apply each recipient's outcome as an SES event (statuses only move up, as
+    with real events). Returns the simulated SES id."""
+    row = claim.row
+    ses_id = simulator.ses_id_for(row.public_id)
+    outbound.record_sent(claim, ses_id)
+    for key, kind, event in simulator.outcome_events(row.public_id, json.loads(row.recipients), claim.attempt):
+        apply(key, kind, event, simulated=True)
+    return ses_id

@@ -10,11 +10,8 @@ agent's bounce handling sees exactly what a real bounce looks like; the event is
 inbox (core/recipients.py). Mixing simulator and real
 recipients in one message is refused (SimulatorMixed): one message has one fate.
 """
-import json
-
 import settings
 from core import outbound
-from core import ses_events
 from core.errors import SimulatorMixed
 
 SUBDOMAIN = "simulator"
@@ -51,16 +48,19 @@ def classify(recipients) -> bool:
     return flags == {True}
 
 
-def simulate(claim) -> str:
-    """The relay job's SES call for a simulated message: record it sent under a simulated id, then
-    apply each recipient's outcome as an SES event (statuses only move up, as with real events)."""
-    row = claim.row
-    ses_id = f"simulator-{row.public_id}"
-    outbound.record_sent(claim, ses_id)
-    for index, rcpt in enumerate(json.loads(row.recipients)):
+def ses_id_for(public_id) -> str:
+    return f"simulator-{public_id}"
+
+
+def outcome_events(public_id, recipients, attempt) -> list:
+    """[(idempotency key, SES event kind, SES event)]: what SES would report for each simulator
+    recipient of the message ``public_id``; core.ses_events.apply_simulated applies them."""
+    ses_id = ses_id_for(public_id)
+    events = []
+    for index, rcpt in enumerate(recipients):
         kind, detail = OUTCOMES[rcpt.strip().lower().rpartition("@")[0].split("+", 1)[0]]
-        event = {"eventType": kind, "mail": {"messageId": ses_id, "tags": {"outbound_id": [row.public_id]},
+        event = {"eventType": kind, "mail": {"messageId": ses_id, "tags": {"outbound_id": [public_id]},
                                              "destination": [rcpt]},
                  kind[0].lower() + kind[1:]: detail(rcpt)}
-        ses_events.apply(f"simulator:{row.public_id}:{claim.attempt}:{index}", kind, event, simulated=True)
-    return ses_id
+        events.append((f"simulator:{public_id}:{attempt}:{index}", kind, event))
+    return events

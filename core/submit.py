@@ -310,8 +310,9 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
     enqueued = False
     try:
         capped = key is not None and key.daily_limit is not None
+        contacts = recipient_rules.counted(recipients, sandbox=status == lifecycle.SANDBOXED)
         with models.db.connection_context():
-            first_contacts = recipient_rules.unknown_recipients(inbox, recipients)  # raises InboxPaused
+            first_contacts = recipient_rules.unknown_recipients(inbox, contacts)  # raises InboxPaused
         if not first_contacts and not refused and not capped:
             # The common case, one statement (models.record_submission): committed together with
             # the messages that end at the same moment (group commit), its relay job enqueued with theirs.
@@ -324,7 +325,7 @@ def _commit(user, inbox, mail_from, recipients, via, public_id, blob_key, size, 
             blobs.store().sync_names([blob_key])
             with models.db.connection_context(), models.write_atomic():
                 if first_contacts:
-                    recipient_rules.admit(user, inbox, recipients)
+                    recipient_rules.admit(user, inbox, contacts)
                 if capped and not models.reserve_key_send(key.id, len(recipients), key.daily_limit):
                     raise keys.limit_exceeded(keys.key_sends_today(key.id), key.daily_limit)
                 ids = models.record_submission(fields, charged, limit)

@@ -201,7 +201,8 @@ class DbBackend:
         with self._audited(principal, address):
             try:
                 with models.db.connection_context():
-                    return recipient_rules.check_recipient(principal.user, principal.inbox, address, first_contacts)
+                    return recipient_rules.check_recipient(principal.user, principal.inbox, address, first_contacts,
+                                                           sandbox=bool(principal.token and principal.token.sandbox))
             except OUTAGES as exc:
                 raise BackendUnavailable(str(exc)) from exc
 

@@ -48,6 +48,7 @@ from core import blobs
 from core import metrics
 from core import outbound
 from core import outbox
+from core import ses_events
 from core import ses_rate
 from core import simulator
 from smtpd_worker import transport
@@ -71,7 +72,7 @@ def relay_outbound(outbound_id):
     if claim is None:
         return "skipped"
     if simulator.all_simulated(json.loads(claim.row.recipients)):
-        ses_id = _with_db(simulator.simulate, claim)  # never reaches SES (core/simulator.py)
+        ses_id = _with_db(ses_events.apply_simulated, claim)  # never reaches SES (core/simulator.py)
         log.info("simulated %s as %s", claim.row.public_id, ses_id, extra={"outbound_id": claim.row.public_id})
         return "simulated"
     with LEASES.holding(claim):  # let go before any result is written: those set next_attempt_at

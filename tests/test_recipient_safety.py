@@ -13,10 +13,12 @@ import models
 from core import recipients
 from smtpd_worker import jobs
 from tests import smtp_codes as codes
+from tests.fixtures_api import ApiSession
 from tests.fixtures_relay import make_message
 from tests.fixtures_relay import outbound
 from tests.fixtures_relay import ses_event
 from tests.fixtures_relay import events_of
+from tests.test_keys import new_key
 
 TODAY = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
@@ -325,6 +327,34 @@ def test_first_contact_not_consumed_by_an_aborted_transaction(account, api, smtp
     assert rcpt(client, "other@fresh.example") == codes.RECIPIENT_OK
     code, text = client.data(message_to(account, ["other@fresh.example"]))
     assert code == 250, text
+
+
+def test_sandbox_and_simulator_recipients_are_not_first_contacts(account, api, api_server, smtp_client):
+    """A sandbox key's messages and the mailbox simulator's addresses reach nobody: they neither
+    spend the first-contact cap nor make their recipients known (both over SMTP and REST)."""
+    api.put(f"/v1/inboxes/{account.address}/policy", json={"new_recipients_per_day": 1})
+    _, sandbox = new_key(account, sandbox=True, name="sandbox")
+    client = smtp_client(account.address, sandbox)
+    client.mail(account.address)
+    for address in ("s1@fresh.example", "s2@fresh.example"):
+        assert rcpt(client, address) == codes.RECIPIENT_OK
+    code, text = client.data(message_to(account, ["s1@fresh.example", "s2@fresh.example"]))
+    assert code == 250, text
+    response = ApiSession(api_server, sandbox).post(
+        f"/v1/inboxes/{account.address}/send", json={"to": ["s3@fresh.example", "s4@fresh.example"],
+                                                     "subject": "s", "text": "t"})
+    assert response.status_code == 202, response.text
+    simulated = ["delivered@simulator.inboxlayer.dev", "bounced@simulator.inboxlayer.dev"]
+    assert api.post(f"/v1/inboxes/{account.address}/send",
+                    json={"to": simulated, "subject": "s", "text": "t"}).status_code == 202
+    with models.db.connection_context():
+        assert recipients.new_today(account.inbox) == 0
+        assert not models.KnownRecipient.select().where(models.KnownRecipient.inbox == account.inbox).exists()
+    # the cap of 1 is still whole for a real first contact, and then spent
+    real = smtp_client(account.address, account.token)
+    real.mail(account.address)
+    assert rcpt(real, "real@fresh.example") == codes.RECIPIENT_OK
+    assert rcpt(real, "real2@fresh.example") == codes.new_recipient_limit(1, 1)
 
 
 # -- automatic pause --------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _send(inbox):
             return _accepted(earlier, replayed=True)
     recipients = parsed.envelope_recipients()
     submit.check_sender(inbox, inbox.address)  # a custom domain must still be verified
-    recipient_rules.check_send(g.user, inbox, recipients)  # paused, suppressed, policy, first-contact cap
+    recipient_rules.check_send(g.user, inbox, recipients, sandbox=g.token.sandbox)  # paused, suppressed, policy, cap
     keys.check_key_limit(g.token, len(recipients))
     if not g.token.sandbox:  # a sandbox key's messages are not charged
         quota.check_quota(g.user, len(recipients))
