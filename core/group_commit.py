@@ -53,11 +53,35 @@ class Batcher:
             lead = not self._leading
             self._leading = True
         if not lead:
-            item._event.wait()
+            try:
+                item._event.wait()
+            except BaseException:  # the caller is being stopped (a killed greenlet) while it waits
+                self._abandon(item)
+                raise
             if not item._lead:  # committed by a leader
                 return item
         self._lead_batch()
         return item
+
+    def _abandon(self, item):
+        """``item``'s caller stops waiting. Still queued, the item leaves the queue (nothing of it
+        was written); if the lead had been handed to it, the lead passes to the next queued item, so
+        the callers behind a dead one are never left waiting for a leader that will not come. Already
+        in a batch, it is committed all the same (its caller will not hear of it, as with a
+        connection lost after the commit)."""
+        with self._lock:
+            if item not in self._queue:
+                return
+            self._queue.remove(item)
+            successor = None
+            if item._lead:
+                successor = self._queue[0] if self._queue else None
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor._lead = True
+        if successor is not None:
+            successor._event.set()
 
     def _lead_batch(self):
         with self._lock:
@@ -71,15 +95,16 @@ class Batcher:
             self._fail(batch, Interrupted("the batch's commit was interrupted"))
             raise
         finally:
-            with self._lock:
+            with self._lock:  # the lead is handed over under the lock, so _abandon sees who holds it
                 successor = self._queue[0] if self._queue else None
                 if successor is None:
                     self._leading = False
+                else:
+                    successor._lead = True
             for item in batch:
                 item._done = True
                 item._event.set()
             if successor is not None:
-                successor._lead = True
                 successor._event.set()
 
     @staticmethod

@@ -7,10 +7,15 @@ next ones queue behind (``inboxlayer_submit_waiting`` says how many), and releas
 the leader finish and the queued messages go as one batch.
 """
 import io
+import json
+import os
+import subprocess
+import sys
 import sqlite3
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -277,3 +282,46 @@ def test_blob_names_are_synced_once_per_directory_through_the_blocking_runner(tm
     assert [name for name, _ in calls] == ["_put"] * 4 + ["_fsync_dirs"]
     assert calls[-1][1] == {tmp_path / "2026/01/01", tmp_path / "2026/01/02"}
     assert all((tmp_path / key).read_bytes() == b"Subject: x\r\n\r\nbody\r\n" for key in keys)
+
+
+KILLED_FOLLOWER = """
+from gevent import monkey
+monkey.patch_all()
+import json, threading
+import gevent
+from core import group_commit
+
+release = threading.Event()
+batches = []
+
+
+def commit(items):
+    batches.append([item.payload for item in items])
+    if items[0].payload == "first":
+        release.wait()
+    for item in items:
+        item.result = item.payload
+
+
+batcher = group_commit.Batcher(commit)
+leader = gevent.spawn(batcher.run, "first")
+gevent.sleep(0.05)  # the leader commits "first" and waits
+victim = gevent.spawn(batcher.run, "victim")
+third = gevent.spawn(batcher.run, "third")
+gevent.sleep(0.05)  # both queued behind it; "victim" is next in line to lead
+victim.kill()  # its session is cut while it waits (a greenlet killed at a deadline or shutdown)
+release.set()
+answers = [leader.get(timeout=5).result, third.get(timeout=5).result]
+print(json.dumps({"answers": answers, "batches": batches, "waiting": batcher.waiting()}))
+"""
+
+
+def test_a_follower_killed_while_waiting_leaves_no_one_stuck_behind_it():
+    """Under gevent (as smtpd and the web run it) a caller killed while queued must not take the
+    lead with it: without the hand-over the next caller waits forever for a leader (get() times out)."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", KILLED_FOLLOWER], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root))
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome == {"answers": ["first", "third"], "batches": [["first"], ["third"]], "waiting": 0}
