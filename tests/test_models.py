@@ -121,3 +121,32 @@ def test_reserve_send_50_concurrent_reservers_never_exceed_limit(account):
     assert results.count(False) == reservers - limit
     with models.db.connection_context():
         assert models.sends_today(account.user) == limit
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_pool_pings_only_connections_that_rested(config, monkeypatch):
+    """models.PostgresPool: a connection checked in a moment ago is handed out without peewee's
+    SELECT 1; one that rested RECHECK_AFTER is pinged, and if its backend died, replaced."""
+    import psycopg2
+
+    database = models.db.obj
+    assert isinstance(database, models.PostgresPool)
+    pings = []
+    ping = database._adapter.is_connection_closed
+    monkeypatch.setattr(database._adapter, "is_connection_closed", lambda conn: pings.append(conn) or ping(conn))
+    with models.db.connection_context():
+        pid = models.db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    pings.clear()
+    for _ in range(5):
+        with models.db.connection_context():
+            assert models.db.execute_sql("SELECT pg_backend_pid()").fetchone()[0] == pid
+    assert pings == []
+    admin = psycopg2.connect(config["database"]["url"])
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    admin.close()
+    monkeypatch.setattr(models.PostgresPool, "RECHECK_AFTER", 0.0)  # as if it had rested
+    with models.db.connection_context():
+        assert models.db.execute_sql("SELECT pg_backend_pid()").fetchone()[0] != pid
+    assert len(pings) >= 1
