@@ -291,6 +291,7 @@ def _banner(config, redis_source, ses_note, ready, health_command):
   Dashboard   {web}   (sign up, create an inbox and an API key)
   SMTP        {ports or 'off'}; {cert}
   IMAP        {imap_ports or 'off'}; same certificate; user = inbox address, password = API key
+  MCP         {web}/mcp (Authorization: Bearer <API key>), or `.venv/bin/inboxlayer mcp` over stdio: docs/agents.md
   Redis       {redis_source}
   SES         {ses_note}
   Data        {config['database']['url']}

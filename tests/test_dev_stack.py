@@ -397,3 +397,13 @@ def test_dev_stack_delivers_webhooks_to_a_receiver_on_this_machine(dev_stack, re
                what="outbound.sent at the loopback receiver")
     payload = next(r["payload"] for r in receiver.requests if r["verified"])
     assert payload["outbound"] == sent.json()["id"]
+
+
+def test_dev_stack_banner_names_a_working_mcp_endpoint(dev_stack):
+    from tests.test_mcp import http_session
+    from tests.test_mcp import run
+
+    url = re.search(r"MCP         (http://\S+)/mcp ", dev_stack.output).group(1)
+    assert url == dev_stack.url
+    tools = run(lambda: http_session(url, dev_stack.token), lambda session: session.list_tools())
+    assert "send_email" in {tool.name for tool in tools.tools}
