@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,7 +228,13 @@ class Inboxlayer:
         return self.send_raw(inbox, json.dumps(body).encode(), idempotency_key=idempotency_key)
 
     def send_raw(self, inbox, body, idempotency_key=None, length=None):
-        """POST an already-encoded JSON request body (bytes, or a binary file of ``length`` bytes)."""
+        """POST an already-encoded JSON request body (bytes, or a binary file of ``length`` bytes).
+
+        A bytes body may be retried (429, 503): without an ``idempotency_key`` it gets one of its
+        own, so a retry after a 503 that a proxy gave once the server had stored the message replays
+        that message instead of sending it twice."""
+        if idempotency_key is None and isinstance(body, bytes):
+            idempotency_key = f"client-{uuid.uuid4().hex}"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.request("POST", f"/v1/inboxes/{_segment(inbox)}/send", body, headers, length=length)
 

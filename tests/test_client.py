@@ -3,6 +3,7 @@ resource method, the error classes with their API codes, and the bounded Retry-A
 No HTTP is mocked; the CLI's own tests (test_cli_client.py) run the same client underneath."""
 import datetime
 import time
+import urllib.error
 
 import pytest
 
@@ -120,3 +121,64 @@ def test_client_errors_carry_the_api_codes(api_server, client, account, config):
         il.Inboxlayer("http://api.example.com", scoped)
     with pytest.raises(il.TransportError, match=r"^cannot reach the API at http://127.0.0.1:9: "):
         il.Inboxlayer("http://127.0.0.1:9", scoped).account()
+
+
+class _FlakyGateway:
+    """A load balancer in front of the real API that loses the first answer to a send: it forwards
+    the request (the server stores the message) and tells the client 503 instead. The only stand-in
+    here is for that intermediary, which is outside our code; the API behind it is the real one."""
+
+    def __init__(self, upstream):
+        import http.server
+        import threading
+        import urllib.request as urlrequest
+
+        gateway = self
+        self.forwarded_sends, self.lost = 0, False
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                request = urlrequest.Request(upstream + self.path, data=body, method=self.command)
+                for name in ("Authorization", "Content-Type", "Idempotency-Key", "Accept"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    with urlrequest.urlopen(request, timeout=30) as response:
+                        status, payload = response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, payload = exc.code, exc.read()
+                if self.command == "POST" and self.path.endswith("/send"):
+                    gateway.forwarded_sends += 1
+                    if not gateway.lost:
+                        gateway.lost = True
+                        status, payload = 503, b'{"error": {"code": "bad_gateway", "message": "upstream reset"}}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status == 503:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_client_retry_after_a_lost_answer_does_not_send_twice(api_server, account):
+    gateway = _FlakyGateway(api_server)
+    try:
+        sent = il.Inboxlayer(gateway.url, account.token).send(account.address, to=["bob@example.com"],
+                                                               subject="Once", text="only once")
+    finally:
+        gateway.server.shutdown()
+    assert (gateway.lost, gateway.forwarded_sends) == (True, 2)  # the server saw the send twice
+    with models.db.connection_context():
+        rows = [o.public_id for o in models.OutboundEmail.select().where(models.OutboundEmail.user == account.user.id)]
+    assert rows == [sent["id"]]  # ...and stored it once: the retry replayed the first
