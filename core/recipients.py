@@ -261,7 +261,7 @@ def check_send(user, inbox, addresses, sandbox=False) -> None:
         raise RecipientNotAllowed(refused)
     cap = cap_of(user, inbox)
     if cap:
-        contacts = {address_key(a) for a in counted(addresses, sandbox)}
+        contacts = {keys[a] for a in counted(addresses, sandbox)}
         fresh = contacts - known(inbox, contacts) if contacts else set()
         used = new_today(inbox)
         if fresh and used + len(fresh) > cap:

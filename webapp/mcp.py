@@ -20,6 +20,7 @@ import logging
 from flask import Blueprint
 from flask import Response
 from flask import request
+from gevent import monkey
 
 import inboxlayer_client as client_lib
 from webapp.api import errors as api_errors
@@ -88,12 +89,9 @@ def _scope():
 
 
 def _in_thread(scope, body, api_url):
-    """Run the ASGI request on a private event loop in a real OS thread; the greenlet waits."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency; this is the plain-thread fallback
-        monkey = None
-    if monkey is not None and monkey.is_module_patched("threading"):
+    """Run the ASGI request on a private event loop in a real OS thread; the greenlet waits.
+    Unpatched (the development server, tests' in-process app), the request's own thread is one."""
+    if monkey.is_module_patched("threading"):
         return _pool().apply(_run, (scope, body, api_url))
     return _run(scope, body, api_url)
 
