@@ -5,9 +5,12 @@ Helpers here do not commit: the caller that owns the unit of work wraps writes i
 """
 import datetime
 import json
+import re
 import time
+import weakref
 from pathlib import Path
 
+import psycopg2
 from peewee import BigIntegerField
 from peewee import BooleanField
 from peewee import Case
@@ -71,6 +74,67 @@ class PostgresPool(PooledPostgresqlDatabase):
     def _close_raw(self, conn):
         self._checked_in().pop(id(conn), None)
         super()._close_raw(conn)
+
+    def _connect(self):
+        conn = super()._connect()
+        prepared = self.__dict__.setdefault("_prepared", weakref.WeakKeyDictionary())
+        if conn not in prepared:  # a new connection (a reused one was prepared when it was new)
+            prepared[conn] = HotStatement.prepare_all(conn)
+        return conn
+
+    def prepared_on(self, conn):
+        """The names of the hot statements prepared on ``conn``."""
+        return self.__dict__.get("_prepared", {}).get(conn, ())
+
+
+class HotStatement:
+    """A statement run for every message (SMTP asks some of them several times a message),
+    prepared once on each new Postgres connection: the server then skips parsing and planning,
+    which cost it more CPU than running them (0.2-0.5 ms each against 0.03-0.5 ms). Elsewhere,
+    and on a connection where PREPARE failed (tables not migrated yet), the plain SQL runs.
+
+    ``sql`` uses the driver's placeholders: ``{p}`` (positional, formatted with the database's
+    param) or, for a Postgres-only statement, ``%(name)s``. ``types``: the Postgres types of the
+    parameters, in order (positional) or by name; declared because PREPARE cannot always infer
+    them (a parameter in an INSERT ... SELECT list has no context)."""
+
+    registry = []
+
+    def __init__(self, name, sql, types):
+        self.name, self.sql = name, sql
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+        if names:  # named: $n by first appearance
+            body = sql
+            for n, param in enumerate(names, 1):
+                body = body.replace(f"%({param})s", f"${n}")
+            declared = [types[param] for param in names]
+            self.execute_sql = f"EXECUTE {name} ({', '.join(f'%({param})s' for param in names)})"
+        else:
+            count = sql.count("{p}")
+            body = sql.format(p="\0").replace("\0", "{}").format(*(f"${n}" for n in range(1, count + 1)))
+            declared = list(types)
+            self.execute_sql = f"EXECUTE {name} ({', '.join(['%s'] * count)})"
+        self.prepare_sql = f"PREPARE {name} ({', '.join(declared)}) AS {body}"
+        HotStatement.registry.append(self)
+
+    def run(self, params):
+        """Execute with ``params`` on the current connection; returns the cursor."""
+        database = db.obj
+        if isinstance(database, PostgresPool) and self.name in database.prepared_on(database.connection()):
+            return database.execute_sql(self.execute_sql, params)
+        return database.execute_sql(self.sql.format(p=database.param) if "{p}" in self.sql else self.sql, params)
+
+    @classmethod
+    def prepare_all(cls, conn):
+        prepared = set()
+        with conn.cursor() as cursor:
+            for statement in cls.registry:
+                try:
+                    cursor.execute(statement.prepare_sql)  # autocommit: not part of any transaction
+                except psycopg2.Error:
+                    continue  # e.g. a table not created yet: this connection runs the plain SQL
+                prepared.add(statement.name)
+        return frozenset(prepared)
 
 
 def init_database(url, max_connections=20):
@@ -503,20 +567,23 @@ def refund_send(user, day, count):
             .where(SendUsage.user == user, SendUsage.day == day).execute())
 
 
+_SENDER_STATE = HotStatement("inboxlayer_sender_state", (
+    'SELECT u.plan, d.status, COALESCE(s.count, 0), COALESCE(k.count, 0), i.paused_at, i.paused_reason '
+    'FROM inbox i '
+    'JOIN "user" u ON u.id = i.user_id '
+    'JOIN api_token t ON t.user_id = u.id AND t.id = {p} AND t.revoked_at IS NULL '
+    'LEFT JOIN domain d ON d.id = i.domain_id '
+    'LEFT JOIN send_usage s ON s.user_id = u.id AND s.day = {p} '
+    'LEFT JOIN key_usage k ON k.token_id = t.id AND k.day = {p} '
+    'WHERE i.address = {p}'), ("bigint", "date", "date", "text"))
+
+
 def sender_state(address, token_id):
     """(plan, domain status or None, sends today, the token's own sends today, the inbox's
     paused_at and paused_reason) for the inbox ``address`` while token ``token_id`` is live and
     its account owns the inbox; None otherwise. One query, because SMTP asks it for every message."""
-    sql = ('SELECT u.plan, d.status, COALESCE(s.count, 0), COALESCE(k.count, 0), i.paused_at, i.paused_reason '
-           'FROM inbox i '
-           'JOIN "user" u ON u.id = i.user_id '
-           'JOIN api_token t ON t.user_id = u.id AND t.id = {p} AND t.revoked_at IS NULL '
-           'LEFT JOIN domain d ON d.id = i.domain_id '
-           'LEFT JOIN send_usage s ON s.user_id = u.id AND s.day = {p} '
-           'LEFT JOIN key_usage k ON k.token_id = t.id AND k.day = {p} '
-           'WHERE i.address = {p}').format(p=db.obj.param)
     day = today().isoformat()
-    return db.execute_sql(sql, (token_id, day, day, address)).fetchone()
+    return _SENDER_STATE.run((token_id, day, day, address)).fetchone()
 
 
 # One statement, so one round trip and (in autocommit) its own transaction: the usage row is
@@ -595,6 +662,14 @@ def next_imap_uid(inbox_id):
     return ImapUidCounter.select(ImapUidCounter.last_uid).where(ImapUidCounter.inbox == inbox_id).scalar()
 
 
+_RECORD_SUBMISSION = HotStatement("inboxlayer_record_submission", _RECORD_SUBMISSION_PG, dict(
+    user_id="bigint", day="date", count="integer", limit="integer", inbox_id="bigint", message_id="text",
+    subject="text", from_addr="text", to_addrs="text", size="bigint", blob_key="text", now="timestamp",
+    public_id="text", via="text", mail_from="text", recipients="text", status="text", idempotency_key="text",
+    request_hash="text", event_detail="text", public_event_id="text", public_event_type="text",
+    public_event_data="text", public_event_like="text"))
+
+
 def record_submission(fields, count, limit):
     """Store a submitted message, all or nothing: the Sent copy (Message), the queued
     OutboundEmail, its first event, and ``count`` sends reserved within ``limit``.
@@ -611,7 +686,7 @@ def record_submission(fields, count, limit):
         return None
     fields = dict(fields, status=fields.get("status", "queued"))
     if isinstance(db.obj, PostgresqlDatabase):
-        return db.execute_sql(_RECORD_SUBMISSION_PG, dict(fields, day=today(), count=count, limit=limit)).fetchone()
+        return _RECORD_SUBMISSION.run(dict(fields, day=today(), count=count, limit=limit)).fetchone()
     with db.atomic() as transaction:
         message_id = Message.insert(
             inbox=fields["inbox_id"], folder="sent", message_id=fields["message_id"], subject=fields["subject"],

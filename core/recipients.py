@@ -201,14 +201,14 @@ def check_paused(inbox, as_read=False) -> None:
 # -- the checks the front-ends call -----------------------------------------------------------
 
 # Everything RCPT needs in one round trip (SMTP asks it for every recipient).
-_RECIPIENT_STATE = """
+_RECIPIENT_STATE = models.HotStatement("inboxlayer_recipient_state", """
 SELECT i.paused_at, i.paused_reason, i.new_recipients_per_day,
        (SELECT s.reason FROM suppression s WHERE s.user_id = i.user_id AND s.address = {p}),
        EXISTS (SELECT 1 FROM recipient_rule r WHERE r.inbox_id = i.id),
        EXISTS (SELECT 1 FROM known_recipient k WHERE k.inbox_id = i.id AND k.address = {p}),
        COALESCE((SELECT u.count FROM new_recipient_usage u WHERE u.inbox_id = i.id AND u.day = {p}), 0)
 FROM inbox i WHERE i.id = {p}
-"""
+""", ("text", "text", "date", "bigint"))
 
 
 def counted(addresses, sandbox=False) -> list:
@@ -226,8 +226,7 @@ def check_recipient(user, inbox, address, pending_new=0, sandbox=False) -> bool:
     as the message would commit them); ``sandbox``: the client uses a sandbox key (see ``counted``).
     One query, two when the inbox has a policy."""
     key = address_key(address)
-    row = models.db.execute_sql(_RECIPIENT_STATE.format(p=models.db.obj.param),
-                                (key, key, models.today().isoformat(), inbox.id)).fetchone()
+    row = _RECIPIENT_STATE.run((key, key, models.today().isoformat(), inbox.id)).fetchone()
     if row is None:  # the inbox is gone; the end of DATA refuses the message
         return False
     paused_at, paused, own_cap, suppression, has_rules, is_known, used = row
