@@ -206,12 +206,13 @@ class DbBackend:
             except OUTAGES as exc:
                 raise BackendUnavailable(str(exc)) from exc
 
-    def submit(self, principal, mail_from, recipients, spool, refused=()):
-        """The Accepted (queued id, and whether an Idempotency-Key named an earlier send)."""
+    def submit(self, principal, mail_from, recipients, spool, refused=(), all_known=False):
+        """The Accepted (queued id, and whether an Idempotency-Key named an earlier send).
+        ``all_known``: RCPT found no first contact among ``recipients`` (see core.submit.submit)."""
         with self._audited(principal, principal.address):
             try:
                 outbound = submit.submit(principal.user, principal.inbox, mail_from, recipients, spool, via="smtp",
-                                         refused=refused, key=principal.token)
+                                         refused=refused, key=principal.token, all_known=all_known)
             except OUTAGES as exc:
                 raise BackendUnavailable(str(exc)) from exc
         replayed = getattr(outbound, "replayed", False)
@@ -271,7 +272,7 @@ class DiscardBackend:
     def check_recipient(self, principal, address, first_contacts):
         return False
 
-    def submit(self, principal, mail_from, recipients, spool, refused=()):
+    def submit(self, principal, mail_from, recipients, spool, refused=(), all_known=False):
         public_id = f"ob_discard{next(self._ids):06d}"
         if self.capture_dir is not None:
             spool.seek(0)

@@ -831,7 +831,8 @@ class Session:
                     self.reply(CREDENTIALS_REVOKED)
                     return None
                 self.principal = principal
-                return self.backend.submit(principal, envelope.mail_from, envelope.rcpt_tos, spool, envelope.refused)
+                return self.backend.submit(principal, envelope.mail_from, envelope.rcpt_tos, spool, envelope.refused,
+                                           all_known=envelope.first_contacts == 0)
         finally:
             if rate and self.principal is not None:
                 self.reader.set_deadline(None)

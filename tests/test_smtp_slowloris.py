@@ -15,6 +15,7 @@ import pytest
 
 import models
 from core import accounts
+from core import recipients
 from smtpd_worker.server import client_key
 from tests import smtp_codes as codes
 from tests.fixtures_smtp import RawClient
@@ -260,3 +261,24 @@ def test_token_revoked_during_data_gets_no_250(start_smtp_server, account):
     assert readable_within(client.sock, 10)
     assert client.reply() == codes.PRE_AUTH_TIMEOUT
     assert 2 < time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("first_contact", [False, True], ids=["known-recipient", "first-contact"])
+def test_inbox_paused_during_data_gets_no_250(start_smtp_server, account, first_contact):
+    """The commit reads the pause again: fresh at the end of DATA for a known recipient (RCPT found
+    no first contact, so the commit skips its own recipient query), in that query for a first contact."""
+    server = start_smtp_server()
+    client = logged_in(server, account.address, account.token)
+    if not first_contact:  # mail the recipient once, so RCPT finds it known
+        client.start_data(account.address)
+        client.send(message(account.address) + b".\r\n")
+        assert client.reply().startswith(codes.QUEUED_PREFIX)
+    client.start_data(account.address)
+    data = message(account.address)
+    client.send(data[:20])
+    with models.db.connection_context():
+        assert recipients.pause(account.inbox.id, "test pause")
+    client.send(data[20:] + b".\r\n")
+    assert client.reply() == codes.inbox_paused("test pause")
+    with models.db.connection_context():
+        assert models.OutboundEmail.select().count() == (0 if first_contact else 1)
