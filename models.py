@@ -10,6 +10,7 @@ import time
 import weakref
 from pathlib import Path
 
+import peewee
 import psycopg2
 from peewee import BigIntegerField
 from peewee import BooleanField
@@ -119,10 +120,14 @@ class HotStatement:
 
     def run(self, params):
         """Execute with ``params`` on the current connection; returns the cursor."""
+        return db.obj.execute_sql(self.text(), params)
+
+    def text(self):
+        """The SQL that runs it on the current connection: EXECUTE where it is prepared."""
         database = db.obj
         if isinstance(database, PostgresPool) and self.name in database.prepared_on(database.connection()):
-            return database.execute_sql(self.execute_sql, params)
-        return database.execute_sql(self.sql.format(p=database.param) if "{p}" in self.sql else self.sql, params)
+            return self.execute_sql
+        return self.sql.format(p=database.param) if "{p}" in self.sql else self.sql
 
     @classmethod
     def prepare_all(cls, conn):
@@ -670,6 +675,31 @@ _RECORD_SUBMISSION = HotStatement("inboxlayer_record_submission", _RECORD_SUBMIS
     public_event_data="text", public_event_like="text"))
 
 
+def _submission_params(fields, count, limit):
+    return dict(fields, status=fields.get("status", "queued"), day=today(), count=count, limit=limit)
+
+
+def record_submissions(submissions):
+    """record_submission for each (fields, count, limit) of ``submissions``, in order, inside the
+    caller's transaction; the list of what each returned. On Postgres in two round trips whatever
+    their number (a group commit's batch): their statements go in one message, then one query
+    reads back the ids of those that were stored. None may carry an idempotency key: a conflict
+    would fail the statements after it (the caller runs those under a savepoint of their own)."""
+    if not isinstance(db.obj, PostgresqlDatabase) or len(submissions) < 2:
+        return [record_submission(*submission) for submission in submissions]
+    cursor = db.cursor()
+    text = _RECORD_SUBMISSION.text()
+    statements = [cursor.mogrify(text, _submission_params(fields, count, limit))
+                  for fields, count, limit in submissions if count <= limit]
+    if statements:
+        with peewee.__exception_wrapper__:  # psycopg2's errors as peewee's, as execute_sql raises them
+            cursor.execute(b";\n".join(statements))
+    public_ids = [fields["public_id"] for fields, _, _ in submissions]
+    stored = {public_id: (message_id, outbound_id) for public_id, message_id, outbound_id in db.execute_sql(
+        "SELECT public_id, message_id, id FROM outbound_email WHERE public_id = ANY(%s)", (public_ids,)).fetchall()}
+    return [stored.get(public_id) for public_id in public_ids]
+
+
 def record_submission(fields, count, limit):
     """Store a submitted message, all or nothing: the Sent copy (Message), the queued
     OutboundEmail, its first event, and ``count`` sends reserved within ``limit``.
@@ -686,7 +716,7 @@ def record_submission(fields, count, limit):
         return None
     fields = dict(fields, status=fields.get("status", "queued"))
     if isinstance(db.obj, PostgresqlDatabase):
-        return _RECORD_SUBMISSION.run(dict(fields, day=today(), count=count, limit=limit)).fetchone()
+        return _RECORD_SUBMISSION.run(_submission_params(fields, count, limit)).fetchone()
     with db.atomic() as transaction:
         message_id = Message.insert(
             inbox=fields["inbox_id"], folder="sent", message_id=fields["message_id"], subject=fields["subject"],

@@ -390,11 +390,20 @@ def _commit_batch(items):
         # no BEGIN/COMMIT round trips); otherwise one transaction for the batch.
         alone = len(ordered) == 1 and ordered[0].payload.fields["idempotency_key"] is None
         with contextlib.nullcontext() if alone else models.write_atomic():
-            for item in ordered:
-                pending = item.payload
-                if pending.fields["idempotency_key"] is None:  # nothing in it can collide: no savepoint
-                    item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
+            run = []  # consecutive messages without a key: nothing in them can collide, no savepoint
+            for item in ordered + [None]:
+                if item is not None and item.payload.fields["idempotency_key"] is None:
+                    run.append(item)
                     continue
+                if run:  # in one round trip, still in account order
+                    results = models.record_submissions([(i.payload.fields, i.payload.charged, i.payload.limit)
+                                                         for i in run])
+                    for done, result in zip(run, results):
+                        done.result = result
+                    run = []
+                if item is None:
+                    break
+                pending = item.payload
                 try:
                     with models.db.atomic():  # a savepoint: a duplicate key rolls back this message only
                         item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
