@@ -66,6 +66,10 @@ class Accepted:
     replayed: bool = False
 
 
+_INBOX_WITH_DOMAIN = models.CompiledSelect(lambda address: models.Inbox.select(models.Inbox, models.Domain).join(
+    models.Domain, JOIN.LEFT_OUTER).where(models.Inbox.address == address))
+
+
 class DbBackend:
     """The production backend: models + submission + limits. Each DB lookup scopes its own
     connection (``connection_context``), so an idle session holds none."""
@@ -160,8 +164,7 @@ class DbBackend:
     @staticmethod
     def _inbox(address):
         # The domain is loaded with the inbox so later checks need no connection.
-        return (models.Inbox.select(models.Inbox, models.Domain)
-                .join(models.Domain, JOIN.LEFT_OUTER).where(models.Inbox.address == address).first())
+        return _INBOX_WITH_DOMAIN.first(address)
 
     def authorize_sender(self, principal, address):
         with self._audited(principal, address):

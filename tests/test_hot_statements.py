@@ -49,3 +49,23 @@ def test_a_connection_to_a_database_without_the_tables_runs_the_plain_sql():
             conn.close()
     finally:
         _admin_sql(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_compiled_select_answers_as_peewee_first_joins_included(config):
+    account = make_account()
+    with models.db.connection_context():
+        domain = models.Domain.create(user=account.user, name="agents.example", status="verified",
+                                       verification_token="t0k3n")
+        inbox = models.Inbox.create(user=account.user, local_part="bot", address="bot@agents.example", domain=domain)
+        select = models.CompiledSelect(lambda address: models.Inbox.select(models.Inbox, models.Domain).join(
+            models.Domain).where(models.Inbox.address == address))
+        for address in ("bot@agents.example", "bot@agents.example", "nobody@agents.example"):
+            ours = select.first(address)
+            theirs = (models.Inbox.select(models.Inbox, models.Domain).join(models.Domain)
+                      .where(models.Inbox.address == address).first())
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                assert ours.__data__ == theirs.__data__ and ours.id == inbox.id
+                assert ours.domain.__data__ == theirs.domain.__data__ and ours.domain.name == "agents.example"
+        token = models.live_token_by_hash(account.token_row.token_hash)
+        assert (token.id, token.user.email) == (account.token_row.id, account.user.email)
