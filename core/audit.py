@@ -57,10 +57,9 @@ def record(actor, action, outcome, reason="", detail=""):
     that are not a client request, such as tests submitting directly)."""
     if actor is None:
         return
-    _pending.append(dict(user=actor.user_id, token=actor.token_id, key_prefix=(actor.key_prefix or "")[:16],
-                         action=action, outcome=outcome, reason=(reason or "")[:64], protocol=actor.protocol,
-                         client_ip=(actor.client_ip or "")[:64], detail=(detail or "")[:MAX_DETAIL],
-                         occurred_at=models.utcnow()))
+    _pending.append((actor.user_id, actor.token_id, (actor.key_prefix or "")[:16], action, outcome,
+                     (reason or "")[:64], actor.protocol, (actor.client_ip or "")[:64], (detail or "")[:MAX_DETAIL],
+                     models.utcnow()))  # in the order of COLUMNS
     _ensure_writer()
     if len(_pending) >= FLUSH_BATCH:
         _wake.set()
@@ -77,13 +76,26 @@ def flush():
         try:
             with models.db.connection_context(), models.db.atomic():
                 for start in range(0, len(rows), FLUSH_BATCH):
-                    models.AuditEvent.insert_many(rows[start:start + FLUSH_BATCH]).execute()
+                    _insert(rows[start:start + FLUSH_BATCH])
         except OUTAGES as exc:
             global dropped
             dropped += len(rows)
             log.warning("audit trail: %d row(s) not written: %s", len(rows), exc)
             return 0
         return len(rows)
+
+
+COLUMNS = ("user_id", "token_id", "key_prefix", "action", "outcome", "reason", "protocol", "client_ip", "detail",
+           "occurred_at")
+
+
+def _insert(rows):
+    """One multi-row INSERT, its text written here: peewee's insert_many built it value by value,
+    which cost the SMTP server more CPU than the write itself."""
+    p = models.db.obj.param
+    one = f"({', '.join([p] * len(COLUMNS))})"
+    models.db.execute_sql(f"INSERT INTO audit_event ({', '.join(COLUMNS)}) VALUES {', '.join([one] * len(rows))}",
+                          [value for row in rows for value in row])
 
 
 PRUNE_BATCH = 10_000  # rows deleted per statement, so a long backlog never holds one huge transaction
