@@ -52,6 +52,7 @@ class PostgresPool(PooledPostgresqlDatabase):
     If it died in that moment, its next statement fails as on a connection that dies in use."""
 
     RECHECK_AFTER = 1.0  # seconds
+    prepare = True  # HotStatement's statements prepared on each new connection (database.prepare_statements)
 
     def _checked_in(self):
         return self.__dict__.setdefault("_checked_in_at", {})
@@ -80,7 +81,7 @@ class PostgresPool(PooledPostgresqlDatabase):
         conn = super()._connect()
         prepared = self.__dict__.setdefault("_prepared", weakref.WeakKeyDictionary())
         if conn not in prepared:  # a new connection (a reused one was prepared when it was new)
-            prepared[conn] = HotStatement.prepare_all(conn)
+            prepared[conn] = HotStatement.prepare_all(conn) if self.prepare else frozenset()
         return conn
 
     def prepared_on(self, conn):
@@ -171,8 +172,9 @@ class HotStatement:
         return frozenset(prepared)
 
 
-def init_database(url, max_connections=20):
-    """Bind the proxy to ``url``. Pooled on Postgres; WAL and a busy timeout on SQLite."""
+def init_database(url, max_connections=20, prepare=True):
+    """Bind the proxy to ``url``. Pooled on Postgres (``prepare``: HotStatement prepares its
+    statements on each new connection); WAL and a busy timeout on SQLite."""
     pool_options = dict(autoconnect=False, max_connections=max_connections, stale_timeout=300, timeout=10)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,7 @@ def init_database(url, max_connections=20):
             "journal_mode": "wal", "busy_timeout": 30000, "foreign_keys": 1, "synchronous": "normal"})
     elif url.startswith("postgres://") or url.startswith("postgresql://"):
         database = PostgresPool(**parse_url(url), **pool_options)
+        database.prepare = prepare
     else:  # another peewee URL (e.g. postgresext+pool://), as given
         database = connect_url(url, **pool_options)
     db.initialize(database)

@@ -21,7 +21,7 @@ def configure(config=None):
     config = settings.use(config or settings.get())
     private_state(config)
     database = settings.current().database
-    models.init_database(database.url, database.max_connections)
+    models.init_database(database.url, database.max_connections, prepare=database.prepare_statements)
     outbox.configure(config)
     blobs.configure(config)
     return config

@@ -228,6 +228,7 @@ class Server(Section):
 class Database(Section):
     url: str
     max_connections: int
+    prepare_statements: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -347,7 +347,7 @@ def main(config, burst=False):
     if typed.relay.concurrency > typed.database.max_connections:
         # Each job holds a pooled connection only inside a transaction, but a commit under load
         # takes milliseconds: with fewer connections than jobs in flight they queue for the pool.
-        models.init_database(typed.database.url, typed.relay.concurrency)
+        models.init_database(typed.database.url, typed.relay.concurrency, prepare=typed.database.prepare_statements)
     runtime.setup_logging(config)
     die_with_parent()
     metrics.start_http_exporter(config["metrics"]["worker_port"], config["metrics"]["host"])

@@ -3,8 +3,10 @@
 import uuid
 
 import psycopg2
+import pytest
 
 import models
+import settings
 from core import recipients
 from tests.conftest import PG_ADMIN_DSN
 from tests.conftest import _admin_sql
@@ -69,3 +71,18 @@ def test_compiled_select_answers_as_peewee_first_joins_included(config):
                 assert ours.domain.__data__ == theirs.domain.__data__ and ours.domain.name == "agents.example"
         token = models.live_token_by_hash(account.token_row.token_hash)
         assert (token.id, token.user.email) == (account.token_row.id, account.user.email)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_prepare_statements_false_prepares_nothing_and_runs_the_plain_sql(config, pg_url):
+    """Behind a transaction-pooling proxy the next transaction may reach another server
+    connection, where a prepared statement is not: database.prepare_statements = false."""
+    account = make_account()
+    view = settings.view(settings.load_config(environ={"DATABASE_URL": pg_url,
+                                                         "INBOXLAYER_DATABASE_PREPARE_STATEMENTS": "false"}))
+    assert view.database.prepare_statements is False
+    models.db.obj.close_all()
+    models.init_database(pg_url, prepare=view.database.prepare_statements)
+    with models.db.connection_context():
+        assert models.db.execute_sql("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert models.sender_state(account.address, account.token_row.id)[0] == account.user.plan
