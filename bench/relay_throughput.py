@@ -28,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -266,15 +267,18 @@ class Stack:
                 client.delete(*keys)
 
 
-def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir):
+def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir, profile=None):
     stack = Stack(workdir, proxy_url, moto_url, concurrency=concurrency)
     try:
         backlog = [stack.accept(n) for n in range(messages)]  # phase 1: a queue of N, no worker yet
         stack.start_workers(workers)
+        spy = start_profile(stack.procs[0].pid, profile) if profile else None
         all_ready = models.utcnow()  # the early starters have begun; count only what follows
         cpu_before = sum(cpu_seconds(p.pid) for p in stack.procs)
         wait_sent(backlog)
         cpu_ms = 1000 * (sum(cpu_seconds(p.pid) for p in stack.procs) - cpu_before) / len(backlog)
+        if spy:
+            stop_profile(spy)
         e = models.OutboundEmail
         with models.db.connection_context():
             after = e.select(fn.COUNT(e.id), fn.MAX(e.sent_at)).where(e.sent_at > all_ready).tuples().first()
@@ -291,6 +295,19 @@ def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir):
                 "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
     finally:
         stack.close()
+
+
+def start_profile(pid, path):
+    """py-spy (from this venv) sampling the worker while it drains, holding the GIL only."""
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--nonblocking",
+                            "--format", "raw", "-r", "200", "-p", str(pid), "-o", path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spy
+
+
+def stop_profile(spy):
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
 
 
 def cpu_seconds(pid):
@@ -381,6 +398,8 @@ def main():
     parser.add_argument("--governor-seconds", type=float, default=30)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c,b1,rss,governor")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    parser.add_argument("--profile", metavar="PATH", help="py-spy the part-b worker while it drains (raw "
+                        "collapsed stacks, GIL-holding samples only) into PATH; pip install py-spy first")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -402,8 +421,9 @@ def main():
                         workers, concurrency = {"b": (1, args.concurrency), "c": (2, args.concurrency),
                                                 "b1": (1, 1)}[part]
                         messages = args.messages if part != "b1" else max(50, args.messages // 8)
+                        profile = args.profile if part == "b" else None
                         results[part].append(run_workers(workers, concurrency, messages, proxy_url, moto_url,
-                                                         workdir))
+                                                         workdir, profile))
             if "rss" not in skip:
                 extra["rss"] = rss_in_flight(args.rss_inflight, args.rss_size, moto_url, workdir)
             if "governor" not in skip:

@@ -35,6 +35,9 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.job import JobStatus
+from rq.rate_limit import release_slot
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now as utcnow
 
@@ -206,7 +209,7 @@ class RelayWorker(SimpleWorker):
         with self.running_lock:
             self.running += 1
         try:
-            execution = self.prepare_execution(job)
+            execution = self._begin(job)
             self.perform_job(job, queue, execution)  # RQ records success/failure itself
         except Exception:  # the thread's top-level boundary: keep the pool alive
             log.exception("relay worker thread failed around job %s", job.id)
@@ -216,6 +219,71 @@ class RelayWorker(SimpleWorker):
                 if hook:
                     self.webhooks_running -= 1
             self.slots.release()
+
+    # -- RQ's per-job bookkeeping in two Redis round trips instead of six -----------------------
+    #
+    # RQ 3 (pinned <3.1 in pyproject.toml: these mirror its internals) writes a job's start in two
+    # transactions (prepare_execution, then prepare_job_execution), its last heartbeat in a third
+    # call after the job, and its success after a WATCH and an SMEMBERS of the job's dependents:
+    # six round trips and most of the worker's CPU outside the SES call. Here the start is one
+    # transaction and the end another, writing the same keys with the same values: the Execution
+    # and its registries (the started registry the reconciler cleans), the job's status
+    # 'started' with this worker's name (which the reconciler reads with our liveness key), then
+    # 'finished', its result, the finished registry and the worker's counters. What is left out
+    # is only the dependents step: no job of ours is enqueued with ``depends_on`` (their enqueues
+    # are in core/outbox.py and smtpd_worker/jobs.py), so there is never a dependent to release.
+    # Failures keep RQ's own path (handle_execution_ended and handle_job_failure).
+
+    def _begin(self, job):
+        """prepare_execution + prepare_job_execution in one transaction."""
+        heartbeat_ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(utcnow(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if len(self.queues) == 1:  # as RQ's perform_job: the job may sit in its intermediate queue
+                pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        self.executions[execution.id] = execution
+        return execution
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        """Done by ``_begin`` together with the Execution (perform_job calls this)."""
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl):
+        """After a success the job's last heartbeat goes with ``handle_job_success``'s transaction
+        (RQ writes it in a round trip of its own); a failure takes RQ's path."""
+        if job._status == JobStatus.FAILED:
+            return super().handle_execution_ended(job, queue, heartbeat_ttl)
+        job.ended_at = utcnow()
+        job.last_heartbeat = job.ended_at
+        return None
+
+    def handle_job_retry(self, job, queue, retry, started_job_registry, execution):
+        job.heartbeat(job.last_heartbeat or utcnow(), 0)  # the write handle_execution_ended left out
+        return super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        """RQ's handle_job_success without its dependents step (see above), in one transaction."""
+        if job.repeats_left:  # never ours; RQ's own path schedules the repeat
+            job.heartbeat(job.last_heartbeat, 0)
+            return super().handle_job_success(job, queue, started_job_registry, execution)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        with self.connection.pipeline() as pipeline:
+            job.heartbeat(job.last_heartbeat, 0, pipeline=pipeline)
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            if result_ttl != 0:
+                job._handle_success(result_ttl, pipeline=pipeline, worker_name=self.name, execution_id=execution.id,
+                                    execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        release_slot(job)
 
     def set_state(self, state, pipeline=None):
         """The worker is ``busy`` while any job runs (RQ would write ``idle`` before every dequeue
