@@ -223,17 +223,28 @@ DUPLICATE_NOTE = ("the previous attempt stopped after calling SES without a reco
                   "if SES accepted it, this attempt sends a second copy")
 
 
+# BEGIN travels with the statement (one query message, one round trip less than db.atomic()'s own
+# BEGIN); the transaction stays open after it until _claim_pg's COMMIT.
+_CLAIM_PG_IN_TRANSACTION = "BEGIN;\n" + _CLAIM_PG
+
+
 def _claim_pg(outbound_id, now, lease_until, max_attempts, worker):
     # In a transaction, not autocommit: a worker killed while its claim waits for the row's lock
     # must not leave a claim that commits on its own once the lock is free (its backend would run
     # the statement to the end): with BEGIN, the server finds the client gone and rolls back.
-    with models.db.atomic():
-        cursor = models.db.execute_sql(_CLAIM_PG, {
+    # (BEGIN in the same query message as the statement keeps that: the COMMIT is a message of
+    # its own, sent only once the statement's result is back here.)
+    try:
+        cursor = models.db.execute_sql(_CLAIM_PG_IN_TRANSACTION, {
             "id": outbound_id, "now": now, "lease_until": lease_until, "max_attempts": max_attempts,
             "active": tuple(ACTIVE), "attempt_types": tuple(vocabulary.ATTEMPT_EVENT_TYPES),
             "duplicate": DUPLICATE_NOTE, "worker": worker})
         found = cursor.fetchone()
         description = cursor.description
+        models.db.commit()
+    except BaseException:
+        _rollback_quietly()
+        raise
     if found is None:
         with models.db.atomic():
             _give_up_if_exhausted(outbound_id, now, max_attempts)
@@ -248,6 +259,14 @@ def _claim_pg(outbound_id, now, lease_until, max_attempts, worker):
         done[detail["batch"]] = detail["ses_message_id"]
     blob_key, size = (values["blob_key_"], values["size_"]) if values["blob_key_"] is not None else (None, 0)
     return Claim(row, row.attempts, blob_key, done, size, inbox_address=values["inbox_address_"])
+
+
+def _rollback_quietly():
+    """End a failed hand-made transaction; a dead connection has nothing left to roll back."""
+    try:
+        models.db.rollback()
+    except Exception:
+        pass
 
 
 _RECORD_SENT_PG = """

@@ -153,6 +153,8 @@ def recipient_batches(recipients, data):
     """Split the envelope recipients into SendEmail-sized lists (see SES_MAX_RECIPIENTS).
 
     Deterministic for a given row, so a retry can skip the batches SES already accepted."""
+    if len(recipients) <= 1:  # one batch whatever the headers list (a batch is at least one): skip parsing them
+        return [list(recipients)]
     listed = len(header_addresses(data, ("To", "Cc")))
     size = max(1, SES_MAX_RECIPIENTS - listed)
     return [list(recipients[i:i + size]) for i in range(0, len(recipients), size)] or [[]]

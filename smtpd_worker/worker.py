@@ -235,13 +235,14 @@ class RelayWorker(SimpleWorker):
     # Failures keep RQ's own path (handle_execution_ended and handle_job_failure).
 
     def _begin(self, job):
-        """prepare_execution + prepare_job_execution in one transaction."""
+        """prepare_execution + prepare_job_execution in one transaction. Left out: the worker's
+        heartbeat with the job's TTL (the main thread beats every HEARTBEAT_EVERY seconds, its key
+        living 480 s, while jobs run) and the job's own heartbeat field, which
+        ``prepare_for_execution`` writes in the same HSET as 'started'."""
         heartbeat_ttl = self.get_heartbeat_ttl(job)
         with self.connection.pipeline() as pipeline:
             execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
-            job.heartbeat(utcnow(), heartbeat_ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
             if len(self.queues) == 1:  # as RQ's perform_job: the job may sit in its intermediate queue
@@ -273,7 +274,8 @@ class RelayWorker(SimpleWorker):
             return super().handle_job_success(job, queue, started_job_registry, execution)
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         with self.connection.pipeline() as pipeline:
-            job.heartbeat(job.last_heartbeat, 0, pipeline=pipeline)
+            if result_ttl == 0:  # otherwise _handle_success saves the job, last_heartbeat included
+                job.heartbeat(job.last_heartbeat, 0, pipeline=pipeline)
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             if result_ttl != 0:
