@@ -6,8 +6,10 @@ import time
 
 import pytest
 import redis as redis_lib
+from rq import Worker
 from rq.job import Job
 from rq.job import JobStatus
+from rq.registry import FinishedJobRegistry
 from rq.registry import StartedJobRegistry
 
 import models
@@ -34,6 +36,39 @@ def test_worker_relays_queued_message(start_worker, submit, ses_sent):
     wait_until(lambda: outbound(row.id).status == "sent", what="the worker to relay the message")
 
     assert [m["id"] for m in ses_sent()] == [outbound(row.id).ses_message_id]
+    assert worker.proc.poll() is None
+
+
+def test_rq_shows_a_relayed_job_as_rq_itself_would(start_worker, submit, ses_sent, tmp_path, redis_conn):
+    """The worker writes RQ's per-job bookkeeping in two transactions of its own (RelayWorker._begin
+    and handle_job_success, instead of RQ's six round trips). RQ's view must stay RQ's: 'started'
+    with the worker's name and an Execution in the started registry while the job runs (the
+    reconciler reads these), then 'finished' with its result, in the finished registry, the
+    Execution gone and the worker's success counted."""
+    mark = tmp_path / "calling"
+    row = submit()
+    job_id = outbox.relay_job_id(row.id)
+    started = StartedJobRegistry(outbox.relay_queue_name(), connection=redis_conn)
+    worker = start_worker(**_slow_ses(mark, 2))
+    wait_until(mark.exists, what="the worker to be inside the SES call")
+
+    running = Job.fetch(job_id, connection=redis_conn)
+    assert running.get_status() == JobStatus.STARTED
+    assert outbox.worker_alive(running.worker_name)
+    assert started.get_job_ids() == [job_id]
+    assert len(list(redis_conn.scan_iter(f"rq:execution:{job_id}:*"))) == 1
+
+    wait_until(lambda: Job.fetch(job_id, connection=redis_conn).get_status() == JobStatus.FINISHED,
+               what="RQ to record the job finished")
+    finished = Job.fetch(job_id, connection=redis_conn)
+    assert finished.return_value() == "sent"
+    assert finished.ended_at is not None and finished.last_heartbeat >= finished.started_at
+    assert outbound(row.id).status == "sent"
+    assert started.get_job_ids() == []
+    assert job_id in FinishedJobRegistry(outbox.relay_queue_name(), connection=redis_conn).get_job_ids()
+    assert list(redis_conn.scan_iter(f"rq:execution:{job_id}:*")) == []
+    [rq_worker] = [w for w in Worker.all(connection=redis_conn) if w.name == running.worker_name]
+    assert rq_worker.successful_job_count == 1
     assert worker.proc.poll() is None
 
 
