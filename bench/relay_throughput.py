@@ -275,8 +275,10 @@ def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir, pr
         spy = start_profile(stack.procs[0].pid, profile) if profile else None
         all_ready = models.utcnow()  # the early starters have begun; count only what follows
         cpu_before = sum(cpu_seconds(p.pid) for p in stack.procs)
+        switches_before = sum(context_switches(p.pid) for p in stack.procs)
         wait_sent(backlog)
         cpu_ms = 1000 * (sum(cpu_seconds(p.pid) for p in stack.procs) - cpu_before) / len(backlog)
+        switches = (sum(context_switches(p.pid) for p in stack.procs) - switches_before) / len(backlog)
         if spy:
             stop_profile(spy)
         e = models.OutboundEmail
@@ -291,7 +293,8 @@ def run_workers(workers, concurrency, messages, proxy_url, moto_url, workdir, pr
         latencies = sorted((r.sent_at - r.created_at).total_seconds() for r in rows)
         at_ses = moto_count(moto_url)
         assert at_ses == messages + LATENCY_PROBES, (at_ses, messages + LATENCY_PROBES)  # each exactly once
-        return {"relay_rate": relay_rate, "cpu_ms": cpu_ms, "p50_ms": 1000 * statistics.median(latencies),
+        return {"relay_rate": relay_rate, "cpu_ms": cpu_ms, "switches": switches,
+                "p50_ms": 1000 * statistics.median(latencies),
                 "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
     finally:
         stack.close()
@@ -308,6 +311,19 @@ def start_profile(pid, path):
 def stop_profile(spy):
     spy.send_signal(signal.SIGINT)
     spy.wait(60)
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of a process's live threads so far (a thread
+    blocking on I/O or waiting for the GIL switches; a thread that exited is not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # the thread exited meanwhile
+        total += sum(int(line.split()[1]) for line in text.splitlines() if "ctxt_switches:" in line)
+    return total
 
 
 def cpu_seconds(pid):
@@ -441,16 +457,18 @@ def main():
     names = {"a": f"bare boto3 loop, {args.concurrency} threads (ceiling)",
              "b": f"1 worker, concurrency {args.concurrency}", "c": f"2 workers, concurrency {args.concurrency}",
              "b1": "1 worker, concurrency 1 (as before)"}
-    print(f"{'peer':<44} {'relayed/s':>10} {'CPU ms/msg':>10} {'p50 ms':>8} {'p99 ms':>8}   (p50/p99: 250 -> "
-          f"sent, {LATENCY_PROBES} messages at {PROBE_RATE}/s; CPU: the sending process(es) while draining)")
+    print(f"{'peer':<44} {'relayed/s':>10} {'CPU ms/msg':>10} {'p50 ms':>8} {'p99 ms':>8} {'cs/msg':>7}   (p50/p99: "
+          f"250 -> sent, {LATENCY_PROBES} messages at {PROBE_RATE}/s; CPU and cs (context switches): the "
+          "worker process(es) while draining)")
     medians = {}
     for part in parts:
-        m = {k: median_of(results[part], k) for k in ("relay_rate", "cpu_ms", "p50_ms", "p99_ms")
+        m = {k: median_of(results[part], k) for k in ("relay_rate", "cpu_ms", "p50_ms", "p99_ms", "switches")
              if k in results[part][0]}
         medians[part] = m
         p50 = f"{m['p50_ms']:>8.0f}" if "p50_ms" in m else f"{'-':>8}"
         p99 = f"{m['p99_ms']:>8.0f}" if "p99_ms" in m else f"{'-':>8}"
-        print(f"{names[part]:<44} {m['relay_rate']:>10.1f} {m['cpu_ms']:>10.1f} {p50} {p99}")
+        switches = f"{m['switches']:>7.0f}" if "switches" in m else f"{'-':>7}"
+        print(f"{names[part]:<44} {m['relay_rate']:>10.1f} {m['cpu_ms']:>10.1f} {p50} {p99} {switches}")
     if "a" in medians and "b" in medians:
         print(f"b/a (one worker / ceiling): {medians['b']['relay_rate'] / medians['a']['relay_rate']:.2f} "
               "(target >= 0.7)")

@@ -40,11 +40,16 @@ def policy(purpose, ses):
     return POLICIES[purpose](ses)
 
 
-def new_client(purpose, ses):
+def new_client(purpose, ses, max_pool_connections=None):
     """A new SES v2 client for ``purpose`` ("relay", "domains", "account" or "health") under the ``[ses]``
-    settings ``ses``. Building one costs tens of ms of CPU: callers that call often keep theirs."""
+    settings ``ses``. Building one costs tens of ms of CPU: callers that call often keep theirs.
+    ``max_pool_connections``: HTTP connections the client keeps open (botocore's default is 10; a
+    client shared by more threads than that opens, and for real SES TLS-handshakes, a new
+    connection for every call beyond it and throws it away after)."""
     # The relay builds its client in worker threads; boto3's default session is not safe for
     # that, so it gets a session of its own. The others keep the default session, as before.
     factory = boto3.session.Session().client if purpose in ("relay", "account") else boto3.client
-    return factory("sesv2", region_name=ses["region"], endpoint_url=ses["endpoint_url"] or None,
-                   config=policy(purpose, ses))
+    config = policy(purpose, ses)
+    if max_pool_connections:
+        config = config.merge(Config(max_pool_connections=max_pool_connections))
+    return factory("sesv2", region_name=ses["region"], endpoint_url=ses["endpoint_url"] or None, config=config)

@@ -83,7 +83,8 @@ def reset_client():
 
 
 def _new_client(config):
-    made = ses.new_client("relay", config.ses)
+    # One HTTP connection kept per job in flight (relay.concurrency share the client).
+    made = ses.new_client("relay", config.ses, max_pool_connections=config.relay.concurrency)
     plan = os.environ.get(FAULT_PLAN_ENV)
     if plan:
         module_name, _, function_name = plan.partition(":")

@@ -84,6 +84,13 @@ def test_ses_client_policy_per_purpose(purpose, connect, read, retries):
     assert (client.meta.region_name, client.meta.endpoint_url) == ("eu-west-1", "http://127.0.0.1:9")
 
 
+def test_ses_client_keeps_as_many_connections_as_asked():
+    assert ses.new_client("domains", SES_SETTINGS).meta.config.max_pool_connections == 10  # botocore's default
+    client = ses.new_client("relay", SES_SETTINGS, max_pool_connections=48)
+    assert client.meta.config.max_pool_connections == 48
+    assert client.meta.config.read_timeout == 33  # the purpose's policy still holds
+
+
 def test_ses_client_relay_attempts_at_least_one():
     assert ses.policy("relay", {**SES_SETTINGS, "max_attempts_per_call": 0}).retries == {
         "total_max_attempts": 1, "mode": "standard"}

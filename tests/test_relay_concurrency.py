@@ -172,3 +172,18 @@ def test_job_timeouts_of_many_threads_share_one_watchdog():
     assert outcome.pop("slow") == "stopped"
     assert time.monotonic() - started < 10  # stopped near its 1 s timeout, not after 30 s of work
     assert set(outcome.values()) == {"finished, not stopped later"} and len(outcome) == 21
+
+
+def test_relay_client_keeps_a_connection_per_job_in_flight(relay_config, reconfigure):
+    """The worker's one SES client is shared by `relay.concurrency` jobs: its HTTP pool holds that
+    many connections (botocore keeps 10 by default and would open, against real SES with a TLS
+    handshake, a new connection for every call beyond them and drop it after)."""
+    from smtpd_worker import transport
+
+    relay_config["relay"]["concurrency"] = 40
+    reconfigure()
+    transport.reset_client()
+    try:
+        assert transport.client().meta.config.max_pool_connections == 40
+    finally:
+        transport.reset_client()
