@@ -192,15 +192,24 @@ def release(claim: Claim, reason: str) -> bool:
 # commits on its own (SES has accepted the message: recording it is right even if we die).
 # SQLite keeps the generic code.
 
-_CLAIM_PG = """
+def _sql_list(words):
+    """Our own vocabulary (lower-case words) as an SQL list of literals, written into the text."""
+    assert all(word.isidentifier() and word.islower() for word in words)
+    return "(" + ", ".join(f"'{word}'" for word in words) + ")"
+
+
+# Prepared once per connection (models.HotStatement): the statuses and event types are constants
+# written into the text, and the claimed row's columns are named, not *, so that a column added by
+# a migration cannot change the prepared statement's result.
+_CLAIM_PG = f"""
 WITH claimed AS (
     UPDATE outbound_email SET status = 'sending', attempts = attempts + 1, next_attempt_at = %(lease_until)s,
                               updated_at = %(now)s
-    WHERE id = %(id)s AND status IN %(active)s AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
+    WHERE id = %(id)s AND status IN {_sql_list(ACTIVE)} AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
       AND attempts < %(max_attempts)s
-    RETURNING *
+    RETURNING {", ".join(models.OutboundEmail._meta.columns)}
 ), last_attempt AS (
-    SELECT type FROM outbound_event WHERE outbound_id = %(id)s AND type IN %(attempt_types)s
+    SELECT type FROM outbound_event WHERE outbound_id = %(id)s AND type IN {_sql_list(vocabulary.ATTEMPT_EVENT_TYPES)}
     ORDER BY id DESC LIMIT 1
 ), written AS (
     INSERT INTO outbound_event (outbound_id, type, detail, occurred_at)
@@ -223,9 +232,8 @@ DUPLICATE_NOTE = ("the previous attempt stopped after calling SES without a reco
                   "if SES accepted it, this attempt sends a second copy")
 
 
-# BEGIN travels with the statement (one query message, one round trip less than db.atomic()'s own
-# BEGIN); the transaction stays open after it until _claim_pg's COMMIT.
-_CLAIM_PG_IN_TRANSACTION = "BEGIN;\n" + _CLAIM_PG
+_CLAIM = models.HotStatement("inboxlayer_relay_claim", _CLAIM_PG, dict(
+    lease_until="timestamp", now="timestamp", id="bigint", max_attempts="integer", duplicate="text", worker="text"))
 
 
 def _claim_pg(outbound_id, now, lease_until, max_attempts, worker):
@@ -235,9 +243,10 @@ def _claim_pg(outbound_id, now, lease_until, max_attempts, worker):
     # (BEGIN in the same query message as the statement keeps that: the COMMIT is a message of
     # its own, sent only once the statement's result is back here.)
     try:
-        cursor = models.db.execute_sql(_CLAIM_PG_IN_TRANSACTION, {
+        # BEGIN travels with the statement (one query message, one round trip less than db.atomic()'s
+        # own BEGIN); the transaction stays open after it until the COMMIT below.
+        cursor = models.db.execute_sql("BEGIN;\n" + _CLAIM.text(), {
             "id": outbound_id, "now": now, "lease_until": lease_until, "max_attempts": max_attempts,
-            "active": tuple(ACTIVE), "attempt_types": tuple(vocabulary.ATTEMPT_EVENT_TYPES),
             "duplicate": DUPLICATE_NOTE, "worker": worker})
         found = cursor.fetchone()
         description = cursor.description
@@ -297,6 +306,9 @@ WITH moved AS (
 )
 SELECT count(*) FROM moved
 """
+_RECORD_SENT = models.HotStatement("inboxlayer_relay_record_sent", _RECORD_SENT_PG, dict(
+    ses_message_id="text", now="timestamp", id="bigint", attempt="integer", detail="text", dedupe_key="text",
+    event_id="text", event_type="text", data="text", event_like="text"))
 
 
 def _record_sent_pg(claim, ses_message_id, now):
@@ -308,7 +320,7 @@ def _record_sent_pg(claim, ses_message_id, now):
                                     "sent_at": now, "updated_at": now, "next_attempt_at": None,
                                     "last_error": None, "attempts": claim.attempt})
     data = events.outbound_resource(after, claim.inbox_address)
-    moved = models.db.execute_sql(_RECORD_SENT_PG, {
+    moved = _RECORD_SENT.run({
         "id": row.id, "attempt": claim.attempt, "ses_message_id": ses_message_id, "now": now,
         "detail": json.dumps({"attempt": claim.attempt, "ses_message_id": ses_message_id}),
         "dedupe_key": f"sent:{ses_message_id}", "event_id": ids.new_event_id(),

@@ -7,12 +7,14 @@ import pytest
 
 import models
 import settings
+from core import outbound  # noqa: F401  (registers the relay's statements)
 from core import recipients
 from tests.conftest import PG_ADMIN_DSN
 from tests.conftest import _admin_sql
 from tests.helpers import make_account
 
-HOT = {"inboxlayer_sender_state", "inboxlayer_record_submission", "inboxlayer_recipient_state"}
+HOT = {"inboxlayer_sender_state", "inboxlayer_record_submission", "inboxlayer_recipient_state",
+       "inboxlayer_relay_claim", "inboxlayer_relay_record_sent"}
 
 
 def test_hot_statements_are_prepared_and_answer_as_the_plain_sql(config, db_backend):
