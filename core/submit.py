@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import email.utils
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -390,25 +391,22 @@ def _commit_batch(items):
         # no BEGIN/COMMIT round trips); otherwise one transaction for the batch.
         alone = len(ordered) == 1 and ordered[0].payload.fields["idempotency_key"] is None
         with contextlib.nullcontext() if alone else models.write_atomic():
-            run = []  # consecutive messages without a key: nothing in them can collide, no savepoint
-            for item in ordered + [None]:
-                if item is not None and item.payload.fields["idempotency_key"] is None:
-                    run.append(item)
-                    continue
-                if run:  # in one round trip, still in account order
+            keyed_or_not = itertools.groupby(ordered, lambda item: item.payload.fields["idempotency_key"] is not None)
+            for keyed, run in keyed_or_not:
+                run = list(run)
+                if not keyed:  # nothing in these can collide: no savepoint, one round trip, in account order
                     results = models.record_submissions([(i.payload.fields, i.payload.charged, i.payload.limit)
                                                          for i in run])
-                    for done, result in zip(run, results):
-                        done.result = result
-                    run = []
-                if item is None:
-                    break
-                pending = item.payload
-                try:
-                    with models.db.atomic():  # a savepoint: a duplicate key rolls back this message only
-                        item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
-                except IntegrityError as exc:
-                    item.error = exc
+                    for item, result in zip(run, results):
+                        item.result = result
+                    continue
+                for item in run:
+                    pending = item.payload
+                    try:
+                        with models.db.atomic():  # a savepoint: a duplicate key rolls back this message only
+                            item.result = models.record_submission(pending.fields, pending.charged, pending.limit)
+                    except IntegrityError as exc:
+                        item.error = exc
     # Committed: every caller may now be answered. One Redis round trip enqueues the batch's relay jobs.
     relayed = [item for item in items if item.error is None and item.result is not None
                and item.payload.status != lifecycle.SANDBOXED]
