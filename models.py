@@ -54,13 +54,15 @@ class PostgresPool(PooledPostgresqlDatabase):
     RECHECK_AFTER = 1.0  # seconds
     prepare = True  # HotStatement's statements prepared on each new connection (database.prepare_statements)
 
-    def _checked_in(self):
-        return self.__dict__.setdefault("_checked_in_at", {})
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepared = weakref.WeakKeyDictionary()  # connection -> names of the statements prepared on it
+        self._checked_in_at = {}  # id(connection) -> when it went back to the pool
 
     def _is_closed(self, conn):
         if conn.closed:
             return True
-        checked_in = self._checked_in().get(id(conn))
+        checked_in = self._checked_in_at.get(id(conn))
         if (checked_in is not None and time.monotonic() - checked_in < self.RECHECK_AFTER
                 and self._adapter.txn_status(conn) == self._adapter.txn_idle):
             return False
@@ -68,25 +70,24 @@ class PostgresPool(PooledPostgresqlDatabase):
 
     def _close(self, conn, close_conn=False):
         if close_conn:
-            self._checked_in().pop(id(conn), None)
+            self._checked_in_at.pop(id(conn), None)
         else:
-            self._checked_in()[id(conn)] = time.monotonic()
+            self._checked_in_at[id(conn)] = time.monotonic()
         super()._close(conn, close_conn)
 
     def _close_raw(self, conn):
-        self._checked_in().pop(id(conn), None)
+        self._checked_in_at.pop(id(conn), None)
         super()._close_raw(conn)
 
     def _connect(self):
         conn = super()._connect()
-        prepared = self.__dict__.setdefault("_prepared", weakref.WeakKeyDictionary())
-        if conn not in prepared:  # a new connection (a reused one was prepared when it was new)
-            prepared[conn] = HotStatement.prepare_all(conn) if self.prepare else frozenset()
+        if conn not in self._prepared:  # a new connection (a reused one was prepared when it was new)
+            self._prepared[conn] = HotStatement.prepare_all(conn) if self.prepare else frozenset()
         return conn
 
     def prepared_on(self, conn):
         """The names of the hot statements prepared on ``conn``."""
-        return self.__dict__.get("_prepared", {}).get(conn, ())
+        return self._prepared.get(conn, ())
 
 
 class CompiledSelect:
@@ -749,9 +750,9 @@ def record_submission(fields, count, limit):
     """
     if count > limit:
         return None
-    fields = dict(fields, status=fields.get("status", "queued"))
     if isinstance(db.obj, PostgresqlDatabase):
         return _RECORD_SUBMISSION.run(_submission_params(fields, count, limit)).fetchone()
+    fields = dict(fields, status=fields.get("status", "queued"))
     with db.atomic() as transaction:
         message_id = Message.insert(
             inbox=fields["inbox_id"], folder="sent", message_id=fields["message_id"], subject=fields["subject"],

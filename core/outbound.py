@@ -240,11 +240,9 @@ def _claim_pg(outbound_id, now, lease_until, max_attempts, worker):
     # In a transaction, not autocommit: a worker killed while its claim waits for the row's lock
     # must not leave a claim that commits on its own once the lock is free (its backend would run
     # the statement to the end): with BEGIN, the server finds the client gone and rolls back.
-    # (BEGIN in the same query message as the statement keeps that: the COMMIT is a message of
-    # its own, sent only once the statement's result is back here.)
+    # BEGIN travels in the statement's query message (one round trip less than db.atomic()'s own
+    # BEGIN); the COMMIT is a message of its own, sent only once the statement's result is back.
     try:
-        # BEGIN travels with the statement (one query message, one round trip less than db.atomic()'s
-        # own BEGIN); the transaction stays open after it until the COMMIT below.
         cursor = models.db.execute_sql("BEGIN;\n" + _CLAIM.text(), {
             "id": outbound_id, "now": now, "lease_until": lease_until, "max_attempts": max_attempts,
             "duplicate": DUPLICATE_NOTE, "worker": worker})
